@@ -1,0 +1,272 @@
+//! Endpoints: one per link of the namespace, by the link's kind. Each kind lives in its own file.
+
+mod ipvlan;
+mod macvlan;
+mod macvtap;
+mod physical;
+mod tap;
+mod tuntap;
+mod veth;
+mod vhost_user;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use ipvlan::IpvlanEndpoint;
+pub use macvlan::MacvlanEndpoint;
+pub use macvtap::MacvtapEndpoint;
+pub use physical::PhysicalEndpoint;
+pub use tap::TapEndpoint;
+pub use tuntap::TuntapEndpoint;
+pub use veth::VethEndpoint;
+pub use vhost_user::VhostUserEndpoint;
+
+use crate::error::{Error, Result};
+use crate::model::{Bridged, Connection};
+use crate::nic::{NicBackend, NicConfig};
+use crate::rollback::{self, Rollback, Undo};
+use crate::scan::{Link, LinkKind, NetworkInfo};
+use crate::types::{IfName, NetworkModel};
+use crate::{tuntap as fds, NetCtx};
+
+/// How endpoints are built and attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub model: NetworkModel,
+    /// Queue pairs per NIC (one per vCPU); at least 1.
+    pub queues: usize,
+    /// Use `/dev/vhost-net` when the host has it.
+    pub vhost_net: bool,
+    /// Where DPDK/OVS leave vhost-user sockets: `<dir>/vhostuser_<ipv4>/vhu.sock`.
+    pub vhost_user_dir: PathBuf,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self { model: NetworkModel::TcFilter, queues: 1, vhost_net: true, vhost_user_dir: PathBuf::from("/tmp") }
+    }
+}
+
+/// A link of the namespace that the VM gets a NIC for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Veth(VethEndpoint),
+    Tap(TapEndpoint),
+    Tuntap(TuntapEndpoint),
+    Macvlan(MacvlanEndpoint),
+    Macvtap(MacvtapEndpoint),
+    Ipvlan(IpvlanEndpoint),
+    VhostUser(VhostUserEndpoint),
+    Physical(PhysicalEndpoint),
+}
+
+/// What an attach made, by kind; serialisable so a later process can undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EndpointState {
+    Veth { link: IfName, connection: Connection },
+    /// `created`: the runtime made the TAP and removes it again.
+    Tap { link: IfName, created: bool },
+    Tuntap { link: IfName, connection: Connection },
+    Macvlan { link: IfName, connection: Connection },
+    Macvtap { link: IfName },
+    Ipvlan { link: IfName, connection: Connection },
+    VhostUser { link: IfName, socket: PathBuf },
+}
+
+impl EndpointState {
+    pub fn link(&self) -> &IfName {
+        match self {
+            EndpointState::Veth { link, .. }
+            | EndpointState::Tap { link, .. }
+            | EndpointState::Tuntap { link, .. }
+            | EndpointState::Macvlan { link, .. }
+            | EndpointState::Macvtap { link }
+            | EndpointState::Ipvlan { link, .. }
+            | EndpointState::VhostUser { link, .. } => link,
+        }
+    }
+
+    /// The steps that remove what the attach made, in order.
+    pub fn teardown(&self) -> Vec<Undo> {
+        match self {
+            EndpointState::Veth { connection, .. }
+            | EndpointState::Tuntap { connection, .. }
+            | EndpointState::Macvlan { connection, .. }
+            | EndpointState::Ipvlan { connection, .. } => connection.teardown(),
+            EndpointState::Tap { link, created: true } => vec![Undo::DeleteLink { name: link.clone() }],
+            EndpointState::Tap { created: false, .. } | EndpointState::Macvtap { .. } | EndpointState::VhostUser { .. } => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Remove what the attach made. Safe to repeat; every step is tried.
+    pub async fn detach(&self, ctx: &NetCtx) -> Result<()> {
+        rollback::run_all(&ctx.handle, &self.teardown()).await
+    }
+}
+
+/// A NIC for the hypervisor and the record of what was made for it.
+#[derive(Debug)]
+pub struct Attached {
+    pub nic: NicConfig,
+    pub state: EndpointState,
+}
+
+impl Endpoint {
+    /// The endpoint for `link`, the `n`th of the namespace. `Ok(None)` for a link the VM does
+    /// not need: an address-less tunnel base device (`tunl0`, `gre0`, `sit0`...) that the
+    /// kernel makes in every namespace.
+    pub fn from_link(n: usize, link: &Link, info: &NetworkInfo, cfg: &EndpointConfig) -> Result<Option<Self>> {
+        let id = format!("network-{n}");
+        if let Some(socket) = vhost_user_socket(&cfg.vhost_user_dir, link) {
+            return Ok(Some(Endpoint::VhostUser(VhostUserEndpoint { id, link: link.clone(), socket })));
+        }
+        let vm_dev: IfName = format!("tap{n}_kata").parse().map_err(|_| Error::Kernel {
+            dev: link.name.to_string(),
+            what: format!("endpoint number {n} too large for a device name"),
+        })?;
+        let bridged = || Bridged {
+            link: link.clone(),
+            routes: info.routes_of(link.name.as_str()).cloned().collect(),
+            vm_dev: vm_dev.clone(),
+            model: cfg.model,
+        };
+        let ep = match &link.kind {
+            LinkKind::Veth => Endpoint::Veth(VethEndpoint { id, bridged: bridged() }),
+            LinkKind::Macvlan => Endpoint::Macvlan(MacvlanEndpoint { id, bridged: bridged() }),
+            LinkKind::Ipvlan => Endpoint::Ipvlan(IpvlanEndpoint::new(id, bridged())?),
+            LinkKind::Macvtap => Endpoint::Macvtap(MacvtapEndpoint { id, link: link.clone() }),
+            LinkKind::Tuntap { tap: false, .. } => {
+                return Err(Error::Unsupported { name: link.name.to_string(), what: "a tun (layer 3) device" })
+            }
+            LinkKind::Tuntap { tap: true, multi_queue } => match cfg.model {
+                NetworkModel::None => Endpoint::Tap(TapEndpoint::existing(id, link, *multi_queue)?),
+                _ => Endpoint::Tuntap(TuntapEndpoint { id, bridged: bridged() }),
+            },
+            LinkKind::Physical => Endpoint::Physical(PhysicalEndpoint { id, link: link.clone() }),
+            LinkKind::Other { .. } if link.addresses.is_empty() => return Ok(None),
+            LinkKind::Other { name } => {
+                return Err(Error::UnsupportedKind { name: link.name.to_string(), kind: name.clone() })
+            }
+        };
+        Ok(Some(ep))
+    }
+
+    /// One endpoint per link of the scan, in the scan's order.
+    pub fn from_scan(info: &NetworkInfo, cfg: &EndpointConfig) -> Result<Vec<Self>> {
+        let mut eps = Vec::new();
+        for link in &info.links {
+            if let Some(ep) = Self::from_link(eps.len(), link, info, cfg)? {
+                eps.push(ep);
+            }
+        }
+        Ok(eps)
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Endpoint::Veth(e) => &e.id,
+            Endpoint::Tap(e) => &e.id,
+            Endpoint::Tuntap(e) => &e.id,
+            Endpoint::Macvlan(e) => &e.id,
+            Endpoint::Macvtap(e) => &e.id,
+            Endpoint::Ipvlan(e) => &e.id,
+            Endpoint::VhostUser(e) => &e.id,
+            Endpoint::Physical(e) => &e.id,
+        }
+    }
+
+    /// The name of the namespace's link this endpoint stands for.
+    pub fn link_name(&self) -> &IfName {
+        match self {
+            Endpoint::Veth(VethEndpoint { bridged, .. })
+            | Endpoint::Tuntap(TuntapEndpoint { bridged, .. })
+            | Endpoint::Macvlan(MacvlanEndpoint { bridged, .. })
+            | Endpoint::Ipvlan(IpvlanEndpoint { bridged, .. }) => &bridged.link.name,
+            Endpoint::Tap(e) => &e.name,
+            Endpoint::Macvtap(MacvtapEndpoint { link, .. })
+            | Endpoint::VhostUser(VhostUserEndpoint { link, .. })
+            | Endpoint::Physical(PhysicalEndpoint { link, .. }) => &link.name,
+        }
+    }
+
+    /// Connect the link to a VM NIC. On error nothing the attach made is left behind.
+    pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
+        match self {
+            Endpoint::Veth(e) => e.attach(ctx, cfg).await,
+            Endpoint::Tap(e) => e.attach(ctx, cfg).await,
+            Endpoint::Tuntap(e) => e.attach(ctx, cfg).await,
+            Endpoint::Macvlan(e) => e.attach(ctx, cfg).await,
+            Endpoint::Macvtap(e) => e.attach(ctx, cfg).await,
+            Endpoint::Ipvlan(e) => e.attach(ctx, cfg).await,
+            Endpoint::VhostUser(e) => e.attach(),
+            Endpoint::Physical(e) => e.attach(),
+        }
+    }
+}
+
+/// Attach a link through its interworking model, rolling back on any failure.
+async fn attach_bridged(
+    ctx: &NetCtx,
+    id: &str,
+    b: &Bridged,
+    cfg: &EndpointConfig,
+    state: fn(IfName, Connection) -> EndpointState,
+) -> Result<Attached> {
+    let guest_mac = b.link.mac.ok_or_else(|| Error::Kernel { dev: b.link.name.to_string(), what: "no MAC address".into() })?;
+    let mut rb = Rollback::new(&ctx.handle);
+    let res = async {
+        let connected = b.connect(ctx, cfg.queues, &mut rb).await?;
+        let vhost = fds::open_vhost_net(cfg.queues, cfg.vhost_net)?;
+        Ok::<_, Error>((connected, vhost))
+    }
+    .await;
+    let (connected, vhost) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            rb.undo().await;
+            return Err(e);
+        }
+    };
+    rb.commit();
+    slog::info!(ctx.log, "endpoint attached"; "endpoint" => id, "if_name" => b.link.name.as_str(),
+        "model" => ?b.model, "vm_dev" => b.vm_dev.as_str(), "queues" => connected.queues.len());
+    Ok(Attached {
+        nic: NicConfig {
+            id: id.to_owned(),
+            guest_mac,
+            mtu: b.link.mtu,
+            backend: NicBackend::Tap { device: b.vm_dev.clone(), queues: connected.queues, vhost },
+        },
+        state: state(b.link.name.clone(), connected.connection),
+    })
+}
+
+/// The vhost-user socket DPDK/OVS made for this link, found by the link's IPv4 address.
+fn vhost_user_socket(dir: &Path, link: &Link) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    link.addresses.iter().filter(|a| a.addr().is_ipv4()).find_map(|a| {
+        let p = dir.join(format!("vhostuser_{}", a.addr())).join("vhu.sock");
+        std::fs::metadata(&p).ok().filter(|m| m.file_type().is_socket()).map(|_| p)
+    })
+}
+
+/// Attach every endpoint; when one fails, the ones attached before it are detached again.
+pub async fn attach_all(ctx: &NetCtx, eps: &[Endpoint], cfg: &EndpointConfig) -> Result<Vec<Attached>> {
+    let mut done: Vec<Attached> = Vec::with_capacity(eps.len());
+    for ep in eps {
+        match ep.attach(ctx, cfg).await {
+            Ok(a) => done.push(a),
+            Err(e) => {
+                for a in done.iter().rev() {
+                    let _ = a.state.detach(ctx).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}

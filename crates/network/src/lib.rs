@@ -1,0 +1,42 @@
+//! The sandbox network: scan a namespace, build one endpoint per link, connect each to a VM NIC
+//! by an interworking model, and undo exactly that again.
+
+pub mod endpoint;
+pub mod error;
+pub mod model;
+pub mod netns;
+pub mod nic;
+pub mod nl;
+pub mod rollback;
+pub mod scan;
+pub mod tuntap;
+pub mod types;
+
+pub use endpoint::{attach_all, Attached, Endpoint, EndpointConfig, EndpointState};
+pub use error::{Error, Result};
+pub use model::Connection;
+pub use netns::NetNs;
+pub use nic::{NicBackend, NicConfig, NicHotplug};
+pub use scan::{scan, Link, LinkKind, Neighbor, NetworkInfo, Route};
+pub use types::{IfName, MacAddr, NetworkModel, ParseError, PciPath};
+
+/// A namespace and a netlink handle bound to it: what every network operation runs against.
+#[derive(Debug, Clone)]
+pub struct NetCtx {
+    pub netns: NetNs,
+    pub handle: rtnetlink::Handle,
+    pub log: slog::Logger,
+}
+
+impl NetCtx {
+    /// Open a netlink socket inside `netns`. Must be called from within a tokio runtime.
+    pub fn open(netns: NetNs, log: slog::Logger) -> Result<Self> {
+        let handle = netns.netlink()?;
+        Ok(Self { netns, handle, log })
+    }
+
+    /// Scan the namespace.
+    pub async fn scan(&self) -> Result<NetworkInfo> {
+        scan::scan(&self.handle).await
+    }
+}

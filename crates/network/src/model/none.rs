@@ -1,0 +1,19 @@
+//! The `none` model for links that are not TAPs: the runtime makes a TAP `tap<N>_kata` for the
+//! VM and joins it to nothing; connecting it is left to the operator's own tooling.
+//! (A TAP link under `none` is used as it is: see `endpoint::tap`.)
+
+use crate::error::Result;
+use crate::model::{Bridged, Connected, Connection};
+use crate::rollback::{Rollback, Undo};
+use crate::{nl, tuntap, NetCtx};
+
+pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut Rollback) -> Result<Connected> {
+    let h = &ctx.handle;
+    let tap = &b.vm_dev;
+    nl::ensure_absent(h, tap).await?;
+    let fds = tuntap::open_tap_queues_in(&ctx.netns, tap, queues, queues > 1)?;
+    rb.push(Undo::DeleteLink { name: tap.clone() });
+    let index = nl::require_link(h, tap.as_str()).await?;
+    nl::set_mtu_up(h, index, tap.as_str(), b.link.mtu).await?;
+    Ok(Connected { queues: fds, connection: Connection::Tap { tap: tap.clone() } })
+}

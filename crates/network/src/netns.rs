@@ -1,0 +1,143 @@
+//! Network namespaces: run work inside one on a dedicated thread, open netlink sockets bound to
+//! one, create and remove named ones.
+//!
+//! `setns` changes only the calling thread, so work that must happen inside a namespace (opening
+//! `/dev/net/tun`, mounting its sysfs) runs on a short-lived thread of its own. A netlink socket
+//! opened on such a thread stays bound to the namespace, so netlink requests then run on the
+//! caller's tokio runtime without ever holding a namespace.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::error::{Error, Result};
+
+/// Where named namespaces live, as `ip netns` keeps them.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// A network namespace known by the path of its bind mount or `/proc/<pid>/ns/net` file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetNs {
+    path: PathBuf,
+}
+
+impl NetNs {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on a new thread that has entered this namespace; the caller's thread is untouched.
+    pub fn run<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        let file = File::open(&self.path)
+            .map_err(|source| Error::NetnsOpen { path: self.path.clone(), source })?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| Error::NetnsEnter { path: self.path.clone(), source })?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| Error::NetnsThread { path: self.path.clone() })?
+        })
+    }
+
+    /// Like [`NetNs::run`], with a private mount namespace in which `/sys` shows this network
+    /// namespace's devices (sysfs takes the namespace of whoever mounts it). The mount dies with
+    /// the thread and is never visible outside it.
+    pub fn run_with_sysfs<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        self.run(|| {
+            let enter = |e: nix::Error| Error::NetnsEnter { path: self.path.clone(), source: e };
+            unshare(CloneFlags::CLONE_NEWNS).map_err(enter)?;
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(enter)?;
+            mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>).map_err(enter)?;
+            Ok(f())
+        })?
+    }
+
+    /// Open a netlink route socket inside this namespace and drive it on the current tokio
+    /// runtime. Must be called from within a runtime.
+    pub fn netlink(&self) -> Result<rtnetlink::Handle> {
+        let sock = self
+            .run(|| netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE))?
+            .map_err(Error::NetlinkSocket)?;
+        sock.set_non_blocking(true).map_err(Error::NetlinkSocket)?;
+        // SAFETY: the fd was just taken out of a live netlink socket that gives up ownership.
+        let sock = unsafe { netlink_sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) };
+        let (conn, handle, _) = rtnetlink::from_socket(sock);
+        tokio::spawn(conn);
+        Ok(handle)
+    }
+
+    /// Create a named namespace under [`NETNS_RUN_DIR`], as `ip netns add` does.
+    pub fn create(name: &str) -> Result<Self> {
+        Self::create_in(Path::new(NETNS_RUN_DIR), name)
+    }
+
+    /// Create a namespace bind-mounted at `dir/name`. `name` must be a single path component.
+    pub fn create_in(dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(name);
+        let err = |source: std::io::Error| Error::NetnsCreate { path: path.clone(), source };
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad namespace name")));
+        }
+        std::fs::create_dir_all(dir).map_err(err)?;
+        make_shared_mount_dir(dir).map_err(err)?;
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(err)?;
+        let bound = std::thread::scope(|s| {
+            s.spawn(|| -> nix::Result<()> {
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                let me = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+                mount(Some(me.as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            })
+            .join()
+        });
+        match bound {
+            Ok(Ok(())) => Ok(Self { path }),
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_file(&path);
+                Err(err(e.into()))
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                Err(Error::NetnsThread { path })
+            }
+        }
+    }
+
+    /// Unmount and remove a namespace made by [`NetNs::create`]. The namespace itself lives on
+    /// while a process or open fd still holds it.
+    pub fn remove(self) -> Result<()> {
+        let err = |source: std::io::Error| Error::NetnsRemove { path: self.path.clone(), source };
+        match umount2(&self.path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(err(e.into())),
+        }
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Make `dir` a shared mount point (bind-mounting it on itself first if needed) so namespace
+/// mounts below it propagate to other mount namespaces, like iproute2 does for `/run/netns`.
+fn make_shared_mount_dir(dir: &Path) -> std::io::Result<()> {
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EINVAL) => {
+            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+            mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

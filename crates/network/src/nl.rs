@@ -1,0 +1,190 @@
+//! The few netlink operations the endpoints need, each naming its device in the error.
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::link::{LinkMessage, MacVtapMode};
+use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::tc::TcHandle;
+use rtnetlink::{Handle, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
+
+use crate::error::{Error, Result};
+use crate::scan::Route;
+use crate::types::{IfName, MacAddr};
+
+const ENODEV: i32 = libc::ENODEV;
+const ENOENT: i32 = libc::ENOENT;
+const EINVAL: i32 = libc::EINVAL;
+const EEXIST: i32 = libc::EEXIST;
+
+/// The ingress qdisc's handle, `ffff:`.
+const INGRESS_HANDLE: u32 = 0xffff_0000;
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// The index of the link `name`, or `None` when there is no such link.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+    let res: Result<Vec<LinkMessage>, _> = handle.link().get().match_name(name.to_owned()).execute().try_collect().await;
+    match res {
+        Ok(msgs) => Ok(msgs.first().map(|m| m.header.index)),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(Error::netlink("look up", name)(e)),
+    }
+}
+
+/// The index of the link `name`; an error when it does not exist.
+pub async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
+    link_index(handle, name).await?.ok_or_else(|| Error::LinkNotFound(name.to_owned()))
+}
+
+/// Fail with [`Error::DeviceExists`] when a link named `name` is already there.
+pub async fn ensure_absent(handle: &Handle, name: &IfName) -> Result<()> {
+    match link_index(handle, name.as_str()).await? {
+        Some(_) => Err(Error::DeviceExists(name.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Delete the link `name`; a link that is already gone is fine.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
+    let Some(index) = link_index(handle, name).await? else { return Ok(()) };
+    match handle.link().del(index).execute().await {
+        Err(e) if errno_of(&e) != Some(ENODEV) => Err(Error::netlink("delete link", name)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Set the MTU of a link and bring it up.
+pub async fn set_mtu_up(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+    handle.link().set(msg).execute().await.map_err(Error::netlink("set MTU and up on", name))
+}
+
+/// Set the MAC address of a link.
+pub async fn set_mac(handle: &Handle, index: u32, name: &str, mac: MacAddr) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
+    handle.link().set(msg).execute().await.map_err(Error::netlink("set MAC address of", name))
+}
+
+/// Create a bridge-mode macvtap on `parent` with the given MAC and MTU, up.
+pub async fn add_macvtap(handle: &Handle, name: &IfName, parent: u32, mac: MacAddr, mtu: u32) -> Result<()> {
+    let msg = LinkMacVtap::new(name.as_str(), parent, MacVtapMode::Bridge)
+        .address(mac.0.to_vec())
+        .mtu(mtu)
+        .up()
+        .build();
+    handle.link().add(msg).execute().await.map_err(|e| match errno_of(&e) {
+        Some(EEXIST) => Error::DeviceExists(name.to_string()),
+        _ => Error::netlink("create macvtap", name.as_str())(e),
+    })
+}
+
+/// `tc qdisc add dev <name> ingress`.
+pub async fn add_ingress(handle: &Handle, index: u32, name: &str) -> Result<()> {
+    handle
+        .qdisc()
+        .add(index as i32)
+        .ingress()
+        .execute()
+        .await
+        .map_err(Error::netlink("add ingress qdisc on", name))
+}
+
+/// `tc qdisc del dev <name> ingress`; a missing qdisc or link is fine.
+pub async fn del_ingress(handle: &Handle, name: &str) -> Result<()> {
+    let Some(index) = link_index(handle, name).await? else { return Ok(()) };
+    let mut req = handle.qdisc().del(index as i32);
+    req.message_mut().header.parent = TcHandle::INGRESS;
+    req.message_mut().header.handle = TcHandle::from(INGRESS_HANDLE);
+    match req.execute().await {
+        Err(e) if !matches!(errno_of(&e), Some(ENOENT | EINVAL | ENODEV)) => {
+            Err(Error::netlink("delete ingress qdisc on", name)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `tc filter add dev <from> parent ffff: protocol all u32 match u32 0 0 action mirred egress
+/// redirect dev <to>`. The protocol goes in network byte order, or the filter matches nothing.
+pub async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to: u32) -> Result<()> {
+    handle
+        .traffic_filter(from as i32)
+        .add()
+        .parent(INGRESS_HANDLE)
+        .protocol((libc::ETH_P_ALL as u16).to_be())
+        .redirect(to)
+        .map_err(Error::netlink("build redirect filter on", from_name))?
+        .execute()
+        .await
+        .map_err(Error::netlink("add redirect filter on", from_name))
+}
+
+/// Remove these addresses from the link; addresses already gone are fine.
+pub async fn del_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNet]) -> Result<()> {
+    let msgs: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(Error::netlink("list addresses of", name))?;
+    for msg in msgs {
+        if crate::scan::address_of(&msg).is_some_and(|n| nets.contains(&n)) {
+            match handle.address().del(msg).execute().await {
+                Err(e) if errno_of(&e) != Some(EADDRNOTAVAIL) => {
+                    return Err(Error::netlink("delete address of", name)(e))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+
+/// Add addresses to the link; an address that is already there is fine.
+pub async fn add_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNet]) -> Result<()> {
+    for net in nets {
+        match handle.address().add(index, net.addr(), net.prefix_len()).execute().await {
+            Err(e) if errno_of(&e) != Some(EEXIST) => return Err(Error::netlink("add address to", name)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Add (or replace) routes through the link `index`.
+pub async fn replace_routes(handle: &Handle, index: u32, routes: &[Route]) -> Result<()> {
+    for r in routes {
+        let mut b = RouteMessageBuilder::<std::net::IpAddr>::new().output_interface(index);
+        if let Some(d) = r.dest {
+            b = b
+                .destination_prefix(d.addr(), d.prefix_len())
+                .map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
+        } else if r.ipv6 {
+            b.get_mut().header.address_family = netlink_packet_route::AddressFamily::Inet6;
+        } else {
+            b.get_mut().header.address_family = netlink_packet_route::AddressFamily::Inet;
+        }
+        if let Some(g) = r.gateway {
+            b = b.gateway(g).map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
+        }
+        if let Some(s) = r.source {
+            b = b.pref_source(s).map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
+        }
+        b = b.scope(RouteScope::from(r.scope));
+        handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(Error::netlink("restore a route through", r.device.as_str()))?;
+    }
+    Ok(())
+}

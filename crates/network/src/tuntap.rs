@@ -1,0 +1,129 @@
+//! File descriptors the VM's NIC reads and writes: TAP queues from `/dev/net/tun`, macvtap
+//! queues from its character device, and `/dev/vhost-net` handles.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::netns::NetNs;
+use crate::types::IfName;
+
+const TUN_DEVICE: &str = "/dev/net/tun";
+const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags, padded to 40 bytes.
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Open `queues` queues of the TAP `name` in the calling thread's namespace, creating a
+/// non-persistent TAP when none exists (it vanishes with its last fd). Flags are those QEMU
+/// expects: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, plus IFF_MULTI_QUEUE when `multi_queue`.
+///
+/// Call it on a thread inside the target namespace ([`NetNs::run`]).
+pub fn open_tap_queues(name: &IfName, queues: usize, multi_queue: bool) -> io::Result<Vec<OwnedFd>> {
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    let mut ifr = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: flags as libc::c_short, _pad: [0; 22] };
+    // IfName guarantees at most 15 bytes, so the name stays NUL-terminated.
+    ifr.name[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
+    (0..queues.max(1))
+        .map(|_| {
+            let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(TUN_DEVICE)?;
+            // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `ifr` is one, properly sized,
+            // and outlives the call. `f` is an open /dev/net/tun fd.
+            let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut IfReqFlags) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(OwnedFd::from(f))
+        })
+        .collect()
+}
+
+/// Open TAP queues inside `ns` (see [`open_tap_queues`]); the error names the device.
+pub fn open_tap_queues_in(ns: &NetNs, name: &IfName, queues: usize, multi_queue: bool) -> Result<Vec<OwnedFd>> {
+    ns.run(|| open_tap_queues(name, queues, multi_queue))?
+        .map_err(Error::io("open TAP queues of", name.as_str()))
+}
+
+/// One `/dev/vhost-net` fd per queue, or none when the device is missing or vhost is disabled.
+/// QEMU aborts on `vhost=on` without it, so the caller must pass `vhost=off` when this is empty.
+pub fn open_vhost_net(queues: usize, enabled: bool) -> Result<Vec<OwnedFd>> {
+    if !enabled || !Path::new(VHOST_NET_DEVICE).exists() {
+        return Ok(Vec::new());
+    }
+    (0..queues.max(1))
+        .map(|_| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(VHOST_NET_DEVICE)
+                .map(OwnedFd::from)
+                .map_err(Error::io("open", VHOST_NET_DEVICE))
+        })
+        .collect()
+}
+
+/// Open `queues` fds on the character device of the macvtap `name` (index `ifindex`) in `ns`.
+///
+/// The node is normally `/dev/tap<ifindex>`, made by udev; there is no udev here and ifindexes
+/// repeat across namespaces, so the major:minor is read from the namespace's own sysfs and the
+/// node is made on a private tmpfs that exists only for this call.
+pub fn open_macvtap_queues(ns: &NetNs, name: &IfName, ifindex: u32, queues: usize) -> Result<Vec<OwnedFd>> {
+    let dev = name.as_str();
+    ns.run_with_sysfs(|| -> Result<Vec<OwnedFd>> {
+        let sys = format!("/sys/class/net/{dev}/macvtap/tap{ifindex}/dev");
+        let text = std::fs::read_to_string(&sys).map_err(Error::io("read the device number of", dev))?;
+        let (major, minor) = text
+            .trim()
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .ok_or_else(|| Error::Kernel { dev: dev.to_owned(), what: format!("device number {text:?}") })?;
+        let scratch = Path::new("/tmp");
+        nix::mount::mount(Some("tmpfs"), scratch, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=64k"))
+            .map_err(|e| Error::io("mount a scratch tmpfs for", dev)(e.into()))?;
+        let node = scratch.join(format!("tap{ifindex}"));
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(|e| Error::io("make the device node of", dev)(e.into()))?;
+        (0..queues.max(1))
+            .map(|_| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&node)
+                    .map(OwnedFd::from)
+                    .map_err(Error::io("open a queue of", dev))
+            })
+            .collect()
+    })?
+}
+
+/// Make a TAP created by [`open_tap_queues`] outlive its fds (or not).
+pub fn set_persist(fd: &impl AsRawFd, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an integer argument by value; `fd` is an attached TAP queue.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A queue fd as a plain file, for tests and tools that play the VM.
+pub fn queue_file(fd: OwnedFd) -> File {
+    File::from(fd)
+}
