@@ -1,1 +1,221 @@
-//! Shared helpers for the privileged integration tests.
+//! Helpers for the privileged integration tests: uniquely named namespaces removed on drop,
+//! commands run as argument vectors, and snapshots of a namespace taken with iproute2 (an
+//! oracle independent of the code under test).
+
+pub mod frames;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+/// Fail loudly (never skip) when the test cannot run here.
+pub fn require_root_and_tools(tools: &[&str]) {
+    assert!(nix::unistd::geteuid().is_root(), "these tests need root (CI runs them as root)");
+    for t in tools {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+            .unwrap_or(false);
+        assert!(found, "required tool {t:?} is not installed; .ci/run installs it");
+    }
+}
+
+/// Run a command, panic with its output when it fails; returns stdout.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command and report whether it succeeded.
+pub fn try_run(args: &[&str]) -> bool {
+    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace named `knt<pid>-<n><tag>`, deleted (with every device in it) on drop.
+#[derive(Debug)]
+pub struct TestNs {
+    pub name: String,
+}
+
+impl TestNs {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("knt{}-{n}{tag}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        Self { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    pub fn netns(&self) -> network::NetNs {
+        network::NetNs::new(self.path())
+    }
+
+    /// `ip -n <ns> <args...>`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// `tc -n <ns> <args...>`
+    pub fn tc(&self, args: &[&str]) -> String {
+        let mut v = vec!["tc", "-n", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// `ip netns exec <ns> <args...>`
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ip(args);
+        serde_json::from_str(&text).unwrap_or(Value::Array(vec![]))
+    }
+
+    /// Links (name, kind, MAC, MTU, flags), addresses, routes of every table, neighbours,
+    /// qdiscs and ingress filters, reduced to the fields that say what the namespace holds.
+    pub fn snapshot(&self) -> Value {
+        let keep = |v: &Value, keys: &[&str]| -> Value {
+            let mut m = serde_json::Map::new();
+            for k in keys {
+                if let Some(x) = v.get(*k) {
+                    m.insert((*k).to_owned(), x.clone());
+                }
+            }
+            Value::Object(m)
+        };
+        let links: Vec<Value> = self
+            .json(&["-j", "-d", "link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let mut v = keep(l, &["ifname", "address", "mtu", "flags", "link_type"]);
+                v["kind"] = l.pointer("/linkinfo/info_kind").cloned().unwrap_or(Value::Null);
+                v
+            })
+            .collect();
+        let addrs: Vec<Value> = self
+            .json(&["-j", "addr", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| {
+                let name = l["ifname"].clone();
+                l["addr_info"].as_array().cloned().unwrap_or_default().into_iter().map(move |a| {
+                    serde_json::json!({"dev": name, "local": a["local"], "prefixlen": a["prefixlen"]})
+                })
+            })
+            .collect();
+        let routes = self.json(&["-j", "route", "show", "table", "all"]);
+        let routes6 = self.json(&["-j", "-6", "route", "show", "table", "all"]);
+        let neigh: Vec<Value> = self
+            .json(&["-j", "neigh", "show", "nud", "permanent"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| keep(n, &["dst", "dev", "lladdr", "state"]))
+            .collect();
+        let qdisc_text = self.tc(&["-j", "qdisc", "show"]);
+        let qdiscs: Vec<Value> = serde_json::from_str::<Value>(&qdisc_text)
+            .unwrap_or(Value::Array(vec![]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| keep(q, &["kind", "handle", "parent", "dev"]))
+            .collect();
+        let mut filters = Vec::new();
+        for l in &links {
+            let dev = l["ifname"].as_str().unwrap();
+            let text = self.tc(&["filter", "show", "dev", dev, "ingress"]);
+            if !text.trim().is_empty() {
+                filters.push(serde_json::json!({"dev": dev, "filters": text}));
+            }
+        }
+        serde_json::json!({
+            "links": links, "addresses": addrs, "routes": routes, "routes6": routes6,
+            "neighbors": neigh, "qdiscs": qdiscs, "filters": filters,
+        })
+    }
+
+    /// The ifindex of a link, read with iproute2.
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let v: Value = serde_json::from_str(&self.ip(&["-j", "link", "show", "dev", dev])).unwrap();
+        v[0]["ifindex"].as_u64().unwrap() as u32
+    }
+
+    /// The MAC of a link, read with iproute2.
+    pub fn mac(&self, dev: &str) -> String {
+        let v: Value = serde_json::from_str(&self.ip(&["-j", "link", "show", "dev", dev])).unwrap();
+        v[0]["address"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A pod namespace prepared the way CNI's bridge plugin leaves it, with the far end of its veth
+/// in a peer namespace that plays the host/bridge side.
+#[derive(Debug)]
+pub struct CniPod {
+    pub pod: TestNs,
+    pub peer: TestNs,
+}
+
+pub const POD_IP: &str = "10.88.0.5";
+pub const PEER_IP: &str = "10.88.0.1";
+pub const POD_MAC: &str = "02:00:0a:58:00:05";
+
+impl CniPod {
+    /// `eth0` (veth) with 10.88.0.5/24 and fd00:88::5/64, default routes via the peer, an extra
+    /// subnet route, an on-link route and a permanent neighbour; peer `veth0` with 10.88.0.1/24.
+    pub fn new() -> Self {
+        let pod = TestNs::new("pod");
+        let peer = TestNs::new("peer");
+        pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "veth0", "netns", &peer.name]);
+        pod.ip(&["link", "set", "eth0", "address", POD_MAC, "mtu", "1450"]);
+        pod.ip(&["addr", "add", "10.88.0.5/24", "dev", "eth0"]);
+        pod.ip(&["addr", "add", "fd00:88::5/64", "dev", "eth0", "nodad"]);
+        pod.ip(&["link", "set", "eth0", "up"]);
+        pod.ip(&["link", "set", "lo", "up"]);
+        pod.ip(&["route", "add", "default", "via", "10.88.0.1", "dev", "eth0"]);
+        pod.ip(&["route", "add", "10.99.0.0/16", "via", "10.88.0.254", "dev", "eth0"]);
+        pod.ip(&["route", "add", "10.77.0.0/16", "dev", "eth0", "scope", "link"]);
+        pod.ip(&["-6", "route", "add", "default", "via", "fd00:88::1", "dev", "eth0"]);
+        pod.ip(&["neigh", "add", "10.88.0.9", "lladdr", "02:00:0a:58:00:09", "dev", "eth0", "nud", "permanent"]);
+        peer.ip(&["link", "set", "veth0", "mtu", "1450"]);
+        peer.ip(&["addr", "add", "10.88.0.1/24", "dev", "veth0"]);
+        peer.ip(&["link", "set", "veth0", "up"]);
+        peer.ip(&["link", "set", "lo", "up"]);
+        Self { pod, peer }
+    }
+}
+
+impl Default for CniPod {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A slog logger that discards everything (tests check effects, not logs).
+pub fn quiet_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}

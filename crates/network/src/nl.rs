@@ -3,12 +3,12 @@
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::link::{LinkMessage, MacVtapMode};
-use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{RouteProtocol, RouteScope};
 use netlink_packet_route::tc::TcHandle;
 use rtnetlink::{Handle, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{Error, Result};
-use crate::scan::Route;
+use crate::scan::{Neighbor, Route};
 use crate::types::{IfName, MacAddr};
 
 const ENODEV: i32 = libc::ENODEV;
@@ -147,10 +147,16 @@ pub async fn del_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNe
 }
 const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
 
-/// Add addresses to the link; an address that is already there is fine.
+/// Give addresses back to the link; an address that is already there is fine. IPv6 ones skip
+/// duplicate address detection: they were in use on this very link a moment ago.
 pub async fn add_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNet]) -> Result<()> {
+    use netlink_packet_route::address::{AddressAttribute, AddressFlags};
     for net in nets {
-        match handle.address().add(index, net.addr(), net.prefix_len()).execute().await {
+        let mut req = handle.address().add(index, net.addr(), net.prefix_len());
+        if net.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Err(e) if errno_of(&e) != Some(EEXIST) => return Err(Error::netlink("add address to", name)(e)),
             _ => {}
         }
@@ -177,7 +183,10 @@ pub async fn replace_routes(handle: &Handle, index: u32, routes: &[Route]) -> Re
         if let Some(s) = r.source {
             b = b.pref_source(s).map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
         }
-        b = b.scope(RouteScope::from(r.scope));
+        b = b.scope(RouteScope::from(r.scope)).protocol(RouteProtocol::from(r.protocol));
+        if r.metric != 0 {
+            b = b.priority(r.metric);
+        }
         handle
             .route()
             .add(b.build())
@@ -185,6 +194,19 @@ pub async fn replace_routes(handle: &Handle, index: u32, routes: &[Route]) -> Re
             .execute()
             .await
             .map_err(Error::netlink("restore a route through", r.device.as_str()))?;
+    }
+    Ok(())
+}
+
+/// Add (or replace) permanent neighbour entries on the link.
+pub async fn replace_neighbors(handle: &Handle, index: u32, name: &str, neighbors: &[Neighbor]) -> Result<()> {
+    use netlink_packet_route::neighbour::NeighbourState;
+    for n in neighbors {
+        let mut req = handle.neighbours().add(index, n.ip).state(NeighbourState::Permanent).replace();
+        if let Some(mac) = n.lladdr {
+            req = req.link_local_address(&mac.0);
+        }
+        req.execute().await.map_err(Error::netlink("restore a neighbour on", name))?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::nl;
-use crate::scan::Route;
+use crate::scan::{Neighbor, Route};
 use crate::types::{IfName, MacAddr};
 
 /// One step that reverses one change in the namespace.
@@ -21,6 +21,7 @@ pub enum Undo {
     SetMac { name: IfName, mac: MacAddr },
     AddAddresses { name: IfName, addresses: Vec<IpNet> },
     AddRoutes { name: IfName, routes: Vec<Route> },
+    AddNeighbors { name: IfName, neighbors: Vec<Neighbor> },
 }
 
 impl Undo {
@@ -40,6 +41,10 @@ impl Undo {
             Undo::AddRoutes { name, routes } => {
                 let index = nl::require_link(handle, name.as_str()).await?;
                 nl::replace_routes(handle, index, routes).await
+            }
+            Undo::AddNeighbors { name, neighbors } => {
+                let index = nl::require_link(handle, name.as_str()).await?;
+                nl::replace_neighbors(handle, index, name.as_str(), neighbors).await
             }
         }
     }

@@ -89,6 +89,10 @@ pub struct Route {
     /// `RTNH_F_*`.
     pub flags: u32,
     pub mtu: u32,
+    /// `RTPROT_*`: who made the route (kept so a restored route is the same route).
+    pub protocol: u8,
+    /// The route's metric (`RTA_PRIORITY`).
+    pub metric: u32,
 }
 
 /// A permanent neighbour entry.
@@ -268,7 +272,7 @@ fn parse_route(msg: &RouteMessage, links: &[Link]) -> Option<Route> {
     }
     let ipv6 = h.address_family == AddressFamily::Inet6;
     let mut table = u32::from(h.table);
-    let (mut dest, mut gateway, mut source, mut oif, mut mtu) = (None, None, None, None, 0);
+    let (mut dest, mut gateway, mut source, mut oif, mut mtu, mut metric) = (None, None, None, None, 0, 0);
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
@@ -276,6 +280,7 @@ fn parse_route(msg: &RouteMessage, links: &[Link]) -> Option<Route> {
             RouteAttribute::Gateway(g) => gateway = route_ip(g),
             RouteAttribute::PrefSource(s) => source = route_ip(s),
             RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Metrics(ms) => {
                 for m in ms {
                     if let RouteMetric::Mtu(v) = m {
@@ -300,7 +305,18 @@ fn parse_route(msg: &RouteMessage, links: &[Link]) -> Option<Route> {
             return None;
         }
     }
-    Some(Route { dest, gateway, device, source, scope: u8::from(h.scope), ipv6, flags: h.flags.bits(), mtu })
+    Some(Route {
+        dest,
+        gateway,
+        device,
+        source,
+        scope: u8::from(h.scope),
+        ipv6,
+        flags: h.flags.bits(),
+        mtu,
+        protocol: u8::from(h.protocol),
+        metric,
+    })
 }
 
 fn parse_neighbor(msg: &NeighbourMessage, links: &[Link]) -> Option<Neighbor> {

@@ -131,6 +131,7 @@ impl Endpoint {
         let bridged = || Bridged {
             link: link.clone(),
             routes: info.routes_of(link.name.as_str()).cloned().collect(),
+            neighbors: info.neighbors.iter().filter(|n| n.device == link.name).cloned().collect(),
             vm_dev: vm_dev.clone(),
             model: cfg.model,
         };

@@ -1,7 +1,7 @@
 //! The `macvtap` model: a bridge-mode macvtap `tap<N>_kata` on the link takes over the link's
 //! MAC (the one CNI's bridge expects to see), the link gets a random MAC and gives up its
 //! addresses so that it no longer answers ARP for the VM. The VM reads and writes the macvtap's
-//! queues. Teardown gives the link back its MAC, addresses and routes.
+//! queues. Teardown gives the link back its MAC, addresses, routes and permanent neighbours.
 
 use crate::error::{Error, Result};
 use crate::model::{Bridged, Connected, Connection};
@@ -15,6 +15,8 @@ pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut R
     let mac = link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
     nl::ensure_absent(h, mvt).await?;
 
+    // A MAC change flushes the link's neighbours, permanent ones too; they come back last.
+    rb.push(Undo::AddNeighbors { name: link.name.clone(), neighbors: b.neighbors.clone() });
     let other = MacAddr::random_local().map_err(Error::io("pick a random MAC for", link.name.as_str()))?;
     nl::set_mac(h, link.index, link.name.as_str(), other).await?;
     rb.push(Undo::SetMac { name: link.name.clone(), mac });
@@ -37,6 +39,7 @@ pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut R
             link_mac: mac,
             addresses: link.addresses.clone(),
             routes: b.routes.clone(),
+            neighbors: b.neighbors.clone(),
         },
     })
 }

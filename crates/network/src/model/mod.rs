@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::rollback::{Rollback, Undo};
-use crate::scan::{Link, Route};
+use crate::scan::{Link, Neighbor, Route};
 use crate::types::{IfName, MacAddr, NetworkModel};
 use crate::NetCtx;
 
@@ -20,6 +20,8 @@ pub struct Bridged {
     pub link: Link,
     /// The link's routes, restored by the macvtap model after it takes the addresses away.
     pub routes: Vec<Route>,
+    /// The link's permanent neighbours, which a MAC change flushes.
+    pub neighbors: Vec<Neighbor>,
     /// Name of the device the runtime makes for the VM: `tap<N>_kata`.
     pub vm_dev: IfName,
     pub model: NetworkModel,
@@ -33,7 +35,14 @@ pub enum Connection {
     TcFilter { link: IfName, tap: IfName },
     /// A macvtap on the link that took over its MAC; the link's MAC, addresses and routes
     /// are given back on teardown.
-    Macvtap { link: IfName, macvtap: IfName, link_mac: MacAddr, addresses: Vec<ipnet::IpNet>, routes: Vec<Route> },
+    Macvtap {
+        link: IfName,
+        macvtap: IfName,
+        link_mac: MacAddr,
+        addresses: Vec<ipnet::IpNet>,
+        routes: Vec<Route>,
+        neighbors: Vec<Neighbor>,
+    },
     /// A TAP not joined to anything.
     Tap { tap: IfName },
 }
@@ -45,11 +54,12 @@ impl Connection {
             Connection::TcFilter { link, tap } => {
                 vec![Undo::DeleteIngress { name: link.clone() }, Undo::DeleteLink { name: tap.clone() }]
             }
-            Connection::Macvtap { link, macvtap, link_mac, addresses, routes } => vec![
+            Connection::Macvtap { link, macvtap, link_mac, addresses, routes, neighbors } => vec![
                 Undo::DeleteLink { name: macvtap.clone() },
                 Undo::SetMac { name: link.clone(), mac: *link_mac },
                 Undo::AddAddresses { name: link.clone(), addresses: addresses.clone() },
                 Undo::AddRoutes { name: link.clone(), routes: routes.clone() },
+                Undo::AddNeighbors { name: link.clone(), neighbors: neighbors.clone() },
             ],
             Connection::Tap { tap } => vec![Undo::DeleteLink { name: tap.clone() }],
         }
