@@ -29,6 +29,25 @@ impl NetNs {
         Self { path: path.into() }
     }
 
+    /// A namespace named by an operator: the path must be absolute and lead to a namespace file
+    /// (nsfs); whether it is a *network* namespace shows when it is entered.
+    pub fn from_user_path(path: &Path) -> Result<Self> {
+        const NSFS_MAGIC: i64 = 0x6e73_6673;
+        let bad = |why: &str| Error::NetnsOpen {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned()),
+        };
+        if !path.is_absolute() {
+            return Err(bad("the path must be absolute"));
+        }
+        let fs = nix::sys::statfs::statfs(path)
+            .map_err(|e| Error::NetnsOpen { path: path.to_owned(), source: e.into() })?;
+        if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+            return Err(bad("not a namespace file (expected /run/netns/<name> or /proc/<pid>/ns/net)"));
+        }
+        Ok(Self::new(path))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

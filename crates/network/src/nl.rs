@@ -204,7 +204,7 @@ pub async fn replace_neighbors(handle: &Handle, index: u32, name: &str, neighbor
     for n in neighbors {
         let mut req = handle.neighbours().add(index, n.ip).state(NeighbourState::Permanent).replace();
         if let Some(mac) = n.lladdr {
-            req = req.link_local_address(&mac.0);
+            req = req.link_layer_address(&mac.0);
         }
         req.execute().await.map_err(Error::netlink("restore a neighbour on", name))?;
     }
