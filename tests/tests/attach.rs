@@ -175,3 +175,28 @@ async fn attach_all_undoes_earlier_endpoints_when_a_later_one_fails() {
     assert!(matches!(&err, Error::DeviceExists(d) if d == "tap1_kata"), "{err:?}");
     assert_eq!(cni.pod.snapshot(), before);
 }
+
+#[tokio::test]
+async fn detach_all_removes_every_endpoint_of_a_sandbox_in_one_batch() {
+    require_root_and_tools(&["ip", "tc"]);
+    let cni = CniPod::new();
+    for i in 1..4 {
+        let (eth, p) = (format!("eth{i}"), format!("eth{i}p"));
+        cni.pod.ip(&["link", "add", &eth, "type", "veth", "peer", "name", &p, "netns", &cni.peer.name]);
+        cni.pod.ip(&["link", "set", &eth, "up"]);
+    }
+    // The macvtap model too: its device is in the runtime's group as well.
+    for model in [NetworkModel::TcFilter, NetworkModel::Macvtap] {
+        let before = cni.pod.snapshot();
+        let cfg = cfg(model, 2);
+        let ctx = NetCtx::open(cni.pod.netns(), quiet_logger()).unwrap();
+        let eps = Endpoint::from_scan(&ctx.scan().await.unwrap(), &cfg).unwrap();
+        assert_eq!(eps.len(), 4);
+        let attached = network::attach_all(&ctx, &eps, &cfg).await.unwrap();
+        let group = cni.pod.ip(&["link", "show", "group", &network::nl::RUNTIME_LINK_GROUP.to_string()]);
+        assert_eq!(group.lines().filter(|l| l.contains("_kata")).count(), 4, "{model:?}: {group}");
+        let states: Vec<EndpointState> = attached.iter().map(|a| a.state.clone()).collect();
+        network::detach_all(&ctx, &states).await.unwrap();
+        assert_eq!(cni.pod.snapshot(), before, "{model:?}");
+    }
+}

@@ -12,7 +12,7 @@ pub mod scan;
 pub mod tuntap;
 pub mod types;
 
-pub use endpoint::{attach_all, Attached, Endpoint, EndpointConfig, EndpointState};
+pub use endpoint::{attach_all, detach_all, Attached, Endpoint, EndpointConfig, EndpointState};
 pub use error::{Error, Result};
 pub use model::Connection;
 pub use netns::NetNs;
@@ -25,14 +25,20 @@ pub use types::{IfName, MacAddr, NetworkModel, ParseError, PciPath};
 pub struct NetCtx {
     pub netns: NetNs,
     pub handle: rtnetlink::Handle,
+    /// A thread inside the namespace for work that must run there.
+    pub worker: netns::NsWorker,
     pub log: slog::Logger,
 }
 
 impl NetCtx {
     /// Open a netlink socket inside `netns`. Must be called from within a tokio runtime.
     pub fn open(netns: NetNs, log: slog::Logger) -> Result<Self> {
-        let handle = netns.netlink()?;
-        Ok(Self { netns, handle, log })
+        let worker = netns::NsWorker::start(&netns)?;
+        let sock = worker
+            .run(|| netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE))?
+            .map_err(Error::NetlinkSocket)?;
+        let handle = netns::netlink_from_socket(sock)?;
+        Ok(Self { netns, handle, worker, log })
     }
 
     /// Scan the namespace.

@@ -87,12 +87,7 @@ impl NetNs {
         let sock = self
             .run(|| netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE))?
             .map_err(Error::NetlinkSocket)?;
-        sock.set_non_blocking(true).map_err(Error::NetlinkSocket)?;
-        // SAFETY: the fd was just taken out of a live netlink socket that gives up ownership.
-        let sock = unsafe { netlink_sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) };
-        let (conn, handle, _) = rtnetlink::from_socket(sock);
-        tokio::spawn(conn);
-        Ok(handle)
+        netlink_from_socket(sock)
     }
 
     /// Create a named namespace under [`NETNS_RUN_DIR`], as `ip netns add` does.
@@ -146,6 +141,17 @@ impl NetNs {
     }
 }
 
+/// Drive a netlink route socket (bound to whatever namespace it was opened in) on the current
+/// tokio runtime.
+pub fn netlink_from_socket(sock: netlink_sys::Socket) -> Result<rtnetlink::Handle> {
+    sock.set_non_blocking(true).map_err(Error::NetlinkSocket)?;
+    // SAFETY: the fd was just taken out of a live netlink socket that gives up ownership.
+    let sock = unsafe { netlink_sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) };
+    let (conn, handle, _) = rtnetlink::from_socket(sock);
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
 /// Make `dir` a shared mount point (bind-mounting it on itself first if needed) so namespace
 /// mounts below it propagate to other mount namespaces, like iproute2 does for `/run/netns`.
 fn make_shared_mount_dir(dir: &Path) -> std::io::Result<()> {
@@ -158,5 +164,53 @@ fn make_shared_mount_dir(dir: &Path) -> std::io::Result<()> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that stays inside one network namespace and runs jobs sent to it, so that work
+/// needing the namespace (opening TAP queues, ioctls by name) pays a channel hop instead of a
+/// thread spawn. The thread ends when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct NsWorker {
+    tx: std::sync::mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl NsWorker {
+    pub fn start(ns: &NetNs) -> Result<Self> {
+        let path = ns.path.clone();
+        let file = File::open(&path).map_err(|source| Error::NetnsOpen { path: path.clone(), source })?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("netns-worker".into())
+            .spawn(move || {
+                let entered = setns(&file, CloneFlags::CLONE_NEWNET);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    for job in rx {
+                        job();
+                    }
+                }
+            })
+            .map_err(|source| Error::NetnsCreate { path: path.clone(), source })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { tx, path }),
+            Ok(Err(source)) => Err(Error::NetnsEnter { path, source }),
+            Err(_) => Err(Error::NetnsThread { path }),
+        }
+    }
+
+    /// Run `f` on the namespace thread and wait for its result.
+    pub fn run<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(&self, f: F) -> Result<T> {
+        let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = rtx.send(f());
+        });
+        self.tx.send(job).map_err(|_| Error::NetnsThread { path: self.path.clone() })?;
+        rrx.recv().map_err(|_| Error::NetnsThread { path: self.path.clone() })
     }
 }

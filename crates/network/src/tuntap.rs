@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::netns::NetNs;
+use crate::netns::{NetNs, NsWorker};
 use crate::types::IfName;
 
 const TUN_DEVICE: &str = "/dev/net/tun";
@@ -49,10 +49,28 @@ pub fn open_tap_queues(name: &IfName, queues: usize, multi_queue: bool) -> io::R
         .collect()
 }
 
-/// Open TAP queues inside `ns` (see [`open_tap_queues`]); the error names the device.
-pub fn open_tap_queues_in(ns: &NetNs, name: &IfName, queues: usize, multi_queue: bool) -> Result<Vec<OwnedFd>> {
-    ns.run(|| open_tap_queues(name, queues, multi_queue))?
+/// Open queues of an existing TAP inside the worker's namespace; the error names the device.
+pub fn open_tap_queues_in(ns: &NsWorker, name: &IfName, queues: usize, multi_queue: bool) -> Result<Vec<OwnedFd>> {
+    let n = name.clone();
+    ns.run(move || open_tap_queues(&n, queues, multi_queue))?
         .map_err(Error::io("open TAP queues of", name.as_str()))
+}
+
+/// Create a new TAP `name` inside `ns` with its queues open, and return them with its ifindex.
+/// A device of that name already there is [`Error::DeviceExists`]: attaching to it with
+/// TUNSETIFF would silently share someone else's device. The check and the index lookup are
+/// ioctls on the namespace thread that opens the queues anyway, not extra netlink round trips.
+pub fn create_tap_in(ns: &NsWorker, name: &IfName, queues: usize, multi_queue: bool) -> Result<(Vec<OwnedFd>, u32)> {
+    let name = name.clone();
+    ns.run(move || {
+        let dev = name.as_str();
+        if nix::net::if_::if_nametoindex(dev).is_ok() {
+            return Err(Error::DeviceExists(dev.to_owned()));
+        }
+        let fds = open_tap_queues(&name, queues, multi_queue).map_err(Error::io("create TAP", dev))?;
+        let index = nix::net::if_::if_nametoindex(dev).map_err(|e| Error::io("look up", dev)(e.into()))?;
+        Ok((fds, index))
+    })?
 }
 
 /// One `/dev/vhost-net` fd per queue, or none when the device is missing or vhost is disabled.

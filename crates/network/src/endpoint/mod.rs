@@ -255,6 +255,30 @@ fn vhost_user_socket(dir: &Path, link: &Link) -> Option<PathBuf> {
     })
 }
 
+/// Detach a whole sandbox: the link-side changes of every endpoint first, then every device
+/// the runtime made in one kernel batch, then each endpoint's own steps (which now find their
+/// devices gone, or remove ones an older runtime made outside the group). Every step is tried;
+/// the first error is returned.
+pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
+    let mut first = Ok(());
+    let mut keep = |r: Result<()>| {
+        if first.is_ok() {
+            first = r;
+        }
+    };
+    let steps: Vec<Vec<Undo>> = states.iter().map(EndpointState::teardown).collect();
+    for s in steps.iter().flatten().filter(|u| matches!(u, Undo::DeleteIngress { .. })) {
+        keep(s.run(&ctx.handle).await);
+    }
+    if steps.iter().flatten().any(|u| matches!(u, Undo::DeleteLink { .. })) {
+        keep(crate::nl::delete_group(&ctx.handle, crate::nl::RUNTIME_LINK_GROUP).await);
+    }
+    for s in steps.iter().flatten().filter(|u| !matches!(u, Undo::DeleteIngress { .. })) {
+        keep(s.run(&ctx.handle).await);
+    }
+    first
+}
+
 /// Attach every endpoint; when one fails, the ones attached before it are detached again.
 pub async fn attach_all(ctx: &NetCtx, eps: &[Endpoint], cfg: &EndpointConfig) -> Result<Vec<Attached>> {
     let mut done: Vec<Attached> = Vec::with_capacity(eps.len());
@@ -262,9 +286,9 @@ pub async fn attach_all(ctx: &NetCtx, eps: &[Endpoint], cfg: &EndpointConfig) ->
         match ep.attach(ctx, cfg).await {
             Ok(a) => done.push(a),
             Err(e) => {
-                for a in done.iter().rev() {
-                    let _ = a.state.detach(ctx).await;
-                }
+                let states: Vec<EndpointState> = done.into_iter().map(|a| a.state).collect();
+                // The attach error is what the caller needs; the undo is best effort.
+                let _ = detach_all(ctx, &states).await;
                 return Err(e);
             }
         }

@@ -27,7 +27,7 @@ impl TapEndpoint {
 
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
         let queues = if self.multi_queue { cfg.queues } else { 1 };
-        let fds = tuntap::open_tap_queues_in(&ctx.netns, &self.name, queues, self.multi_queue)?;
+        let fds = tuntap::open_tap_queues_in(&ctx.worker, &self.name, queues, self.multi_queue)?;
         let vhost = tuntap::open_vhost_net(queues, cfg.vhost_net)?;
         slog::info!(ctx.log, "endpoint attached"; "endpoint" => &self.id, "if_name" => self.name.as_str());
         Ok(Attached {

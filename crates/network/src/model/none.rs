@@ -10,10 +10,8 @@ use crate::{nl, tuntap, NetCtx};
 pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut Rollback) -> Result<Connected> {
     let h = &ctx.handle;
     let tap = &b.vm_dev;
-    nl::ensure_absent(h, tap).await?;
-    let fds = tuntap::open_tap_queues_in(&ctx.netns, tap, queues, queues > 1)?;
+    let (fds, index) = tuntap::create_tap_in(&ctx.worker, tap, queues, queues > 1)?;
     rb.push(Undo::DeleteLink { name: tap.clone() });
-    let index = nl::require_link(h, tap.as_str()).await?;
-    nl::set_mtu_up(h, index, tap.as_str(), b.link.mtu).await?;
+    nl::set_runtime_dev_up(h, index, tap.as_str(), b.link.mtu).await?;
     Ok(Connected { queues: fds, connection: Connection::Tap { tap: tap.clone() } })
 }

@@ -9,11 +9,9 @@ use crate::{nl, tuntap, NetCtx};
 pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut Rollback) -> Result<Connected> {
     let h = &ctx.handle;
     let (link, tap) = (&b.link, &b.vm_dev);
-    nl::ensure_absent(h, tap).await?;
-    let fds = tuntap::open_tap_queues_in(&ctx.netns, tap, queues, queues > 1)?;
+    let (fds, tap_index) = tuntap::create_tap_in(&ctx.worker, tap, queues, queues > 1)?;
     rb.push(Undo::DeleteLink { name: tap.clone() });
-    let tap_index = nl::require_link(h, tap.as_str()).await?;
-    nl::set_mtu_up(h, tap_index, tap.as_str(), link.mtu).await?;
+    nl::set_runtime_dev_up(h, tap_index, tap.as_str(), link.mtu).await?;
 
     nl::add_ingress(h, link.index, link.name.as_str()).await?;
     rb.push(Undo::DeleteIngress { name: link.name.clone() });
