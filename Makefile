@@ -1,0 +1,32 @@
+# Build, test, benchmark and demo. The test, bench and demo targets install the Debian
+# packages they need first (scripts/install-deps.sh; needs root, as do the tests themselves).
+
+CARGO  ?= cargo
+PREFIX ?= /usr/local
+
+.PHONY: all build deps test bench demo install clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+deps:
+	./scripts/install-deps.sh
+
+test: deps
+	$(CARGO) test --workspace
+	./scripts/ipvlan-tests.sh
+
+bench: deps
+	$(CARGO) bench -p tests --bench network
+
+demo: deps
+	$(CARGO) build --release -p shim -p tests --bins
+	./target/release/net-demo
+
+install: build
+	install -D -m 0755 target/release/kata-runtime $(DESTDIR)$(PREFIX)/bin/kata-runtime
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the Debian packages the build, the tests, the demo and the benchmark use.
+# Idempotent: apt-get runs only when something is missing. Needs root.
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+  [ip]=iproute2
+  [tc]=iproute2
+  [ping]=iputils-ping
+  [gcc]=gcc
+  [make]=make
+)
+
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing ${missing[*]} and not root; run as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2046
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
+fi
+
+command -v cargo >/dev/null 2>&1 || {
+  echo "install-deps: cargo not found; this machine kind ships the Rust toolchain (rustup)" >&2
+  exit 1
+}
