@@ -15,8 +15,7 @@ deps:
 	./scripts/install-deps.sh
 
 test: deps
-	$(CARGO) test --workspace
-	./scripts/ipvlan-tests.sh
+	./scripts/run-tests.sh
 
 bench: deps
 	$(CARGO) bench -p tests --bench network
