@@ -97,7 +97,8 @@ struct Row {
 fn main() {
     require_root_and_tools(&["ip", "tc"]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let cfg = EndpointConfig { model: NetworkModel::TcFilter, queues: 1, vhost_net: false, ..EndpointConfig::default() };
+    let cfg =
+        EndpointConfig { model: NetworkModel::TcFilter, queues: 1, vhost_net: false, ..EndpointConfig::default() };
     let mut rows = Vec::new();
 
     for n in [1usize, 8, 32] {
@@ -170,8 +171,15 @@ fn main() {
     let scan = rows.last().unwrap().ours;
     let worst_ratio = rows.iter().map(|r| r.cmds.as_secs_f64() / r.ours.as_secs_f64()).fold(f64::MAX, f64::min);
     println!();
-    println!("kernel floor: `ip link del` of one TAP takes {:.3} ms (median); a detach pays it once per batch", ms(floor));
-    println!("target attach of 1 endpoint < 1 ms: {:.3} ms ({})", ms(attach1), verdict(attach1 < Duration::from_millis(1)));
+    println!(
+        "kernel floor: `ip link del` of one TAP takes {:.3} ms (median); a detach pays it once per batch",
+        ms(floor)
+    );
+    println!(
+        "target attach of 1 endpoint < 1 ms: {:.3} ms ({})",
+        ms(attach1),
+        verdict(attach1 < Duration::from_millis(1))
+    );
     println!("target 10,000-route scan < 50 ms: {:.3} ms ({})", ms(scan), verdict(scan < Duration::from_millis(50)));
     println!("target >= 20x faster than commands: worst {worst_ratio:.1}x ({})", verdict(worst_ratio >= 20.0));
 }

@@ -13,9 +13,8 @@ use serde_json::Value;
 pub fn require_root_and_tools(tools: &[&str]) {
     assert!(nix::unistd::geteuid().is_root(), "these tests need root (CI runs them as root)");
     for t in tools {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            .unwrap_or(false);
+        let found =
+            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file())).unwrap_or(false);
         assert!(found, "required tool {t:?} is not installed; .ci/run installs it");
     }
 }
@@ -23,12 +22,7 @@ pub fn require_root_and_tools(tools: &[&str]) {
 /// Run a command, panic with its output when it fails; returns stdout.
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -110,18 +104,18 @@ impl TestNs {
                 v
             })
             .collect();
-        let addrs: Vec<Value> = self
-            .json(&["-j", "addr", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|l| {
-                let name = l["ifname"].clone();
-                l["addr_info"].as_array().cloned().unwrap_or_default().into_iter().map(move |a| {
-                    serde_json::json!({"dev": name, "local": a["local"], "prefixlen": a["prefixlen"]})
+        let addrs: Vec<Value> =
+            self.json(&["-j", "addr", "show"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|l| {
+                    let name = l["ifname"].clone();
+                    l["addr_info"].as_array().cloned().unwrap_or_default().into_iter().map(
+                        move |a| serde_json::json!({"dev": name, "local": a["local"], "prefixlen": a["prefixlen"]}),
+                    )
                 })
-            })
-            .collect();
+                .collect();
         let routes = self.json(&["-j", "route", "show", "table", "all"]);
         let routes6 = self.json(&["-j", "-6", "route", "show", "table", "all"]);
         let neigh: Vec<Value> = self

@@ -36,7 +36,8 @@ fn ping_through(cni: &CniPod, queues: Vec<File>) -> Seen {
         let mut queues = queues;
         frames::serve(&mut queues, mac, ip, Duration::from_secs(30), || stop2.load(Ordering::SeqCst))
     });
-    let ok = tests::try_run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "3", "-i", "0.2", "-W", "3", POD_IP]);
+    let ok =
+        tests::try_run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "3", "-i", "0.2", "-W", "3", POD_IP]);
     stop.store(true, Ordering::SeqCst);
     let seen = vm.join().unwrap();
     assert!(ok, "ping from the peer through the connection failed; the VM side saw {seen:?}");

@@ -96,8 +96,7 @@ async fn tap_macvlan_macvtap_and_tun_scan_to_their_kinds() {
     let ctx = NetCtx::open(ns.netns(), quiet_logger()).unwrap();
     let info = ctx.scan().await.unwrap();
 
-    let mut kinds: Vec<(String, LinkKind)> =
-        info.links.iter().map(|l| (l.name.to_string(), l.kind.clone())).collect();
+    let mut kinds: Vec<(String, LinkKind)> = info.links.iter().map(|l| (l.name.to_string(), l.kind.clone())).collect();
     kinds.sort_by(|a, b| a.0.cmp(&b.0));
     let want = vec![
         ("br0".to_owned(), LinkKind::Other { name: "bridge".into() }),

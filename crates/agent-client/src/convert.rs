@@ -62,11 +62,7 @@ pub fn neighbors(neighbors: &[Neighbor]) -> Vec<ArpNeighbor> {
     neighbors
         .iter()
         .map(|n| ArpNeighbor {
-            to_ip_address: Some(IpAddress {
-                family: family(&n.ip),
-                address: n.ip.to_string(),
-                mask: String::new(),
-            }),
+            to_ip_address: Some(IpAddress { family: family(&n.ip), address: n.ip.to_string(), mask: String::new() }),
             device: n.device.to_string(),
             lladdr: n.lladdr.map(|m| m.to_string()).unwrap_or_default(),
             state: i32::from(n.state),
@@ -109,7 +105,10 @@ mod tests {
             metric: 1024,
         };
         let j = serde_json::to_string(&routes(&[r])).unwrap();
-        assert_eq!(j, r#"[{"dest":"","gateway":"fd00::1","device":"eth0","source":"","scope":0,"family":1,"flags":0,"mtu":0}]"#);
+        assert_eq!(
+            j,
+            r#"[{"dest":"","gateway":"fd00::1","device":"eth0","source":"","scope":0,"family":1,"flags":0,"mtu":0}]"#
+        );
         let n = Neighbor {
             ip: "10.88.0.9".parse().unwrap(),
             device: "eth0".parse().unwrap(),

@@ -64,9 +64,7 @@ impl Error {
     /// The kernel's errno when the failure was a netlink or system call error.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Netlink { source: rtnetlink::Error::NetlinkError(m), .. } => {
-                m.code.map(|c| -c.get())
-            }
+            Error::Netlink { source: rtnetlink::Error::NetlinkError(m), .. } => m.code.map(|c| -c.get()),
             Error::Io { source, .. } => source.raw_os_error(),
             Error::NetnsEnter { source, .. } => Some(*source as i32),
             _ => None,

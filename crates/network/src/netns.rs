@@ -40,8 +40,8 @@ impl NetNs {
         if !path.is_absolute() {
             return Err(bad("the path must be absolute"));
         }
-        let fs = nix::sys::statfs::statfs(path)
-            .map_err(|e| Error::NetnsOpen { path: path.to_owned(), source: e.into() })?;
+        let fs =
+            nix::sys::statfs::statfs(path).map_err(|e| Error::NetnsOpen { path: path.to_owned(), source: e.into() })?;
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
             return Err(bad("not a namespace file (expected /run/netns/<name> or /proc/<pid>/ns/net)"));
         }
@@ -54,8 +54,7 @@ impl NetNs {
 
     /// Run `f` on a new thread that has entered this namespace; the caller's thread is untouched.
     pub fn run<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
-        let file = File::open(&self.path)
-            .map_err(|source| Error::NetnsOpen { path: self.path.clone(), source })?;
+        let file = File::open(&self.path).map_err(|source| Error::NetnsOpen { path: self.path.clone(), source })?;
         std::thread::scope(|s| {
             s.spawn(|| {
                 setns(&file, CloneFlags::CLONE_NEWNET)

@@ -28,7 +28,8 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
 
 /// The index of the link `name`, or `None` when there is no such link.
 pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
-    let res: Result<Vec<LinkMessage>, _> = handle.link().get().match_name(name.to_owned()).execute().try_collect().await;
+    let res: Result<Vec<LinkMessage>, _> =
+        handle.link().get().match_name(name.to_owned()).execute().try_collect().await;
     match res {
         Ok(msgs) => Ok(msgs.first().map(|m| m.header.index)),
         Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
@@ -74,7 +75,9 @@ pub async fn delete_group(handle: &Handle, group: u32) -> Result<()> {
     let mut req = handle.link().del(0);
     req.message_mut().attributes.push(netlink_packet_route::link::LinkAttribute::Group(group));
     match req.execute().await {
-        Err(e) if errno_of(&e) != Some(ENODEV) => Err(Error::netlink("delete the runtime's devices in", "this namespace")(e)),
+        Err(e) if errno_of(&e) != Some(ENODEV) => {
+            Err(Error::netlink("delete the runtime's devices in", "this namespace")(e))
+        }
         _ => Ok(()),
     }
 }
@@ -101,13 +104,7 @@ pub async fn add_macvtap(handle: &Handle, name: &IfName, parent: u32, mac: MacAd
 
 /// `tc qdisc add dev <name> ingress`.
 pub async fn add_ingress(handle: &Handle, index: u32, name: &str) -> Result<()> {
-    handle
-        .qdisc()
-        .add(index as i32)
-        .ingress()
-        .execute()
-        .await
-        .map_err(Error::netlink("add ingress qdisc on", name))
+    handle.qdisc().add(index as i32).ingress().execute().await.map_err(Error::netlink("add ingress qdisc on", name))
 }
 
 /// `tc qdisc del dev <name> ingress`; a missing qdisc or link is fine.

@@ -16,9 +16,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::Nla;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
@@ -36,14 +34,19 @@ use crate::types::{IfName, MacAddr};
 pub enum LinkKind {
     Veth,
     /// A tun/tap device; `tap` is false for layer-3 tun mode.
-    Tuntap { tap: bool, multi_queue: bool },
+    Tuntap {
+        tap: bool,
+        multi_queue: bool,
+    },
     Macvlan,
     Macvtap,
     Ipvlan,
     /// No kind and Ethernet link layer: a physical NIC (or a VF).
     Physical,
     /// Anything else, with the kernel's kind name.
-    Other { name: String },
+    Other {
+        name: String,
+    },
 }
 
 impl LinkKind {
@@ -334,13 +337,7 @@ fn parse_neighbor(msg: &NeighbourMessage, links: &[Link]) -> Option<Neighbor> {
             _ => {}
         }
     }
-    Some(Neighbor {
-        ip: ip?,
-        device,
-        lladdr,
-        state: u16::from(msg.header.state),
-        flags: msg.header.flags.bits(),
-    })
+    Some(Neighbor { ip: ip?, device, lladdr, state: u16::from(msg.header.state), flags: msg.header.flags.bits() })
 }
 
 #[cfg(test)]

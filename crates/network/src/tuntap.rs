@@ -52,8 +52,7 @@ pub fn open_tap_queues(name: &IfName, queues: usize, multi_queue: bool) -> io::R
 /// Open queues of an existing TAP inside the worker's namespace; the error names the device.
 pub fn open_tap_queues_in(ns: &NsWorker, name: &IfName, queues: usize, multi_queue: bool) -> Result<Vec<OwnedFd>> {
     let n = name.clone();
-    ns.run(move || open_tap_queues(&n, queues, multi_queue))?
-        .map_err(Error::io("open TAP queues of", name.as_str()))
+    ns.run(move || open_tap_queues(&n, queues, multi_queue))?.map_err(Error::io("open TAP queues of", name.as_str()))
 }
 
 /// Create a new TAP `name` inside `ns` with its queues open, and return them with its ifindex.

@@ -61,7 +61,10 @@ fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::SeqCst);
     let seen = vm.join().map_err(|_| anyhow::anyhow!("VM thread panicked"))?;
     print!("{}", String::from_utf8_lossy(&ping.stdout));
-    println!("VM side saw {} frames: {} ARP requests, {} echo requests", seen.frames, seen.arp_requests, seen.echo_requests);
+    println!(
+        "VM side saw {} frames: {} ARP requests, {} echo requests",
+        seen.frames, seen.arp_requests, seen.echo_requests
+    );
 
     rt.block_on(a.state.detach(&ctx))?;
     let restored = cni.pod.snapshot() == before;

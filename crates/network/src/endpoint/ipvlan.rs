@@ -16,12 +16,16 @@ pub struct IpvlanEndpoint {
 impl IpvlanEndpoint {
     pub fn new(id: String, bridged: Bridged) -> Result<Self> {
         if bridged.model == NetworkModel::Macvtap {
-            return Err(Error::Unsupported { name: bridged.link.name.to_string(), what: "the macvtap model on an ipvlan" });
+            return Err(Error::Unsupported {
+                name: bridged.link.name.to_string(),
+                what: "the macvtap model on an ipvlan",
+            });
         }
         Ok(Self { id, bridged })
     }
 
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
-        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Ipvlan { link, connection }).await
+        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Ipvlan { link, connection })
+            .await
     }
 }

@@ -13,6 +13,10 @@ pub struct MacvlanEndpoint {
 
 impl MacvlanEndpoint {
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
-        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Macvlan { link, connection }).await
+        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Macvlan {
+            link,
+            connection,
+        })
+        .await
     }
 }

@@ -16,7 +16,8 @@ pub struct MacvtapEndpoint {
 impl MacvtapEndpoint {
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
         let link = &self.link;
-        let guest_mac = link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
+        let guest_mac =
+            link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
         let queues = tuntap::open_macvtap_queues(&ctx.netns, &link.name, link.index, cfg.queues)?;
         let vhost = tuntap::open_vhost_net(cfg.queues, cfg.vhost_net)?;
         slog::info!(ctx.log, "endpoint attached"; "endpoint" => &self.id, "if_name" => link.name.as_str());

@@ -65,14 +65,34 @@ pub enum Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum EndpointState {
-    Veth { link: IfName, connection: Connection },
+    Veth {
+        link: IfName,
+        connection: Connection,
+    },
     /// `created`: the runtime made the TAP and removes it again.
-    Tap { link: IfName, created: bool },
-    Tuntap { link: IfName, connection: Connection },
-    Macvlan { link: IfName, connection: Connection },
-    Macvtap { link: IfName },
-    Ipvlan { link: IfName, connection: Connection },
-    VhostUser { link: IfName, socket: PathBuf },
+    Tap {
+        link: IfName,
+        created: bool,
+    },
+    Tuntap {
+        link: IfName,
+        connection: Connection,
+    },
+    Macvlan {
+        link: IfName,
+        connection: Connection,
+    },
+    Macvtap {
+        link: IfName,
+    },
+    Ipvlan {
+        link: IfName,
+        connection: Connection,
+    },
+    VhostUser {
+        link: IfName,
+        socket: PathBuf,
+    },
 }
 
 impl EndpointState {
@@ -96,9 +116,9 @@ impl EndpointState {
             | EndpointState::Macvlan { connection, .. }
             | EndpointState::Ipvlan { connection, .. } => connection.teardown(),
             EndpointState::Tap { link, created: true } => vec![Undo::DeleteLink { name: link.clone() }],
-            EndpointState::Tap { created: false, .. } | EndpointState::Macvtap { .. } | EndpointState::VhostUser { .. } => {
-                Vec::new()
-            }
+            EndpointState::Tap { created: false, .. }
+            | EndpointState::Macvtap { .. }
+            | EndpointState::VhostUser { .. } => Vec::new(),
         }
     }
 
@@ -217,7 +237,8 @@ async fn attach_bridged(
     cfg: &EndpointConfig,
     state: fn(IfName, Connection) -> EndpointState,
 ) -> Result<Attached> {
-    let guest_mac = b.link.mac.ok_or_else(|| Error::Kernel { dev: b.link.name.to_string(), what: "no MAC address".into() })?;
+    let guest_mac =
+        b.link.mac.ok_or_else(|| Error::Kernel { dev: b.link.name.to_string(), what: "no MAC address".into() })?;
     let mut rb = Rollback::new(&ctx.handle);
     let res = async {
         let connected = b.connect(ctx, cfg.queues, &mut rb).await?;
@@ -294,4 +315,72 @@ pub async fn attach_all(ctx: &NetCtx, eps: &[Endpoint], cfg: &EndpointConfig) ->
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> IfName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn persisted_state_has_a_stable_shape_and_round_trips() {
+        let cases = [
+            (
+                EndpointState::Veth {
+                    link: name("eth0"),
+                    connection: Connection::TcFilter { link: name("eth0"), tap: name("tap0_kata") },
+                },
+                r#"{"kind":"veth","link":"eth0","connection":{"model":"tc_filter","link":"eth0","tap":"tap0_kata"}}"#,
+            ),
+            (
+                EndpointState::Tap { link: name("tap-op"), created: false },
+                r#"{"kind":"tap","link":"tap-op","created":false}"#,
+            ),
+            (EndpointState::Macvtap { link: name("mvt0") }, r#"{"kind":"macvtap","link":"mvt0"}"#),
+        ];
+        for (state, json) in cases {
+            assert_eq!(serde_json::to_string(&state).unwrap(), json);
+            assert_eq!(serde_json::from_str::<EndpointState>(json).unwrap(), state);
+        }
+        assert!(serde_json::from_str::<EndpointState>(r#"{"kind":"bond","link":"b0"}"#).is_err());
+    }
+
+    #[test]
+    fn teardown_undoes_what_each_kind_made_and_nothing_else() {
+        let tc = EndpointState::Tuntap {
+            link: name("tap-cni"),
+            connection: Connection::TcFilter { link: name("tap-cni"), tap: name("tap3_kata") },
+        };
+        assert_eq!(
+            tc.teardown(),
+            vec![Undo::DeleteIngress { name: name("tap-cni") }, Undo::DeleteLink { name: name("tap3_kata") }]
+        );
+        assert_eq!(
+            EndpointState::Tap { link: name("tap-x"), created: true }.teardown(),
+            vec![Undo::DeleteLink { name: name("tap-x") }]
+        );
+        assert!(EndpointState::Tap { link: name("tap-x"), created: false }.teardown().is_empty());
+        assert!(EndpointState::VhostUser { link: name("eth0"), socket: "/tmp/s".into() }.teardown().is_empty());
+    }
+
+    #[test]
+    fn physical_links_are_refused_at_attach_with_a_clear_error() {
+        let link = Link {
+            index: 2,
+            name: name("ens3"),
+            kind: LinkKind::Physical,
+            mac: None,
+            mtu: 1500,
+            flags: 0,
+            addresses: vec![],
+        };
+        let info = NetworkInfo { links: vec![link.clone()], ..Default::default() };
+        let ep = Endpoint::from_link(0, &link, &info, &EndpointConfig::default()).unwrap().unwrap();
+        let Endpoint::Physical(p) = ep else { panic!("{ep:?}") };
+        let err = p.attach().unwrap_err();
+        assert_eq!(err.to_string(), "link ens3: VFIO passthrough of a physical NIC is not supported");
+    }
 }

@@ -21,7 +21,8 @@ pub struct TapEndpoint {
 impl TapEndpoint {
     /// A TAP found in the namespace, used with the MAC it has.
     pub fn existing(id: String, link: &Link, multi_queue: bool) -> Result<Self> {
-        let guest_mac = link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
+        let guest_mac =
+            link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
         Ok(Self { id, name: link.name.clone(), guest_mac, mtu: link.mtu, multi_queue })
     }
 

@@ -13,6 +13,7 @@ pub struct TuntapEndpoint {
 
 impl TuntapEndpoint {
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
-        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Tuntap { link, connection }).await
+        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Tuntap { link, connection })
+            .await
     }
 }

@@ -13,6 +13,7 @@ pub struct VethEndpoint {
 
 impl VethEndpoint {
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
-        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Veth { link, connection }).await
+        attach_bridged(ctx, &self.id, &self.bridged, cfg, |link, connection| EndpointState::Veth { link, connection })
+            .await
     }
 }
