@@ -1,0 +1,253 @@
+//! The async ttrpc client of the agent, over the three transports a VM offers.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use protobuf::MessageField;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ttrpc::asynchronous::Client;
+
+use crate::protocols::agent::{
+    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, ListInterfacesRequest, ListRoutesRequest, Routes,
+    UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+};
+use crate::protocols::agent_ttrpc::AgentServiceClient;
+use crate::protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use crate::protocols::health_ttrpc::HealthClient;
+use crate::protocols::types::{ARPNeighbor, Interface, Route};
+
+/// Where the agent listens, by URL scheme:
+/// `vsock://<cid>:<port>`, `hvsock://<unix path>:<port>` (hybrid vsock: a unix socket on which
+/// `CONNECT <port>` is written first, as Firecracker, Cloud Hypervisor and vhost-device-vsock
+/// expect), or `unix://<path>` (e.g. QEMU's virtio-serial port exposed as a unix socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAddr {
+    Vsock { cid: u32, port: u32 },
+    HybridVsock { path: PathBuf, port: u32 },
+    Unix { path: PathBuf },
+}
+
+impl FromStr for AgentAddr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Error> {
+        let bad = |why: &str| Error::Address { addr: s.to_owned(), why: why.to_owned() };
+        let port_of = |p: &str| p.parse::<u32>().map_err(|_| bad("the port must be a number"));
+        if let Some(rest) = s.strip_prefix("vsock://") {
+            let (cid, port) = rest.split_once(':').ok_or_else(|| bad("expected vsock://<cid>:<port>"))?;
+            let cid = cid.parse().map_err(|_| bad("the CID must be a number"))?;
+            Ok(AgentAddr::Vsock { cid, port: port_of(port)? })
+        } else if let Some(rest) = s.strip_prefix("hvsock://") {
+            let (path, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected hvsock://<path>:<port>"))?;
+            if !path.starts_with('/') {
+                return Err(bad("the socket path must be absolute"));
+            }
+            Ok(AgentAddr::HybridVsock { path: path.into(), port: port_of(port)? })
+        } else if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(bad("the socket path must be absolute"));
+            }
+            Ok(AgentAddr::Unix { path: path.into() })
+        } else {
+            Err(bad("unknown scheme (expected vsock://, hvsock:// or unix://)"))
+        }
+    }
+}
+
+impl std::fmt::Display for AgentAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentAddr::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            AgentAddr::HybridVsock { path, port } => write!(f, "hvsock://{}:{port}", path.display()),
+            AgentAddr::Unix { path } => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad agent address {addr:?}: {why}")]
+    Address { addr: String, why: String },
+    #[error("cannot connect to the agent at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hybrid vsock handshake with {addr} failed: the backend answered {reply:?}")]
+    Handshake { addr: String, reply: String },
+    #[error("agent call {method} timed out after {timeout:?}")]
+    Timeout { method: &'static str, timeout: Duration },
+    #[error("agent call {method} failed")]
+    Rpc {
+        method: &'static str,
+        #[source]
+        source: ttrpc::Error,
+    },
+}
+
+impl Error {
+    /// The ttrpc status code the agent answered with, if it answered.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            Error::Rpc { source: ttrpc::Error::RpcStatus(s), .. } => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A connected agent client. Every call has a time limit.
+#[derive(Clone)]
+pub struct AgentClient {
+    agent: AgentServiceClient,
+    health: HealthClient,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl AgentClient {
+    /// Connect; `timeout` bounds the connection and then each call.
+    pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<Self> {
+        let conn_err = |source: std::io::Error| Error::Connect { addr: addr.to_string(), source };
+        let client = tokio::time::timeout(timeout, async {
+            match addr {
+                AgentAddr::Vsock { .. } | AgentAddr::Unix { .. } => {
+                    Client::connect(&addr.to_string()).await.map_err(|e| conn_err(std::io::Error::other(e.to_string())))
+                }
+                AgentAddr::HybridVsock { path, port } => {
+                    let mut s = tokio::net::UnixStream::connect(path).await.map_err(conn_err)?;
+                    s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(conn_err)?;
+                    // Byte by byte up to the newline, so no ttrpc byte is read here.
+                    let mut reply = Vec::with_capacity(32);
+                    loop {
+                        let b = s.read_u8().await.map_err(conn_err)?;
+                        if b == b'\n' || reply.len() >= 64 {
+                            break;
+                        }
+                        reply.push(b);
+                    }
+                    let reply = String::from_utf8_lossy(&reply).into_owned();
+                    if !reply.starts_with("OK ") {
+                        return Err(Error::Handshake { addr: addr.to_string(), reply });
+                    }
+                    Ok(Client::new(ttrpc::asynchronous::transport::Socket::from(s)))
+                }
+            }
+        })
+        .await
+        .map_err(|_| conn_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))??;
+        Ok(Self { agent: AgentServiceClient::new(client.clone()), health: HealthClient::new(client), timeout })
+    }
+
+    fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(self.timeout.as_nanos().min(i64::MAX as u128) as i64)
+    }
+
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        fut: impl std::future::Future<Output = ttrpc::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => Err(Error::Timeout { method, timeout: self.timeout }),
+            Ok(Err(source)) => Err(Error::Rpc { method, source }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// `grpc.Health/Check`: is the agent serving?
+    pub async fn check(&self) -> Result<bool> {
+        let r = self.call("Check", self.health.check(self.ctx(), &CheckRequest::new())).await?;
+        Ok(r.status.enum_value() == Ok(ServingStatus::SERVING))
+    }
+
+    /// `grpc.Health/Version`: (grpc version, agent version).
+    pub async fn version(&self) -> Result<(String, String)> {
+        let r = self.call("Version", self.health.version(self.ctx(), &CheckRequest::new())).await?;
+        Ok((r.grpc_version, r.agent_version))
+    }
+
+    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<()> {
+        self.call("CreateSandbox", self.agent.create_sandbox(self.ctx(), req)).await.map(|_| ())
+    }
+
+    /// `UpdateInterface`, retried while the guest answers NOT_FOUND (the NIC has not appeared
+    /// yet), until `wait` has passed.
+    pub async fn update_interface(&self, iface: &Interface, wait: Duration) -> Result<Interface> {
+        let req = UpdateInterfaceRequest { interface: MessageField::some(iface.clone()), ..Default::default() };
+        let start = Instant::now();
+        loop {
+            match self.call("UpdateInterface", self.agent.update_interface(self.ctx(), &req)).await {
+                Err(e) if e.code() == Some(ttrpc::Code::NOT_FOUND) && start.elapsed() < wait => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `UpdateRoutes`: replace the routes of the named devices, or (with `increment`) add them,
+    /// a `dest` starting with `-` deleting that route. Returns the guest's routes after.
+    pub async fn update_routes(&self, routes: Vec<Route>, increment: bool) -> Result<Vec<Route>> {
+        let req = UpdateRoutesRequest {
+            routes: MessageField::some(Routes { Routes: routes, ..Default::default() }),
+            increment,
+            ..Default::default()
+        };
+        Ok(self.call("UpdateRoutes", self.agent.update_routes(self.ctx(), &req)).await?.Routes)
+    }
+
+    pub async fn list_interfaces(&self) -> Result<Vec<Interface>> {
+        let req = ListInterfacesRequest::new();
+        Ok(self.call("ListInterfaces", self.agent.list_interfaces(self.ctx(), &req)).await?.Interfaces)
+    }
+
+    pub async fn list_routes(&self) -> Result<Vec<Route>> {
+        let req = ListRoutesRequest::new();
+        Ok(self.call("ListRoutes", self.agent.list_routes(self.ctx(), &req)).await?.Routes)
+    }
+
+    pub async fn add_arp_neighbors(&self, neighbors: Vec<ARPNeighbor>) -> Result<()> {
+        let req = AddARPNeighborsRequest {
+            neighbors: MessageField::some(ARPNeighbors { ARPNeighbors: neighbors, ..Default::default() }),
+            ..Default::default()
+        };
+        self.call("AddARPNeighbors", self.agent.add_arp_neighbors(self.ctx(), &req)).await.map(|_| ())
+    }
+
+    /// `UpdateIPVSRule`: the request string, the command's output back.
+    pub async fn update_ipvs_rule(&self, req: &str) -> Result<String> {
+        let req = UpdateIPVSRequest { IPVS_req: req.to_owned(), ..Default::default() };
+        Ok(self.call("UpdateIPVSRule", self.agent.update_ipvs_rule(self.ctx(), &req)).await?.IPVS_res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_print() {
+        for s in ["vsock://3:1024", "hvsock:///run/vc/vm/x/kata.hvsock:1024", "unix:///run/vc/agent.sock"] {
+            assert_eq!(s.parse::<AgentAddr>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "hvsock:///a:b/c.sock:7".parse::<AgentAddr>().unwrap(),
+            AgentAddr::HybridVsock { path: "/a:b/c.sock".into(), port: 7 }
+        );
+        for bad in
+            ["vsock://3", "vsock://x:1", "hvsock://rel.sock:1", "unix://rel", "tcp://1.2.3.4:5", "hvsock:///a.sock:p"]
+        {
+            assert!(matches!(bad.parse::<AgentAddr>(), Err(Error::Address { .. })), "{bad}");
+        }
+    }
+}
