@@ -85,3 +85,64 @@ pub struct ArpNeighbor {
     pub state: i32,
     pub flags: i32,
 }
+
+use crate::protocols::types as pb;
+
+fn pb_family(f: IpFamily) -> protobuf::EnumOrUnknown<pb::IPFamily> {
+    protobuf::EnumOrUnknown::new(match f {
+        IpFamily::V4 => pb::IPFamily::v4,
+        IpFamily::V6 => pb::IPFamily::v6,
+    })
+}
+
+impl From<&IpAddress> for pb::IPAddress {
+    fn from(a: &IpAddress) -> Self {
+        pb::IPAddress { family: pb_family(a.family), address: a.address.clone(), mask: a.mask.clone(), ..Default::default() }
+    }
+}
+
+impl From<&Interface> for pb::Interface {
+    fn from(i: &Interface) -> Self {
+        pb::Interface {
+            device: i.device.clone(),
+            name: i.name.clone(),
+            IPAddresses: i.ip_addresses.iter().map(pb::IPAddress::from).collect(),
+            mtu: i.mtu,
+            hwAddr: i.hw_addr.clone(),
+            devicePath: i.device_path.clone(),
+            type_: i.kind.clone(),
+            raw_flags: i.raw_flags,
+            Queues: i.queues,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<&Route> for pb::Route {
+    fn from(r: &Route) -> Self {
+        pb::Route {
+            dest: r.dest.clone(),
+            gateway: r.gateway.clone(),
+            device: r.device.clone(),
+            source: r.source.clone(),
+            scope: r.scope,
+            family: pb_family(r.family),
+            flags: r.flags,
+            mtu: r.mtu,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<&ArpNeighbor> for pb::ARPNeighbor {
+    fn from(n: &ArpNeighbor) -> Self {
+        pb::ARPNeighbor {
+            toIPAddress: n.to_ip_address.as_ref().map(pb::IPAddress::from).into(),
+            device: n.device.clone(),
+            lladdr: n.lladdr.clone(),
+            state: n.state,
+            flags: n.flags,
+            ..Default::default()
+        }
+    }
+}

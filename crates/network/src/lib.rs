@@ -17,7 +17,7 @@ pub use error::{Error, Result};
 pub use model::Connection;
 pub use netns::NetNs;
 pub use nic::{NicBackend, NicConfig, NicHotplug};
-pub use scan::{scan, Link, LinkKind, Neighbor, NetworkInfo, Route};
+pub use scan::{scan, scan_routes, Link, LinkKind, Neighbor, NetworkInfo, Route};
 pub use types::{IfName, MacAddr, NetworkModel, ParseError, PciPath};
 
 /// A namespace and a netlink handle bound to it: what every network operation runs against.

@@ -177,38 +177,51 @@ pub async fn add_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNe
     Ok(())
 }
 
+/// The netlink message for route `r` through link `index`, in the main table.
+pub fn route_message(r: &Route, index: u32) -> Result<netlink_packet_route::route::RouteMessage> {
+    fn bad<E: std::fmt::Debug>(r: &Route) -> impl FnOnce(E) -> Error + '_ {
+        move |e| Error::Kernel { dev: r.device.to_string(), what: format!("{e:?}") }
+    }
+    let mut b = RouteMessageBuilder::<std::net::IpAddr>::new().output_interface(index);
+    if let Some(d) = r.dest {
+        b = b.destination_prefix(d.addr(), d.prefix_len()).map_err(bad(r))?;
+    } else {
+        b.get_mut().header.address_family =
+            if r.ipv6 { netlink_packet_route::AddressFamily::Inet6 } else { netlink_packet_route::AddressFamily::Inet };
+    }
+    if let Some(g) = r.gateway {
+        b = b.gateway(g).map_err(bad(r))?;
+    }
+    if let Some(s) = r.source {
+        b = b.pref_source(s).map_err(bad(r))?;
+    }
+    b = b.scope(RouteScope::from(r.scope)).protocol(RouteProtocol::from(r.protocol));
+    if r.metric != 0 {
+        b = b.priority(r.metric);
+    }
+    Ok(b.build())
+}
+
 /// Add (or replace) routes through the link `index`.
 pub async fn replace_routes(handle: &Handle, index: u32, routes: &[Route]) -> Result<()> {
     for r in routes {
-        let mut b = RouteMessageBuilder::<std::net::IpAddr>::new().output_interface(index);
-        if let Some(d) = r.dest {
-            b = b
-                .destination_prefix(d.addr(), d.prefix_len())
-                .map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
-        } else if r.ipv6 {
-            b.get_mut().header.address_family = netlink_packet_route::AddressFamily::Inet6;
-        } else {
-            b.get_mut().header.address_family = netlink_packet_route::AddressFamily::Inet;
-        }
-        if let Some(g) = r.gateway {
-            b = b.gateway(g).map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
-        }
-        if let Some(s) = r.source {
-            b = b.pref_source(s).map_err(|e| Error::Kernel { dev: r.device.to_string(), what: e.to_string() })?;
-        }
-        b = b.scope(RouteScope::from(r.scope)).protocol(RouteProtocol::from(r.protocol));
-        if r.metric != 0 {
-            b = b.priority(r.metric);
-        }
         handle
             .route()
-            .add(b.build())
+            .add(route_message(r, index)?)
             .replace()
             .execute()
             .await
-            .map_err(Error::netlink("restore a route through", r.device.as_str()))?;
+            .map_err(Error::netlink("add a route through", r.device.as_str()))?;
     }
     Ok(())
+}
+
+/// Delete a route through link `index`; a route already gone is fine.
+pub async fn delete_route(handle: &Handle, index: u32, r: &Route) -> Result<()> {
+    match handle.route().del(route_message(r, index)?).execute().await {
+        Err(e) if errno_of(&e) != Some(libc::ESRCH) => Err(Error::netlink("delete a route through", r.device.as_str())(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Add (or replace) permanent neighbour entries on the link.

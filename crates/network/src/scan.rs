@@ -158,6 +158,18 @@ pub async fn scan(handle: &Handle) -> Result<NetworkInfo> {
         }
     }
 
+    let routes = scan_routes(handle, &links, false).await?;
+
+    let neigh: Vec<NeighbourMessage> =
+        handle.neighbours().get().execute().try_collect().await.map_err(Error::netlink("list", "neighbours"))?;
+    let neighbors = neigh.iter().filter_map(|n| parse_neighbor(n, &links)).collect();
+
+    Ok(NetworkInfo { links, routes, neighbors })
+}
+
+/// The main table's unicast routes through `links`, gateway-less first (the kernel's order kept
+/// otherwise). `proto kernel` routes are included only when asked for.
+pub async fn scan_routes(handle: &Handle, links: &[Link], include_kernel: bool) -> Result<Vec<Route>> {
     let mut routes = Vec::new();
     for msg in [
         RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
@@ -165,16 +177,10 @@ pub async fn scan(handle: &Handle) -> Result<NetworkInfo> {
     ] {
         let dump: Vec<RouteMessage> =
             handle.route().get(msg).execute().try_collect().await.map_err(Error::netlink("list", "routes"))?;
-        routes.extend(dump.iter().filter_map(|r| parse_route(r, &links)));
+        routes.extend(dump.iter().filter_map(|r| parse_route(r, links, include_kernel)));
     }
-    // Stable: the kernel's order is kept within each group.
     routes.sort_by_key(|r| r.gateway.is_some());
-
-    let neigh: Vec<NeighbourMessage> =
-        handle.neighbours().get().execute().try_collect().await.map_err(Error::netlink("list", "neighbours"))?;
-    let neighbors = neigh.iter().filter_map(|n| parse_neighbor(n, &links)).collect();
-
-    Ok(NetworkInfo { links, routes, neighbors })
+    Ok(routes)
 }
 
 /// `None` for `lo`; an error for a name the kernel should never give.
@@ -268,9 +274,9 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn parse_route(msg: &RouteMessage, links: &[Link]) -> Option<Route> {
+fn parse_route(msg: &RouteMessage, links: &[Link], include_kernel: bool) -> Option<Route> {
     let h: &RouteHeader = &msg.header;
-    if h.kind != RouteType::Unicast || h.protocol == RouteProtocol::Kernel {
+    if h.kind != RouteType::Unicast || (h.protocol == RouteProtocol::Kernel && !include_kernel) {
         return None;
     }
     let ipv6 = h.address_family == AddressFamily::Inet6;

@@ -1,0 +1,90 @@
+//! The test VM's agent: serves `grpc.AgentService` (network calls) and `grpc.Health` over a
+//! virtio-serial port, vsock, or a unix socket, and applies everything through netlink.
+//!
+//! It stands in for kata's agent in this project's tests and demo; it is not shipped.
+
+mod ipvs;
+mod netcfg;
+mod serial;
+mod service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+#[derive(Debug, Default)]
+struct Args {
+    unix: Option<PathBuf>,
+    serial: Option<String>,
+    vsock: Option<u32>,
+    resolv_conf: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--unix" => a.unix = Some(val()?.into()),
+            "--serial" => a.serial = Some(val()?),
+            "--vsock" => a.vsock = Some(val()?.parse().context("--vsock takes a port number")?),
+            "--resolv-conf" => a.resolv_conf = Some(val()?.into()),
+            other => bail!("unknown argument {other:?} (use --unix PATH, --serial NAME|PATH, --vsock PORT, --resolv-conf PATH)"),
+        }
+    }
+    if a.unix.is_none() && a.serial.is_none() && a.vsock.is_none() {
+        bail!("nothing to serve on: give --unix, --serial or --vsock");
+    }
+    Ok(a)
+}
+
+fn services(agent: &Arc<service::Agent>) -> std::collections::HashMap<String, ttrpc::asynchronous::Service> {
+    let mut s = agent_client::protocols::agent_ttrpc::create_agent_service(agent.clone());
+    s.extend(agent_client::protocols::health_ttrpc::create_health(agent.clone()));
+    s
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("open netlink")?;
+    tokio::spawn(conn);
+    let agent = Arc::new(service::Agent::new(handle, args.resolv_conf.unwrap_or_else(|| "/etc/resolv.conf".into())));
+
+    let mut servers = Vec::new();
+    if let Some(path) = &args.unix {
+        let _ = std::fs::remove_file(path);
+        servers.push(ttrpc::asynchronous::Server::new().bind(&format!("unix://{}", path.display()))?);
+    }
+    if let Some(port) = args.vsock {
+        servers.push(ttrpc::asynchronous::Server::new().bind(&format!("vsock://{}:{port}", libc::VMADDR_CID_ANY))?);
+    }
+    if let Some(serial) = &args.serial {
+        let path = if serial.starts_with('/') {
+            PathBuf::from(serial)
+        } else {
+            let mut found = None;
+            for _ in 0..100 {
+                found = serial::find_port(serial);
+                if found.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            found.with_context(|| format!("no virtio-serial port named {serial}"))?
+        };
+        servers.push(ttrpc::asynchronous::Server::new().add_listener(serial::listener(path)));
+    }
+    let mut running = Vec::new();
+    for s in servers {
+        let mut s = s.register_service(services(&agent));
+        s.start().await?;
+        running.push(s);
+    }
+    eprintln!("guest-agent: ready");
+    futures::future::pending::<()>().await;
+    drop(running);
+    Ok(())
+}

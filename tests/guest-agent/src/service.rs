@@ -1,0 +1,96 @@
+//! `grpc.AgentService` and `grpc.Health`: check the request, then apply it. Calls are
+//! serialised, so two callers never interleave changes.
+
+use std::path::PathBuf;
+
+use agent_client::protocols::agent::{
+    AddARPNeighborsRequest, CreateSandboxRequest, IPVSResponse, Interfaces, ListInterfacesRequest,
+    ListRoutesRequest, Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+};
+use agent_client::protocols::empty::Empty;
+use agent_client::protocols::health::{health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionCheckResponse};
+use agent_client::protocols::types::Interface;
+use agent_client::protocols::{agent_ttrpc, health_ttrpc};
+use protobuf::EnumOrUnknown;
+use ttrpc::asynchronous::TtrpcContext;
+use ttrpc::Code;
+
+use crate::netcfg::{self, Status};
+
+pub struct Agent {
+    handle: rtnetlink::Handle,
+    resolv_conf: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Agent {
+    pub fn new(handle: rtnetlink::Handle, resolv_conf: PathBuf) -> Self {
+        Self { handle, resolv_conf, lock: tokio::sync::Mutex::new(()) }
+    }
+}
+
+fn status(s: Status) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(s.0, s.1))
+}
+
+#[async_trait::async_trait]
+impl agent_ttrpc::AgentService for Agent {
+    async fn update_interface(&self, _: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
+        let _g = self.lock.lock().await;
+        let iface = req.interface.into_option().ok_or_else(|| status((Code::INVALID_ARGUMENT, "interface: missing".into())))?;
+        netcfg::update_interface(&self.handle, &iface).await.map_err(status)
+    }
+
+    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
+        let _g = self.lock.lock().await;
+        let routes = req.routes.into_option().map(|r| r.Routes).unwrap_or_default();
+        let out = netcfg::update_routes(&self.handle, &routes, req.increment).await.map_err(status)?;
+        Ok(Routes { Routes: out, ..Default::default() })
+    }
+
+    async fn list_interfaces(&self, _: &TtrpcContext, _: ListInterfacesRequest) -> ttrpc::Result<Interfaces> {
+        let _g = self.lock.lock().await;
+        let list = netcfg::list_interfaces(&self.handle).await.map_err(status)?;
+        Ok(Interfaces { Interfaces: list, ..Default::default() })
+    }
+
+    async fn list_routes(&self, _: &TtrpcContext, _: ListRoutesRequest) -> ttrpc::Result<Routes> {
+        let _g = self.lock.lock().await;
+        let list = netcfg::list_routes(&self.handle).await.map_err(status)?;
+        Ok(Routes { Routes: list, ..Default::default() })
+    }
+
+    async fn add_arp_neighbors(&self, _: &TtrpcContext, req: AddARPNeighborsRequest) -> ttrpc::Result<Empty> {
+        let _g = self.lock.lock().await;
+        let ns = req.neighbors.into_option().map(|n| n.ARPNeighbors).unwrap_or_default();
+        netcfg::add_neighbors(&self.handle, &ns).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+        let _g = self.lock.lock().await;
+        netcfg::apply_hostname_and_dns(&req.hostname, &req.dns, &self.resolv_conf).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn update_ipvs_rule(&self, _: &TtrpcContext, req: UpdateIPVSRequest) -> ttrpc::Result<IPVSResponse> {
+        let _g = self.lock.lock().await;
+        let out = crate::ipvs::run(&req.IPVS_req).await.map_err(status)?;
+        Ok(IPVSResponse { IPVS_res: out, ..Default::default() })
+    }
+}
+
+#[async_trait::async_trait]
+impl health_ttrpc::Health for Agent {
+    async fn check(&self, _: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<HealthCheckResponse> {
+        Ok(HealthCheckResponse { status: EnumOrUnknown::new(ServingStatus::SERVING), ..Default::default() })
+    }
+
+    async fn version(&self, _: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<VersionCheckResponse> {
+        Ok(VersionCheckResponse {
+            grpc_version: "ttrpc".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+}
