@@ -97,7 +97,12 @@ fn pb_family(f: IpFamily) -> protobuf::EnumOrUnknown<pb::IPFamily> {
 
 impl From<&IpAddress> for pb::IPAddress {
     fn from(a: &IpAddress) -> Self {
-        pb::IPAddress { family: pb_family(a.family), address: a.address.clone(), mask: a.mask.clone(), ..Default::default() }
+        pb::IPAddress {
+            family: pb_family(a.family),
+            address: a.address.clone(),
+            mask: a.mask.clone(),
+            ..Default::default()
+        }
     }
 }
 

@@ -219,7 +219,9 @@ pub async fn replace_routes(handle: &Handle, index: u32, routes: &[Route]) -> Re
 /// Delete a route through link `index`; a route already gone is fine.
 pub async fn delete_route(handle: &Handle, index: u32, r: &Route) -> Result<()> {
     match handle.route().del(route_message(r, index)?).execute().await {
-        Err(e) if errno_of(&e) != Some(libc::ESRCH) => Err(Error::netlink("delete a route through", r.device.as_str())(e)),
+        Err(e) if errno_of(&e) != Some(libc::ESRCH) => {
+            Err(Error::netlink("delete a route through", r.device.as_str())(e))
+        }
         _ => Ok(()),
     }
 }

@@ -13,7 +13,9 @@ use crate::netcfg::Status;
 pub const MAX_RULES: usize = 20_000;
 
 async fn output(mut cmd: Command, stdin: Option<&str>) -> Result<String, Status> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| (Code::INTERNAL, format!("cannot run the command: {e}")))?;
     if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
         input.write_all(text.as_bytes()).await.map_err(|e| (Code::INTERNAL, e.to_string()))?;

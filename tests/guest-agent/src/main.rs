@@ -31,7 +31,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--serial" => a.serial = Some(val()?),
             "--vsock" => a.vsock = Some(val()?.parse().context("--vsock takes a port number")?),
             "--resolv-conf" => a.resolv_conf = Some(val()?.into()),
-            other => bail!("unknown argument {other:?} (use --unix PATH, --serial NAME|PATH, --vsock PORT, --resolv-conf PATH)"),
+            other => bail!(
+                "unknown argument {other:?} (use --unix PATH, --serial NAME|PATH, --vsock PORT, --resolv-conf PATH)"
+            ),
         }
     }
     if a.unix.is_none() && a.serial.is_none() && a.vsock.is_none() {

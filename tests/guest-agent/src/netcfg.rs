@@ -159,7 +159,9 @@ pub async fn update_interface(handle: &Handle, i: &pb::Interface) -> R<pb::Inter
         let stale: Vec<IpNet> = old_addrs.iter().filter(|a| !req.addrs.contains(a)).cloned().collect();
         network::nl::del_addresses(handle, index, req.name.as_str(), &stale).await.map_err(|e| e.to_string())?;
         let new: Vec<IpNet> = req.addrs.iter().filter(|a| !old_addrs.contains(a)).cloned().collect();
-        network::nl::add_addresses(handle, index, req.name.as_str(), &new).await.map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+        network::nl::add_addresses(handle, index, req.name.as_str(), &new)
+            .await
+            .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
         set_link(handle, LinkUnspec::new_with_index(index).up().build()).await
     };
     if let Err(e) = apply.await {
@@ -206,8 +208,12 @@ async fn parse_route(handle: &Handle, n: usize, r: &pb::Route, increment: bool) 
     };
     let dest = match dest {
         "" | "default" => None,
-        d if d.contains('/') => Some(d.parse::<IpNet>().map_err(|_| invalid(&f("dest"), format!("{d:?} is not ip/prefix")))?),
-        d => Some(IpNet::from(d.parse::<IpAddr>().map_err(|_| invalid(&f("dest"), format!("{d:?} is not an address")))?)),
+        d if d.contains('/') => {
+            Some(d.parse::<IpNet>().map_err(|_| invalid(&f("dest"), format!("{d:?} is not ip/prefix")))?)
+        }
+        d => {
+            Some(IpNet::from(d.parse::<IpAddr>().map_err(|_| invalid(&f("dest"), format!("{d:?} is not an address")))?))
+        }
     };
     let gateway = match r.gateway.as_str() {
         "" => None,
@@ -233,7 +239,11 @@ async fn parse_route(handle: &Handle, n: usize, r: &pb::Route, increment: bool) 
         "" => return Err(invalid(&f("device"), "required")),
         d => Some(index_of(handle, &f("device"), d).await?),
     };
-    let device: IfName = if r.device.is_empty() { "any".parse().unwrap() } else { r.device.parse().map_err(|e| invalid(&f("device"), e))? };
+    let device: IfName = if r.device.is_empty() {
+        "any".parse().unwrap()
+    } else {
+        r.device.parse().map_err(|e| invalid(&f("device"), e))?
+    };
     let scope = match (r.scope, gateway) {
         (0, None) if dest.is_some() => 253,
         (s, _) => s as u8,
@@ -297,7 +307,10 @@ pub async fn update_routes(handle: &Handle, routes: &[pb::Route], increment: boo
             if req.delete {
                 let found = matching(handle, req).await?;
                 if found.is_empty() {
-                    return Err((Code::NOT_FOUND, format!("no route to {} to delete", req.route.dest.map_or("default".into(), |d| d.to_string()))));
+                    return Err((
+                        Code::NOT_FOUND,
+                        format!("no route to {} to delete", req.route.dest.map_or("default".into(), |d| d.to_string())),
+                    ));
                 }
                 for (i, r) in found {
                     network::nl::delete_route(handle, i, &r).await.map_err(internal)?;
@@ -305,9 +318,12 @@ pub async fn update_routes(handle: &Handle, routes: &[pb::Route], increment: boo
                 }
             } else {
                 let i = req.index.expect("checked: adds name a device");
-                network::nl::replace_routes(handle, i, std::slice::from_ref(&req.route))
-                    .await
-                    .map_err(|e| internal(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+                network::nl::replace_routes(handle, i, std::slice::from_ref(&req.route)).await.map_err(|e| {
+                    internal(format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                    ))
+                })?;
                 done.push(Done::Added(i, req.route.clone()));
             }
         }
@@ -327,14 +343,19 @@ pub async fn add_neighbors(handle: &Handle, ns: &[pb::ARPNeighbor]) -> R<()> {
     for (n, a) in ns.iter().enumerate() {
         let f = |name: &str| format!("neighbors[{n}].{name}");
         let to = a.toIPAddress.as_ref().ok_or_else(|| invalid(&f("toIPAddress"), "missing"))?;
-        let ip: IpAddr = to.address.parse().map_err(|_| invalid(&f("toIPAddress"), format!("{:?} is not an address", to.address)))?;
+        let ip: IpAddr = to
+            .address
+            .parse()
+            .map_err(|_| invalid(&f("toIPAddress"), format!("{:?} is not an address", to.address)))?;
         let lladdr: MacAddr = a.lladdr.parse().map_err(|e| invalid(&f("lladdr"), e))?;
         let index = index_of(handle, &f("device"), &a.device).await?;
         let device: IfName = a.device.parse().map_err(|e| invalid(&f("device"), e))?;
         parsed.push((index, network::Neighbor { ip, device, lladdr: Some(lladdr), state: 0x80, flags: 0 }));
     }
     for (index, n) in &parsed {
-        network::nl::replace_neighbors(handle, *index, n.device.as_str(), std::slice::from_ref(n)).await.map_err(internal)?;
+        network::nl::replace_neighbors(handle, *index, n.device.as_str(), std::slice::from_ref(n))
+            .await
+            .map_err(internal)?;
     }
     Ok(())
 }

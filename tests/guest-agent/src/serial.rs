@@ -48,9 +48,7 @@ impl AsyncRead for SerialConn {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            let res = guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)
-            });
+            let res = guard.try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from));
             match res {
                 Ok(Ok(n)) => {
                     buf.advance(n);

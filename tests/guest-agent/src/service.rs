@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 
 use agent_client::protocols::agent::{
-    AddARPNeighborsRequest, CreateSandboxRequest, IPVSResponse, Interfaces, ListInterfacesRequest,
-    ListRoutesRequest, Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    AddARPNeighborsRequest, CreateSandboxRequest, IPVSResponse, Interfaces, ListInterfacesRequest, ListRoutesRequest,
+    Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use agent_client::protocols::empty::Empty;
-use agent_client::protocols::health::{health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionCheckResponse};
+use agent_client::protocols::health::{
+    health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionCheckResponse,
+};
 use agent_client::protocols::types::Interface;
 use agent_client::protocols::{agent_ttrpc, health_ttrpc};
 use protobuf::EnumOrUnknown;
@@ -37,7 +39,8 @@ fn status(s: Status) -> ttrpc::Error {
 impl agent_ttrpc::AgentService for Agent {
     async fn update_interface(&self, _: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
         let _g = self.lock.lock().await;
-        let iface = req.interface.into_option().ok_or_else(|| status((Code::INVALID_ARGUMENT, "interface: missing".into())))?;
+        let iface =
+            req.interface.into_option().ok_or_else(|| status((Code::INVALID_ARGUMENT, "interface: missing".into())))?;
         netcfg::update_interface(&self.handle, &iface).await.map_err(status)
     }
 
