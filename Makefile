@@ -4,7 +4,7 @@
 CARGO  ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps test bench demo install clean
+.PHONY: all build deps guest-image test bench demo install clean
 
 all: build
 
@@ -14,7 +14,10 @@ build:
 deps:
 	./scripts/install-deps.sh
 
-test: deps
+guest-image: deps
+	./scripts/build-guest-image.sh
+
+test: deps guest-image
 	./scripts/run-tests.sh
 
 bench: deps

@@ -10,6 +10,15 @@ declare -A need=(
   [ping]=iputils-ping
   [gcc]=gcc
   [make]=make
+  [unshare]=util-linux
+  [nsenter]=util-linux
+  [qemu-system-x86_64]=qemu-system-x86
+  [cpio]=cpio
+  [busybox]=busybox-static
+  [ipvsadm]=ipvsadm
+  [conntrack]=conntrack
+  [depmod]=kmod
+  [strip]=binutils
 )
 
 missing=()
@@ -32,3 +41,9 @@ command -v cargo >/dev/null 2>&1 || {
   echo "install-deps: cargo not found; this machine kind ships the Rust toolchain (rustup)" >&2
   exit 1
 }
+
+# The hybrid-vsock backend for the VM tests, from crates.io (about a minute to build).
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+  echo "install-deps: installing vhost-device-vsock"
+  cargo install --locked --quiet vhost-device-vsock
+fi

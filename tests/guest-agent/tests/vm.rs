@@ -1,0 +1,147 @@
+//! The guest image in a real VM (QEMU; TCG on this machine): the agent answers a health check
+//! and ListInterfaces over the virtio-serial port and over hybrid vsock (vhost-device-vsock
+//! behind QEMU's vhost-user-vsock-pci). Prints the boot-to-agent-ready time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_client::{AgentAddr, AgentClient};
+use tests::require_root_and_tools;
+
+fn image_dir() -> PathBuf {
+    let dir = std::env::var_os("GUEST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest-image"));
+    for f in ["vmlinuz", "initrd.img"] {
+        assert!(dir.join(f).is_file(), "{} missing: run `make guest-image` (make test does)", dir.join(f).display());
+    }
+    dir
+}
+
+/// A process killed (and its scratch directory removed) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("knt-vm-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn qemu(dir: &Path, extra: &[String]) -> Proc {
+    let img = image_dir();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "512", "-smp", "1", "-nodefaults", "-display", "none"])
+        .args(["-no-reboot", "-kernel"])
+        .arg(img.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(img.join("initrd.img"))
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .args(["-device", "virtio-serial-pci,id=vser0"])
+        .arg("-chardev")
+        .arg(format!("socket,id=agent,path={},server=on,wait=off", dir.join("agent.sock").display()))
+        .args(["-device", "virtserialport,chardev=agent,name=agent.channel.0"])
+        .args(extra)
+        .stdin(Stdio::null());
+    Proc(cmd.spawn().expect("start qemu-system-x86_64"))
+}
+
+/// Wait for the agent's "ready" line on the console.
+fn wait_ready(dir: &Path, vm: &mut Proc, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        if log.contains("guest-agent: ready") {
+            return;
+        }
+        if let Ok(Some(st)) = vm.0.try_wait() {
+            panic!("QEMU exited ({st}) before the agent was ready; console:\n{log}");
+        }
+        assert!(start.elapsed() < limit, "agent not ready after {limit:?}; console:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn health_and_list(addr: &AgentAddr) {
+    let c = AgentClient::connect(addr, Duration::from_secs(10)).await.unwrap();
+    assert!(c.check().await.unwrap(), "agent serving");
+    let ifs = c.list_interfaces().await.unwrap();
+    // No NIC in this VM: the agent lists none (lo is never listed).
+    assert!(ifs.is_empty(), "{ifs:?}");
+    let (_, v) = c.version().await.unwrap();
+    assert!(!v.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_in_the_vm_answers_over_virtio_serial() {
+    require_root_and_tools(&["qemu-system-x86_64"]);
+    let dir = Scratch::new("serial");
+    let start = Instant::now();
+    let mut vm = qemu(&dir.0, &[]);
+    wait_ready(&dir.0, &mut vm, Duration::from_secs(120));
+    let addr: AgentAddr = format!("unix://{}", dir.0.join("agent.sock").display()).parse().unwrap();
+    health_and_list(&addr).await;
+    println!("boot to agent ready (virtio-serial, TCG): {:.2} s", start.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_in_the_vm_answers_over_hybrid_vsock() {
+    require_root_and_tools(&["qemu-system-x86_64", "vhost-device-vsock"]);
+    let dir = Scratch::new("hvsock");
+    let backend = dir.0.join("vhost-vsock.sock");
+    let uds = dir.0.join("vm.vsock");
+    let _vsock = Proc(
+        Command::new("vhost-device-vsock")
+            .arg("--vm")
+            .arg(format!("guest-cid=3,socket={},uds-path={}", backend.display(), uds.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start vhost-device-vsock"),
+    );
+    let t = Instant::now();
+    while !backend.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "vhost-device-vsock did not create its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let extra: Vec<String> = [
+        "-object",
+        "memory-backend-memfd,id=mem0,size=512M,share=on",
+        "-numa",
+        "node,memdev=mem0",
+        "-chardev",
+        &format!("socket,id=vsk,path={}", backend.display()),
+        "-device",
+        "vhost-user-vsock-pci,chardev=vsk",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let start = Instant::now();
+    let mut vm = qemu(&dir.0, &extra);
+    wait_ready(&dir.0, &mut vm, Duration::from_secs(120));
+    let log = std::fs::read_to_string(dir.0.join("console.log")).unwrap();
+    assert!(log.contains("--vsock 1024"), "the guest saw a vsock device: {log}");
+    let addr: AgentAddr = format!("hvsock://{}:1024", uds.display()).parse().unwrap();
+    health_and_list(&addr).await;
+    println!("boot to agent ready (hybrid vsock, TCG): {:.2} s", start.elapsed().as_secs_f64());
+}
