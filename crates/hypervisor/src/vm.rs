@@ -1,0 +1,322 @@
+//! A running QEMU: launch with cold-plugged NICs, stop, notice death, hot(un)plug NICs.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use network::{NicBackend, NicConfig, NicHotplug, PciPath};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Mutex};
+
+use crate::accel::Accel;
+use crate::cmdline;
+use crate::config::{AgentChannel, QemuConfig};
+use crate::error::{Error, Result};
+use crate::qmp::Qmp;
+use crate::slots::{Slot, Slots};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub config: QemuConfig,
+    /// Directory for qmp.sock, console.log and qemu.log; must exist.
+    pub run_dir: PathBuf,
+    pub agent: AgentChannel,
+    pub log: slog::Logger,
+}
+
+/// How long QMP commands, QEMU start-up and a device's removal may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Plugged {
+    slot: Slot,
+    chardev: Option<String>,
+}
+
+/// A running VM.
+#[derive(Debug)]
+pub struct Vm {
+    pid: u32,
+    qmp: Qmp,
+    slots: Mutex<Slots>,
+    plugged: Mutex<HashMap<String, Plugged>>,
+    cold: Vec<(String, PciPath)>,
+    exited: watch::Receiver<Option<String>>,
+    accel: Accel,
+    log: slog::Logger,
+}
+
+fn netdev_id(id: &str) -> String {
+    format!("nd-{id}")
+}
+
+impl Vm {
+    /// Start QEMU with `nics` cold-plugged (their fds end up in QEMU only), and connect QMP.
+    pub async fn launch(spec: VmSpec, nics: Vec<NicConfig>) -> Result<Self> {
+        spec.config.validate()?;
+        let cfg = &spec.config;
+        let accel = {
+            let (choice, path, machine) = (cfg.accelerator, cfg.path.clone(), cfg.machine_type);
+            tokio::task::spawn_blocking(move || Accel::resolve(choice, &path, machine))
+                .await
+                .map_err(|e| Error::Unsupported(format!("accelerator probe failed: {e}")))?
+        };
+        slog::info!(spec.log, "starting QEMU"; "accelerator" => accel.as_str(), "machine" => ?cfg.machine_type,
+            "cold_nics" => nics.len());
+        let slots = Slots::new(cfg.machine_type, cfg.hotplug_slots as usize);
+        let (cl, cold) = cmdline::build(cfg, accel, &spec.run_dir, &spec.agent, &slots, nics)?;
+        let qmp_path = spec.run_dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp_path);
+        let qemu_log = std::fs::File::create(spec.run_dir.join("qemu.log"))
+            .map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
+        let mut cmd = tokio::process::Command::new(&cfg.path);
+        cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
+        cmdline::install_fds(&mut cmd, &cl.fds);
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
+        // QEMU has its own copies now.
+        drop(cl);
+        let pid = child.id().unwrap_or(0);
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            let _ = tx.send(Some(status));
+        });
+        let start = Instant::now();
+        loop {
+            if let Some(st) = exited.borrow().clone() {
+                let err = std::fs::read_to_string(spec.run_dir.join("qemu.log")).unwrap_or_default();
+                return Err(Error::Dead(format!("QEMU exited at start ({st}): {}", err.trim())));
+            }
+            if qmp_path.exists() {
+                if let Ok(qmp) = Qmp::connect(&qmp_path, QMP_TIMEOUT).await {
+                    slog::info!(spec.log, "QEMU running"; "pid" => pid, "start_ms" => start.elapsed().as_millis() as u64);
+                    return Ok(Self {
+                        pid,
+                        qmp,
+                        slots: Mutex::new(slots),
+                        plugged: Mutex::new(HashMap::new()),
+                        cold,
+                        exited,
+                        accel,
+                        log: spec.log.clone(),
+                    });
+                }
+            }
+            if start.elapsed() > START_TIMEOUT {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                return Err(Error::Timeout("QEMU's QMP socket".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    /// The PCI path of each cold-plugged NIC, by id.
+    pub fn cold_plugged(&self) -> &[(String, PciPath)] {
+        &self.cold
+    }
+
+    /// `Some(exit status)` once QEMU has exited.
+    pub fn exit_status(&self) -> Option<String> {
+        self.exited.borrow().clone()
+    }
+
+    /// Wait until QEMU exits; its exit status.
+    pub async fn wait(&self) -> String {
+        let mut rx = self.exited.clone();
+        loop {
+            if let Some(s) = rx.borrow().clone() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return "unknown".into();
+            }
+        }
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        match self.exit_status() {
+            Some(st) => Err(Error::Dead(format!("QEMU exited ({st})"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Graceful `quit` over QMP, then SIGKILL if QEMU is still there after `grace`.
+    pub async fn stop(&self, grace: Duration) -> Result<()> {
+        if self.exit_status().is_some() {
+            return Ok(());
+        }
+        let _ = self.qmp.execute("quit", json!({})).await;
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
+            slog::warn!(self.log, "QEMU ignored quit; killing it"; "pid" => self.pid);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            self.wait().await;
+        }
+        Ok(())
+    }
+
+    async fn undo(&self, steps: Vec<(&'static str, Value)>) {
+        for (cmd, args) in steps.into_iter().rev() {
+            let _ = self.qmp.execute(cmd, args).await;
+        }
+    }
+
+    /// Plug a NIC into the running VM: pass its fds (`getfd`), `netdev_add`, `device_add` on a
+    /// free slot. Any failure undoes the earlier steps, frees the slot and closes the fds.
+    pub async fn hotplug_nic(&self, nic: NicConfig) -> Result<PciPath> {
+        self.ensure_running()?;
+        let mut plugged = self.plugged.lock().await;
+        if plugged.contains_key(&nic.id) || self.cold.iter().any(|(id, _)| *id == nic.id) {
+            return Err(Error::Qmp {
+                command: "device_add".into(),
+                desc: format!("a NIC {} is already plugged", nic.id),
+            });
+        }
+        let slot = self.slots.lock().await.alloc(&nic.id)?;
+        let mut undo: Vec<(&'static str, Value)> = Vec::new();
+        let res = self.plug_steps(&nic, &slot, &mut undo).await;
+        match res {
+            Ok(chardev) => {
+                slog::info!(self.log, "NIC hotplugged"; "endpoint" => &nic.id, "pci_path" => %slot.path);
+                let path = slot.path.clone();
+                plugged.insert(nic.id.clone(), Plugged { slot, chardev });
+                Ok(path)
+            }
+            Err(e) => {
+                self.undo(undo).await;
+                self.slots.lock().await.free(slot.index);
+                Err(e)
+            }
+        }
+        // `nic` (and its fds) is dropped here: QEMU holds its own copies, or none after a rollback.
+    }
+
+    async fn plug_steps(
+        &self,
+        nic: &NicConfig,
+        slot: &Slot,
+        undo: &mut Vec<(&'static str, Value)>,
+    ) -> Result<Option<String>> {
+        let nd = netdev_id(&nic.id);
+        let mut chardev = None;
+        let mut queues = 1;
+        match &nic.backend {
+            NicBackend::Tap { queues: q, vhost, .. } => {
+                queues = q.len();
+                let names = self.pass_fds(&format!("fd-{}", nic.id), q, undo).await?;
+                let vnames = self.pass_fds(&format!("vhostfd-{}", nic.id), vhost, undo).await?;
+                let mut args = json!({"type": "tap", "id": nd, "vhost": !vnames.is_empty()});
+                if names.len() == 1 {
+                    args["fd"] = json!(names[0]);
+                } else {
+                    args["fds"] = json!(names.join(":"));
+                }
+                match vnames.len() {
+                    0 => {}
+                    1 => args["vhostfd"] = json!(vnames[0]),
+                    _ => args["vhostfds"] = json!(vnames.join(":")),
+                }
+                self.qmp.execute("netdev_add", args).await?;
+                // The netdev took the named fds out of the monitor's table.
+                undo.retain(|(c, _)| *c != "closefd");
+            }
+            NicBackend::VhostUser { socket } => {
+                let id = format!("char-{}", nic.id);
+                self.qmp
+                    .execute(
+                        "chardev-add",
+                        json!({"id": id, "backend": {"type": "socket", "data": {
+                            "addr": {"type": "unix", "data": {"path": socket}}, "server": false}}}),
+                    )
+                    .await?;
+                undo.push(("chardev-remove", json!({"id": id})));
+                self.qmp
+                    .execute("netdev_add", json!({"type": "vhost-user", "id": nd, "chardev": id, "vhostforce": true}))
+                    .await?;
+                chardev = Some(id);
+            }
+        }
+        undo.push(("netdev_del", json!({"id": nd})));
+        let mut dev = json!({
+            "driver": "virtio-net-pci", "id": nic.id, "netdev": nd, "mac": nic.guest_mac.to_string(),
+            "bus": slot.bus, "addr": slot.addr, "host_mtu": nic.mtu, "romfile": "", "disable-modern": false,
+        });
+        if queues > 1 {
+            dev["mq"] = json!(true);
+            dev["vectors"] = json!(2 * queues + 2);
+        }
+        self.qmp.execute("device_add", dev).await?;
+        Ok(chardev)
+    }
+
+    async fn pass_fds(
+        &self,
+        prefix: &str,
+        fds: &[OwnedFd],
+        undo: &mut Vec<(&'static str, Value)>,
+    ) -> Result<Vec<String>> {
+        let mut names = Vec::with_capacity(fds.len());
+        for (i, fd) in fds.iter().enumerate() {
+            let name = format!("{prefix}-{i}");
+            self.qmp.execute_with_fd("getfd", json!({"fdname": name}), fd.as_fd()).await?;
+            undo.push(("closefd", json!({"fdname": name})));
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Unplug a hotplugged NIC: `device_del`, wait (bounded) for the guest to let go
+    /// (`DEVICE_DELETED` for that id), `netdev_del`, free the slot.
+    pub async fn unplug_nic(&self, id: &str) -> Result<()> {
+        self.ensure_running()?;
+        let mut plugged = self.plugged.lock().await;
+        let p = plugged.get(id).ok_or_else(|| Error::UnknownNic(id.to_owned()))?;
+        let mut events = self.qmp.subscribe();
+        self.qmp.execute("device_del", json!({"id": id})).await?;
+        Qmp::wait_event(&mut events, "DEVICE_DELETED", UNPLUG_TIMEOUT, |d| d["device"] == id).await?;
+        self.qmp.execute("netdev_del", json!({"id": netdev_id(id)})).await?;
+        if let Some(c) = &p.chardev {
+            let _ = self.qmp.execute("chardev-remove", json!({"id": c})).await;
+        }
+        let index = p.slot.index;
+        plugged.remove(id);
+        self.slots.lock().await.free(index);
+        slog::info!(self.log, "NIC unplugged"; "endpoint" => id);
+        Ok(())
+    }
+
+    /// Slots in use by hotplugged NICs.
+    pub async fn slots_in_use(&self) -> usize {
+        self.slots.lock().await.in_use()
+    }
+}
+
+impl NicHotplug for Vm {
+    type Error = Error;
+
+    async fn add_nic(&self, nic: NicConfig) -> Result<PciPath> {
+        self.hotplug_nic(nic).await
+    }
+
+    async fn remove_nic(&self, id: &str) -> Result<()> {
+        self.unplug_nic(id).await
+    }
+}
