@@ -3,6 +3,7 @@
 //! oracle independent of the code under test).
 
 pub mod frames;
+pub mod vm;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

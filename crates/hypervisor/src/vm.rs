@@ -116,6 +116,33 @@ impl Vm {
         }
     }
 
+    /// Start the VM with its NICs: cold-plugged, or, in factory mode (`enable_template`), started
+    /// without NICs and each hotplugged right after. Returns each NIC's PCI path by id. If a
+    /// hotplug fails, the NICs plugged before it are unplugged and the VM is stopped.
+    pub async fn start(spec: VmSpec, nics: Vec<NicConfig>) -> Result<(Self, Vec<(String, PciPath)>)> {
+        if !spec.config.enable_template {
+            let vm = Self::launch(spec, nics).await?;
+            let paths = vm.cold.clone();
+            return Ok((vm, paths));
+        }
+        let vm = Self::launch(spec, Vec::new()).await?;
+        let mut paths = Vec::with_capacity(nics.len());
+        for nic in nics {
+            let id = nic.id.clone();
+            match vm.hotplug_nic(nic).await {
+                Ok(p) => paths.push((id, p)),
+                Err(e) => {
+                    for (id, _) in paths.iter().rev() {
+                        let _ = vm.unplug_nic(id).await;
+                    }
+                    let _ = vm.stop(Duration::from_secs(5)).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok((vm, paths))
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
