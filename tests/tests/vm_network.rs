@@ -59,11 +59,9 @@ fn add_eth1(cni: &CniPod) {
     cni.peer.ip(&["link", "set", "veth1", "mtu", "1450", "up"]);
 }
 
-fn info_network(vm: &Vm) -> impl std::future::Future<Output = String> + '_ {
-    async move {
-        let v = vm.qmp().execute("human-monitor-command", json!({"command-line": "info network"})).await.unwrap();
-        v.as_str().unwrap_or_default().to_owned()
-    }
+async fn info_network(vm: &Vm) -> String {
+    let v = vm.qmp().execute("human-monitor-command", json!({"command-line": "info network"})).await.unwrap();
+    v.as_str().unwrap_or_default().to_owned()
 }
 
 async fn pci_ids(vm: &Vm) -> String {

@@ -336,6 +336,17 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    /// A `Vm` dropped while QEMU runs (an error path, a panicking caller) takes QEMU with it, so
+    /// nothing outlives its owner by accident. A shim that is killed runs no destructors; its
+    /// QEMU is then found and stopped by the `delete` subcommand.
+    fn drop(&mut self) {
+        if self.exit_status().is_none() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 impl NicHotplug for Vm {
     type Error = Error;
 
