@@ -20,8 +20,8 @@ guest-image: deps
 test: deps guest-image
 	./scripts/run-tests.sh
 
-bench: deps
-	$(CARGO) bench -p tests --bench network
+bench: deps guest-image
+	$(CARGO) bench -p tests
 
 demo: deps
 	$(CARGO) build --release -p shim -p tests --bins

@@ -342,7 +342,8 @@ impl Drop for Vm {
     /// QEMU is then found and stopped by the `delete` subcommand.
     fn drop(&mut self) {
         if self.exit_status().is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
