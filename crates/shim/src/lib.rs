@@ -1,3 +1,7 @@
 //! containerd-shim-kata-v2 and the `kata-runtime` operator command.
 
 pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod sandbox;
+pub mod task;

@@ -1,0 +1,164 @@
+//! `configuration.toml` in kata's format: `[hypervisor.qemu]` and `[runtime]`.
+//!
+//! Found through `KATA_CONF_FILE`, then `/etc/kata-containers/configuration.toml`, then
+//! `/usr/share/defaults/kata-containers/configuration.toml`; without any, the built-in default
+//! (QEMU from Debian, the guest image installed by `make install` under
+//! `/usr/share/kata-net-rs`). Unknown keys and bad values are errors at start, naming the key.
+
+use std::path::{Path, PathBuf};
+
+use network::NetworkModel;
+use serde::Deserialize;
+
+pub const CONF_ENV: &str = "KATA_CONF_FILE";
+pub const CONF_PATHS: [&str; 2] =
+    ["/etc/kata-containers/configuration.toml", "/usr/share/defaults/kata-containers/configuration.toml"];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hypervisors {
+    pub qemu: hypervisor::QemuConfig,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    pub internetworking_model: NetworkModel,
+    /// Use only the namespace the OCI spec names; never create one.
+    pub disable_new_netns: bool,
+    /// Queue pairs per NIC; 0 means one per vCPU.
+    pub network_queues: u32,
+    /// Where the shim keeps each sandbox's run directory (QMP, agent socket, console log).
+    pub run_dir: PathBuf,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            internetworking_model: NetworkModel::TcFilter,
+            disable_new_netns: false,
+            network_queues: 0,
+            run_dir: PathBuf::from("/run/kata-net-rs"),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub hypervisor: Hypervisors,
+    pub runtime: Runtime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: hypervisor::Error,
+    },
+    #[error("configuration {path}: [runtime] {key}: {why}")]
+    Runtime { path: PathBuf, key: &'static str, why: String },
+}
+
+impl Config {
+    /// Parse and check a file's text; `path` is for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
+        c.hypervisor.qemu.validate().map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })?;
+        if c.runtime.network_queues > 16 {
+            return Err(ConfigError::Runtime {
+                path: path.to_owned(),
+                key: "network_queues",
+                why: format!("{} is more than 16", c.runtime.network_queues),
+            });
+        }
+        if !c.runtime.run_dir.is_absolute() {
+            return Err(ConfigError::Runtime { path: path.to_owned(), key: "run_dir", why: "must be absolute".into() });
+        }
+        Ok(c)
+    }
+
+    /// The configuration in effect: from `KATA_CONF_FILE`, the usual paths, or built in.
+    pub fn load() -> Result<(Self, PathBuf), ConfigError> {
+        let path = std::env::var_os(CONF_ENV)
+            .map(PathBuf::from)
+            .or_else(|| CONF_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()));
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                Ok((Self::parse(&text, &p)?, p))
+            }
+            None => {
+                let p = PathBuf::from("(built-in)");
+                Ok((Self::parse("", &p)?, p))
+            }
+        }
+    }
+
+    /// Queue pairs per NIC.
+    pub fn queues(&self) -> usize {
+        match self.runtime.network_queues {
+            0 => self.hypervisor.qemu.default_vcpus as usize,
+            n => n as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> PathBuf {
+        PathBuf::from("/t/configuration.toml")
+    }
+
+    #[test]
+    fn kata_keys_parse() {
+        let c = Config::parse(
+            r#"
+[hypervisor.qemu]
+path = "/bin/sh"
+kernel = "/bin/sh"
+initrd = "/bin/sh"
+default_vcpus = 2
+[runtime]
+internetworking_model = "macvtap"
+disable_new_netns = true
+"#,
+            &p(),
+        )
+        .unwrap();
+        assert_eq!(c.runtime.internetworking_model, NetworkModel::Macvtap);
+        assert!(c.runtime.disable_new_netns);
+        assert_eq!(c.queues(), 2);
+    }
+
+    #[test]
+    fn bad_keys_and_values_name_the_key() {
+        let base = "[hypervisor.qemu]\npath = \"/bin/sh\"\nkernel = \"/bin/sh\"\ninitrd = \"/bin/sh\"\n";
+        let cases = [
+            (format!("{base}[runtime]\ninternetworking_model = \"bridged\"\n"), "internetworking_model"),
+            (format!("{base}[runtime]\nenable_debug = true\n"), "enable_debug"),
+            (format!("{base}default_vcpus = 0\n"), "default_vcpus"),
+            (format!("{base}[runtime]\nnetwork_queues = 99\n"), "network_queues"),
+            ("[hypervisor.qemu]\nkernel = \"/nonexistent\"\n".to_owned(), "kernel"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(&text, &p()).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

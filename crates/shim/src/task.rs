@@ -1,0 +1,300 @@
+//! The containerd Task service (task API v2) for the sandbox container, and the shim's `start`
+//! and `delete` entry points.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
+use containerd_shim_protos::api::{
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, Empty,
+    KillRequest, PidsRequest, PidsResponse, ProcessInfo, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, Status, WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics;
+use tokio::sync::Mutex;
+use ttrpc::asynchronous::TtrpcContext;
+
+use crate::config::Config;
+use crate::sandbox::{self, SandboxState, SpecNetwork};
+
+pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
+
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
+}
+
+/// The one place errors become ttrpc statuses.
+fn status(code: ttrpc::Code, e: impl std::fmt::Display) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+}
+
+fn internal(e: anyhow::Error) -> ttrpc::Error {
+    let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+    status(ttrpc::Code::INTERNAL, msg)
+}
+
+#[derive(Debug)]
+struct Entry {
+    bundle: PathBuf,
+    sandbox: Option<sandbox::Sandbox>,
+    started: bool,
+    exit: Option<(u32, Timestamp)>,
+}
+
+/// The Task service of one shim (one sandbox).
+pub struct KataTask {
+    entries: Mutex<HashMap<String, Entry>>,
+    config: Config,
+    publisher: RemotePublisher,
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    log: slog::Logger,
+}
+
+impl KataTask {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let _ = self.publisher.publish(ttrpc::context::Context::default(), topic, &self.namespace, event).await;
+    }
+
+    async fn pid_of(&self, id: &str) -> ttrpc::Result<u32> {
+        let e = self.entries.lock().await;
+        let entry = e.get(id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {id}")))?;
+        Ok(entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Debug for KataTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KataTask").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Task for KataTask {
+    async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, format!("bundle {}: {e}", bundle.display())))?;
+        let kind = spec.annotations().as_ref().and_then(|a| a.get("io.kubernetes.cri.container-type")).cloned();
+        if kind.as_deref().is_some_and(|k| k != "sandbox") {
+            return Err(status(ttrpc::Code::UNIMPLEMENTED, "only the sandbox (pause) container runs in this shim"));
+        }
+        let net = SpecNetwork::from_spec(&spec);
+        let log = self.log.new(slog::o!("sandbox_id" => req.id.clone()));
+        slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
+        let sb = sandbox::start(&req.id, &bundle, &net, &self.config, &log).await.map_err(internal)?;
+        let pid = sb.vm.pid();
+        self.entries.lock().await.insert(req.id.clone(), Entry { bundle: bundle.clone(), sandbox: Some(sb), started: false, exit: None });
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate { container_id: req.id.clone(), bundle: req.bundle.clone(), pid, ..Default::default() }),
+        )
+        .await;
+        Ok(CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let pid = {
+            let mut e = self.entries.lock().await;
+            let entry = e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            entry.started = true;
+            entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0)
+        };
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: req.id, pid, ..Default::default() }))
+            .await;
+        Ok(StartResponse { pid, ..Default::default() })
+    }
+
+    async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        let e = self.entries.lock().await;
+        let entry = e.get(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let running = entry.sandbox.as_ref().is_some_and(|s| s.vm.exit_status().is_none());
+        let st = match (&entry.exit, entry.started, running) {
+            (Some(_), _, _) | (None, true, false) => Status::STOPPED,
+            (None, true, true) => Status::RUNNING,
+            (None, false, _) => Status::CREATED,
+        };
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: entry.bundle.display().to_string(),
+            pid: entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0),
+            status: EnumOrUnknown::new(st),
+            exit_status: entry.exit.as_ref().map(|(c, _)| *c).unwrap_or(0),
+            exited_at: entry.exit.as_ref().map(|(_, t)| t.clone()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        loop {
+            {
+                let mut e = self.entries.lock().await;
+                let entry = e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+                if entry.exit.is_none() {
+                    if let Some(st) = entry.sandbox.as_ref().and_then(|s| s.vm.exit_status()) {
+                        let code = if st.contains("signal") { 137 } else { 0 };
+                        entry.exit = Some((code, now()));
+                    }
+                }
+                if let Some((code, at)) = &entry.exit {
+                    return Ok(WaitResponse { exit_status: *code, exited_at: MessageField::some(at.clone()), ..Default::default() });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        let (pid, code) = {
+            let mut e = self.entries.lock().await;
+            let entry = e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let Some(sb) = entry.sandbox.as_ref() else { return Ok(Empty::new()) };
+            let grace = if req.signal == 9 { Duration::from_millis(0) } else { Duration::from_secs(5) };
+            let _ = sb.vm.stop(grace).await;
+            let code = 128 + req.signal;
+            if entry.exit.is_none() {
+                entry.exit = Some((code, now()));
+            }
+            (sb.vm.pid(), entry.exit.as_ref().map(|(c, _)| *c).unwrap_or(code))
+        };
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: req.id.clone(),
+                id: req.id,
+                pid,
+                exit_status: code,
+                exited_at: MessageField::some(now()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(Empty::new())
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        let entry = self.entries.lock().await.remove(&req.id);
+        let entry = entry.ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let pid = entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0);
+        if let Some(sb) = entry.sandbox {
+            let _ = sb.vm.stop(Duration::from_secs(5)).await;
+            sb.state.teardown(&self.log).await.map_err(internal)?;
+            let _ = std::fs::remove_file(entry.bundle.join(sandbox::STATE_FILE));
+        }
+        let (code, at) = entry.exit.unwrap_or((0, now()));
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id,
+                pid,
+                exit_status: code,
+                exited_at: MessageField::some(at.clone()),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(DeleteResponse { pid, exit_status: code, exited_at: MessageField::some(at), ..Default::default() })
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let pid = self.pid_of(&req.id).await?;
+        Ok(PidsResponse { processes: vec![ProcessInfo { pid, ..Default::default() }], ..Default::default() })
+    }
+
+    async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+        let pid = self.pid_of(&req.id).await.unwrap_or(0);
+        Ok(ConnectResponse { shim_pid: std::process::id(), task_pid: pid, ..Default::default() })
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
+        if self.entries.lock().await.is_empty() {
+            self.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
+
+/// The shim process.
+pub struct KataShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+}
+
+impl std::fmt::Debug for KataShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KataShim").field("namespace", &self.namespace).field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Shim for KataShim {
+    type T = KataTask;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
+        // tokio reaps QEMU itself; the crate's reaper would steal its exit status.
+        config.no_reaper = true;
+        KataShim { exit: Arc::new(ExitSignal::default()), namespace: args.namespace.clone(), id: args.id.clone() }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let grouping = opts.id.clone();
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<containerd_shim::api::DeleteResponse> {
+        // Run by containerd in the bundle after the shim is gone (e.g. killed): remove what the
+        // persisted state records.
+        let log = crate::logging::stderr_logger().new(slog::o!("sandbox_id" => self.id.clone()));
+        let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        if let Ok(Some(state)) = SandboxState::load(Path::new(&bundle)) {
+            if let Err(e) = state.teardown(&log).await {
+                slog::error!(log, "cleanup after the shim incomplete"; "error" => %e);
+            }
+            let _ = std::fs::remove_file(bundle.join(sandbox::STATE_FILE));
+        }
+        Ok(containerd_shim::api::DeleteResponse {
+            exit_status: 137,
+            exited_at: MessageField::some(now()),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let log = crate::logging::shim_logger().new(slog::o!("namespace" => self.namespace.clone()));
+        let config = match Config::load() {
+            Ok((c, path)) => {
+                slog::info!(log, "configuration loaded"; "path" => %path.display());
+                c
+            }
+            Err(e) => {
+                // Every Create will report it; the shim itself stays up to answer containerd.
+                slog::error!(log, "bad configuration"; "error" => %e);
+                std::process::exit(1);
+            }
+        };
+        KataTask {
+            entries: Mutex::new(HashMap::new()),
+            config,
+            publisher,
+            namespace: self.namespace.clone(),
+            exit: self.exit.clone(),
+            log,
+        }
+    }
+}
