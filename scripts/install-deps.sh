@@ -19,6 +19,10 @@ declare -A need=(
   [conntrack]=conntrack
   [depmod]=kmod
   [strip]=binutils
+  [containerd]=containerd
+  [ctr]=containerd
+  [runc]=runc
+  [pgrep]=procps
 )
 
 missing=()

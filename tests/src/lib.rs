@@ -200,6 +200,12 @@ impl CniPod {
         peer.ip(&["addr", "add", "10.88.0.1/24", "dev", "veth0"]);
         peer.ip(&["link", "set", "veth0", "up"]);
         peer.ip(&["link", "set", "lo", "up"]);
+        // Let duplicate address detection finish, so snapshots taken now match later ones.
+        let start = std::time::Instant::now();
+        while !pod.ip(&["-6", "addr", "show", "tentative"]).trim().is_empty() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "IPv6 DAD did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         Self { pod, peer }
     }
 }

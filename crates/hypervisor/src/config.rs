@@ -148,7 +148,10 @@ mod tests {
             AgentChannel::choose_with(false, run, Some(Path::new("/run/v.sock")), 5),
             AgentChannel::VhostUserVsock { backend: "/run/v.sock".into() }
         );
-        assert_eq!(AgentChannel::choose_with(false, run, None, 5), AgentChannel::Serial { socket: run.join("agent.sock") });
+        assert_eq!(
+            AgentChannel::choose_with(false, run, None, 5),
+            AgentChannel::Serial { socket: run.join("agent.sock") }
+        );
         // This machine has no /dev/vhost-vsock.
         assert_eq!(
             AgentChannel::choose(run, None, 5) == AgentChannel::Vsock { cid: 5 },

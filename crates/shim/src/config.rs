@@ -75,8 +75,8 @@ pub enum ConfigError {
 impl Config {
     /// Parse and check a file's text; `path` is for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let c: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
+        let c: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
         c.hypervisor.qemu.validate().map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })?;
         if c.runtime.network_queues > 16 {
             return Err(ConfigError::Runtime {
@@ -98,7 +98,8 @@ impl Config {
             .or_else(|| CONF_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()));
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
                 Ok((Self::parse(&text, &p)?, p))
             }
             None => {

@@ -128,9 +128,9 @@ impl SpecNetwork {
         let mut dns: Vec<String> = Vec::new();
         if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(DNS_ANNOTATION)) {
             dns = v.split(['\n', ',']).map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-        } else if let Some(m) = spec.mounts().as_ref().and_then(|ms| {
-            ms.iter().find(|m| m.destination() == Path::new("/etc/resolv.conf"))
-        }) {
+        } else if let Some(m) =
+            spec.mounts().as_ref().and_then(|ms| ms.iter().find(|m| m.destination() == Path::new("/etc/resolv.conf")))
+        {
             if let Some(src) = m.source() {
                 dns = std::fs::read_to_string(src)
                     .unwrap_or_default()
@@ -156,7 +156,13 @@ pub struct Sandbox {
 
 /// The StartVM flow. On any failure everything done so far is undone and the state file says
 /// nothing is left.
-pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log: &slog::Logger) -> anyhow::Result<Sandbox> {
+pub async fn start(
+    id: &str,
+    bundle: &Path,
+    net: &SpecNetwork,
+    cfg: &Config,
+    log: &slog::Logger,
+) -> anyhow::Result<Sandbox> {
     let mut state = SandboxState { id: id.to_owned(), ..Default::default() };
     match start_steps(id, bundle, net, cfg, log, &mut state).await {
         Ok(sb) => Ok(sb),
@@ -179,7 +185,9 @@ async fn start_steps(
     // The namespace: the spec's, or one of our own.
     let ns = match &net.netns {
         Some(p) => NetNs::from_user_path(p)?,
-        None if cfg.runtime.disable_new_netns => anyhow::bail!("the spec names no network namespace and disable_new_netns is set"),
+        None if cfg.runtime.disable_new_netns => {
+            anyhow::bail!("the spec names no network namespace and disable_new_netns is set")
+        }
         None => {
             let name = format!("kata-net-{}", &id[..id.len().min(32)]);
             state.netns = Some(Path::new(network::netns::NETNS_RUN_DIR).join(&name));
@@ -216,8 +224,7 @@ async fn start_steps(
         agent: AgentChannel::Serial { socket: agent_sock.clone() },
         log: log.clone(),
     };
-    let links: Vec<network::Link> =
-        eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
+    let links: Vec<network::Link> = eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
     let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
     let nics = attached.into_iter().map(|a| a.nic).collect();
     let t = std::time::Instant::now();

@@ -93,10 +93,18 @@ impl Task for KataTask {
         slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
         let sb = sandbox::start(&req.id, &bundle, &net, &self.config, &log).await.map_err(internal)?;
         let pid = sb.vm.pid();
-        self.entries.lock().await.insert(req.id.clone(), Entry { bundle: bundle.clone(), sandbox: Some(sb), started: false, exit: None });
+        self.entries
+            .lock()
+            .await
+            .insert(req.id.clone(), Entry { bundle: bundle.clone(), sandbox: Some(sb), started: false, exit: None });
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate { container_id: req.id.clone(), bundle: req.bundle.clone(), pid, ..Default::default() }),
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                pid,
+                ..Default::default()
+            }),
         )
         .await;
         Ok(CreateTaskResponse { pid, ..Default::default() })
@@ -105,12 +113,16 @@ impl Task for KataTask {
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let pid = {
             let mut e = self.entries.lock().await;
-            let entry = e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let entry =
+                e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
             entry.started = true;
             entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0)
         };
-        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: req.id, pid, ..Default::default() }))
-            .await;
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart { container_id: req.id, pid, ..Default::default() }),
+        )
+        .await;
         Ok(StartResponse { pid, ..Default::default() })
     }
 
@@ -138,7 +150,8 @@ impl Task for KataTask {
         loop {
             {
                 let mut e = self.entries.lock().await;
-                let entry = e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+                let entry =
+                    e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
                 if entry.exit.is_none() {
                     if let Some(st) = entry.sandbox.as_ref().and_then(|s| s.vm.exit_status()) {
                         let code = if st.contains("signal") { 137 } else { 0 };
@@ -146,7 +159,11 @@ impl Task for KataTask {
                     }
                 }
                 if let Some((code, at)) = &entry.exit {
-                    return Ok(WaitResponse { exit_status: *code, exited_at: MessageField::some(at.clone()), ..Default::default() });
+                    return Ok(WaitResponse {
+                        exit_status: *code,
+                        exited_at: MessageField::some(at.clone()),
+                        ..Default::default()
+                    });
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -156,7 +173,8 @@ impl Task for KataTask {
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
         let (pid, code) = {
             let mut e = self.entries.lock().await;
-            let entry = e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let entry =
+                e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
             let Some(sb) = entry.sandbox.as_ref() else { return Ok(Empty::new()) };
             let grace = if req.signal == 9 { Duration::from_millis(0) } else { Duration::from_secs(5) };
             let _ = sb.vm.stop(grace).await;
@@ -248,6 +266,8 @@ impl Shim for KataShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // A bad configuration fails the sandbox here, with the key named, before anything runs.
+        Config::load().map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
         let grouping = opts.id.clone();
         let address = spawn(opts, &grouping, Vec::new()).await?;
         Ok(address)
@@ -256,7 +276,7 @@ impl Shim for KataShim {
     async fn delete_shim(&mut self) -> containerd_shim::Result<containerd_shim::api::DeleteResponse> {
         // Run by containerd in the bundle after the shim is gone (e.g. killed): remove what the
         // persisted state records.
-        let log = crate::logging::stderr_logger().new(slog::o!("sandbox_id" => self.id.clone()));
+        let log = crate::logging::stderr_logger();
         let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         if let Ok(Some(state)) = SandboxState::load(Path::new(&bundle)) {
             if let Err(e) = state.teardown(&log).await {
@@ -283,7 +303,7 @@ impl Shim for KataShim {
                 c
             }
             Err(e) => {
-                // Every Create will report it; the shim itself stays up to answer containerd.
+                // `start` checked it moments ago; it changed since. Nothing has been made yet.
                 slog::error!(log, "bad configuration"; "error" => %e);
                 std::process::exit(1);
             }

@@ -41,13 +41,21 @@ impl agent_ttrpc::AgentService for Agent {
         let _g = self.lock.lock().await;
         let iface =
             req.interface.into_option().ok_or_else(|| status((Code::INVALID_ARGUMENT, "interface: missing".into())))?;
-        netcfg::update_interface(&self.handle, &iface).await.map_err(status)
+        let out = netcfg::update_interface(&self.handle, &iface).await.map_err(status)?;
+        let addrs: Vec<String> = out.IPAddresses.iter().map(|a| format!("{}/{}", a.address, a.mask)).collect();
+        eprintln!("guest-agent: interface {} {} mtu {} addresses {}", out.name, out.hwAddr, out.mtu, addrs.join(","));
+        Ok(out)
     }
 
     async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
         let _g = self.lock.lock().await;
         let routes = req.routes.into_option().map(|r| r.Routes).unwrap_or_default();
         let out = netcfg::update_routes(&self.handle, &routes, req.increment).await.map_err(status)?;
+        for r in &out {
+            let dest = if r.dest.is_empty() { "default" } else { r.dest.as_str() };
+            let via = if r.gateway.is_empty() { String::new() } else { format!(" via {}", r.gateway) };
+            eprintln!("guest-agent: route {dest}{via} dev {}", r.device);
+        }
         Ok(Routes { Routes: out, ..Default::default() })
     }
 
@@ -67,12 +75,17 @@ impl agent_ttrpc::AgentService for Agent {
         let _g = self.lock.lock().await;
         let ns = req.neighbors.into_option().map(|n| n.ARPNeighbors).unwrap_or_default();
         netcfg::add_neighbors(&self.handle, &ns).await.map_err(status)?;
+        for n in &ns {
+            let ip = n.toIPAddress.as_ref().map(|a| a.address.as_str()).unwrap_or("");
+            eprintln!("guest-agent: neighbour {ip} lladdr {} dev {}", n.lladdr, n.device);
+        }
         Ok(Empty::new())
     }
 
     async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
         let _g = self.lock.lock().await;
         netcfg::apply_hostname_and_dns(&req.hostname, &req.dns, &self.resolv_conf).map_err(status)?;
+        eprintln!("guest-agent: sandbox {} hostname {:?} dns {:?}", req.sandbox_id, req.hostname, req.dns);
         Ok(Empty::new())
     }
 
