@@ -4,7 +4,7 @@
 CARGO  ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build deps guest-image test bench demo install clean
+.PHONY: all build deps guest-image test bench demo demo-network install clean
 
 all: build
 
@@ -23,12 +23,19 @@ test: deps guest-image
 bench: deps guest-image
 	$(CARGO) bench -p tests
 
-demo: deps
+demo: deps guest-image
+	$(CARGO) build --release -p shim
+	./scripts/demo.sh
+
+demo-network: deps
 	$(CARGO) build --release -p shim -p tests --bins
 	./target/release/net-demo
 
-install: build
+install: build guest-image
 	install -D -m 0755 target/release/kata-runtime $(DESTDIR)$(PREFIX)/bin/kata-runtime
+	install -D -m 0755 target/release/containerd-shim-kata-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-kata-v2
+	install -D -m 0644 target/guest-image/vmlinuz $(DESTDIR)/usr/share/kata-net-rs/vmlinuz
+	install -D -m 0644 target/guest-image/initrd.img $(DESTDIR)/usr/share/kata-net-rs/initrd.img
 
 clean:
 	$(CARGO) clean

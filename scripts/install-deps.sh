@@ -23,6 +23,7 @@ declare -A need=(
   [ctr]=containerd
   [runc]=runc
   [pgrep]=procps
+  [bc]=bc
 )
 
 missing=()

@@ -184,7 +184,7 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let out = c.run("sb2", &cni.pod.path(), &[]);
     assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
     assert!(qemu_running_in(&c.run_dir()));
-    let pids = tests::run(&["pgrep", "-f", &format!("containerd-shim-kata-v2 .*-id sb2 ")]);
+    let pids = tests::run(&["pgrep", "-f", "containerd-shim-kata-v2 .*-id sb2 "]);
     for pid in pids.split_whitespace() {
         tests::run(&["kill", "-9", pid]);
     }
