@@ -24,11 +24,17 @@ declare -A need=(
   [runc]=runc
   [pgrep]=procps
   [bc]=bc
+  [protoc]=protobuf-compiler
+  [/usr/lib/cni/bridge]=containernetworking-plugins
 )
 
 missing=()
 for cmd in "${!need[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+  if [[ $cmd == /* ]]; then
+    [ -x "$cmd" ] || missing+=("${need[$cmd]}")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+  fi
 done
 
 if ((${#missing[@]})); then

@@ -1,0 +1,208 @@
+//! The CRI path, as `crictl runp pod-config.json` does it: containerd's CRI plugin with Debian's
+//! CNI plugins (`bridge` + `host-local`), RunPodSandbox through a CRI client (k8s-cri), the pod IP
+//! CNI assigned answers from inside the VM, Stop/RemovePodSandbox clean up.
+//!
+//! containerd runs inside a test-owned network namespace that plays the node's, so the CNI
+//! bridge, its veths and ip_forward live there and nothing changes in the machine's own
+//! namespace; host-local keeps its leases in the test's scratch directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    DnsConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+};
+use tests::vm::{guest_image, Scratch};
+use tests::{require_root_and_tools, TestNs};
+
+const IMAGE: &str = "localhost/kata-net-pause:latest";
+
+struct Containerd(Child);
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let root = dir.display().to_string();
+    for m in mounts.lines().rev().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)) {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn qemu_running_in(dir: &Path) -> bool {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c).starts_with("/usr/bin/qemu-system")
+                    && String::from_utf8_lossy(&c).contains(&needle)
+            })
+            .unwrap_or(false)
+    })
+}
+
+async fn cri_client(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = sock.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await
+            .expect("connect to containerd's CRI socket");
+    RuntimeServiceClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_run_pod_sandbox_gets_the_cni_address_in_the_vm_and_cleans_up() {
+    require_root_and_tools(&["containerd", "ctr", "nsenter", "qemu-system-x86_64", "ip", "ping"]);
+    assert!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "containernetworking-plugins missing (install-deps installs it)"
+    );
+    let node = TestNs::new("node");
+    node.ip(&["link", "set", "lo", "up"]);
+    let dir = Scratch::new("cri");
+    let _unmount = Unmount(dir.0.clone());
+    let d = dir.0.display().to_string();
+    std::fs::create_dir_all(dir.0.join("net.d")).unwrap();
+    std::fs::write(
+        dir.0.join("net.d/10-knt.conflist"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"knt-{pid}","plugins":[{{"type":"bridge","bridge":"kntbr0","isGateway":true,"ipMasq":false,
+"ipam":{{"type":"host-local","subnet":"10.222.0.0/24","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{d}/ipam"}}}}]}}"#,
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.0.join("containerd.toml"),
+        format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "kata"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+    runtime_type = "io.containerd.kata.v2"
+"#
+        ),
+    )
+    .unwrap();
+    let img = guest_image();
+    std::fs::write(
+        dir.0.join("configuration.toml"),
+        format!(
+            "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n[runtime]\nrun_dir = \"{d}/run\"\n",
+            img.join("vmlinuz").display(),
+            img.join("initrd.img").display()
+        ),
+    )
+    .unwrap();
+    let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")).parent().unwrap().to_owned();
+    let _containerd = Containerd(
+        Command::new("nsenter")
+            .arg(format!("--net={}", node.path()))
+            .arg("containerd")
+            .arg("--config")
+            .arg(dir.0.join("containerd.toml"))
+            .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let sock = dir.0.join("containerd.sock");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let image = dir.0.join("image.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
+    assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(&sock)
+        .args(["-n", "k8s.io", "images", "import"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut cri = cri_client(sock.clone()).await;
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "kata-pod".into(),
+            uid: "knt-uid-1".into(),
+            namespace: "default".into(),
+            attempt: 1,
+        }),
+        hostname: "kata-pod".into(),
+        log_directory: format!("{d}/logs"),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["svc.cluster.local".into()],
+            options: vec![],
+        }),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let resp = cri
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: "kata".into() })
+        .await
+        .unwrap_or_else(|e| {
+            panic!("RunPodSandbox: {e}\n{}", std::fs::read_to_string(dir.0.join("containerd.log")).unwrap_or_default())
+        });
+    let id = resp.into_inner().pod_sandbox_id;
+    let status =
+        cri.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await.unwrap();
+    let ip = status.into_inner().status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with("10.222.0."), "CNI assigned {ip:?}");
+    assert!(qemu_running_in(&dir.0), "the sandbox runs in a VM");
+
+    // The node reaches the pod IP through the CNI bridge, the pod's veth, tc redirect and TAP:
+    // it is the VM that answers.
+    tests::run(&["ip", "netns", "exec", &node.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", &ip]);
+    let console = std::fs::read_to_string(dir.0.join("run").join(&id).join("console.log")).unwrap();
+    assert!(console.contains(&format!("addresses {ip}/24")), "{console}");
+    assert!(console.contains("route default via 10.222.0.1 dev eth0"), "{console}");
+
+    cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
+    assert!(!qemu_running_in(&dir.0), "QEMU left behind");
+    let links = node.ip(&["-o", "link"]);
+    assert!(!links.contains("veth"), "CNI's veth is gone: {links}");
+    assert!(!dir.0.join("run").join(&id).exists());
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
