@@ -22,6 +22,7 @@ test: deps guest-image
 
 bench: deps guest-image
 	$(CARGO) bench -p tests
+	$(CARGO) bench -p shim --bench sandbox
 
 demo: deps guest-image
 	$(CARGO) build --release -p shim

@@ -1,145 +1,15 @@
 //! The shim under real containerd (Debian's 1.6), with its own root, state and socket:
 //! `ctr run --runtime io.containerd.kata.v2 --with-ns network:<netns>` on a CNI-like namespace.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use tests::vm::{guest_image, Scratch};
-use tests::{require_root_and_tools, CniPod, POD_IP};
-
-const IMAGE: &str = "localhost/kata-net-pause:latest";
-
-struct Containerd {
-    child: Child,
-    dir: Scratch,
-}
-
-impl Containerd {
-    /// Start containerd with `kata_conf` as the shim's configuration (`KATA_CONF_FILE`).
-    fn start(tag: &str, kata_conf: &str) -> Self {
-        let dir = Scratch::new(tag);
-        let d = dir.0.display().to_string();
-        std::fs::write(
-            dir.0.join("containerd.toml"),
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(dir.0.join("configuration.toml"), kata_conf).unwrap();
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")).parent().unwrap().to_owned();
-        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.0.join("containerd.toml"))
-            .env("PATH", path)
-            .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
-            .spawn()
-            .expect("start containerd");
-        let c = Self { child, dir };
-        let start = Instant::now();
-        while !c.sock().exists() {
-            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let image = c.dir.0.join("image.tar");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
-        let out = Command::new(script).arg(&image).arg(IMAGE).output().unwrap();
-        assert!(out.status.success(), "build image: {}", String::from_utf8_lossy(&out.stderr));
-        let out = c.ctr(&["images", "import", image.to_str().unwrap()]);
-        assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
-        c
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.0.join("containerd.sock")
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.dir.0.join("run")
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr").arg("-a").arg(self.sock()).args(args).output().unwrap()
-    }
-
-    /// `ctr run -d` of the sandbox in `netns`.
-    fn run(&self, id: &str, netns: &str, extra: &[&str]) -> Output {
-        let ns = format!("network:{netns}");
-        let mut args = vec!["run", "-d", "--runtime", "io.containerd.kata.v2", "--with-ns", &ns];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[IMAGE, id]);
-        self.ctr(&args)
-    }
-
-    fn task_status(&self, id: &str) -> String {
-        let out = String::from_utf8_lossy(&self.ctr(&["task", "ls"]).stdout).into_owned();
-        out.lines()
-            .find(|l| l.starts_with(id))
-            .map(|l| l.split_whitespace().last().unwrap_or("").to_owned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        // Snapshot mounts left under our root.
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let root = self.dir.0.display().to_string();
-        for m in mounts.lines().rev().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)) {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn kata_conf(run_dir: &Path) -> String {
-    let img = guest_image();
-    format!(
-        "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"{}\"\ninitrd = \"{}\"\n[runtime]\nrun_dir = \"{}\"\n",
-        img.join("vmlinuz").display(),
-        img.join("initrd.img").display(),
-        run_dir.display()
-    )
-}
-
-fn qemu_running_in(dir: &Path) -> bool {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)
-            })
-            .unwrap_or(false)
-    })
-}
-
-fn wait_until(limit: Duration, what: &str, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use tests::containerd::{kata_conf, qemu_running_in, wait_until, Containerd};
+use tests::CniPod;
+use tests::POD_IP;
 
 fn start_containerd(tag: &str) -> Containerd {
-    require_root_and_tools(&["containerd", "ctr", "qemu-system-x86_64", "ip", "tc", "ping"]);
-    // The run directory must be known before the config is written: it lives in the scratch dir.
-    let probe = Scratch::new(&format!("{tag}-conf"));
-    let run = probe.0.join("run");
-    let c = Containerd::start(tag, &kata_conf(&run));
-    // Point the configuration at the containerd's own scratch directory instead.
-    std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&c.run_dir())).unwrap();
-    c
+    tests::containerd::start_containerd(tag, Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")))
 }
 
 #[test]

@@ -1,0 +1,152 @@
+//! A private containerd for tests and benchmarks: its own root, state and socket, CRI disabled,
+//! the shim found through PATH, a local OCI image imported.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::vm::{guest_image, Scratch};
+
+pub const IMAGE: &str = "localhost/kata-net-pause:latest";
+
+/// containerd, stopped (and its snapshot mounts removed) on drop.
+#[derive(Debug)]
+pub struct Containerd {
+    child: Child,
+    pub dir: Scratch,
+    shim_dir: PathBuf,
+}
+
+impl Containerd {
+    /// Start containerd with `kata_conf` as the shim's configuration (`KATA_CONF_FILE`).
+    pub fn start(tag: &str, kata_conf: &str, shim_bin: &Path) -> Self {
+        let dir = Scratch::new(tag);
+        let d = dir.0.display().to_string();
+        std::fs::write(
+            dir.0.join("containerd.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.0.join("configuration.toml"), kata_conf).unwrap();
+        let shim_dir = shim_bin.parent().unwrap().to_owned();
+        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.0.join("containerd.toml"))
+            .env("PATH", path)
+            .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("start containerd");
+        let c = Self { child, dir, shim_dir };
+        let start = Instant::now();
+        while !c.sock().exists() {
+            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let image = c.dir.0.join("image.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
+        let out = Command::new(script).arg(&image).arg(IMAGE).output().unwrap();
+        assert!(out.status.success(), "build image: {}", String::from_utf8_lossy(&out.stderr));
+        let out = c.ctr(&["images", "import", image.to_str().unwrap()]);
+        assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+        c
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.0.join("containerd.sock")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.0.join("run")
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr").arg("-a").arg(self.sock()).args(args).output().unwrap()
+    }
+
+    /// `ctr run -d` of the sandbox in `netns`.
+    pub fn run(&self, id: &str, netns: &str, extra: &[&str]) -> Output {
+        let ns = format!("network:{netns}");
+        let mut args = vec!["run", "-d", "--runtime", "io.containerd.kata.v2", "--with-ns", &ns];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id]);
+        self.ctr(&args)
+    }
+
+    pub fn task_status(&self, id: &str) -> String {
+        let out = String::from_utf8_lossy(&self.ctr(&["task", "ls"]).stdout).into_owned();
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        // Snapshot mounts left under our root.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = self.dir.0.display().to_string();
+        for m in mounts.lines().rev().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)) {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub fn kata_conf(run_dir: &Path) -> String {
+    let img = guest_image();
+    format!(
+        "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"{}\"\ninitrd = \"{}\"\n[runtime]\nrun_dir = \"{}\"\n",
+        img.join("vmlinuz").display(),
+        img.join("initrd.img").display(),
+        run_dir.display()
+    )
+}
+
+pub fn qemu_running_in(dir: &Path) -> bool {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)
+            })
+            .unwrap_or(false)
+    })
+}
+
+pub fn wait_until(limit: Duration, what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// containerd with the shim's configuration pointing at the guest image and a run directory in
+/// containerd's own scratch directory.
+pub fn start_containerd(tag: &str, shim_bin: &Path) -> Containerd {
+    crate::require_root_and_tools(&["containerd", "ctr", "qemu-system-x86_64", "ip", "tc", "ping"]);
+    let c = Containerd::start(tag, "", shim_bin);
+    std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&c.run_dir())).unwrap();
+    c
+}
+
+impl Containerd {
+    /// The pid of the shim serving sandbox `id`.
+    pub fn shim_pid(&self, id: &str) -> Option<u32> {
+        let _ = &self.shim_dir;
+        let out = Command::new("pgrep").args(["-f", &format!("containerd-shim-kata-v2 .*-id {id} ")]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next()?.parse().ok()
+    }
+}
