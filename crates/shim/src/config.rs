@@ -75,8 +75,19 @@ pub enum ConfigError {
 impl Config {
     /// Parse and check a file's text; `path` is for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
+        let c: Config = toml::from_str(text).map_err(|e| {
+            // Name the key: the message alone says "unknown variant" without saying whose.
+            let message = match e.span() {
+                Some(span) => {
+                    let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+                    let end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+                    let line_no = text[..span.start].matches('\n').count() + 1;
+                    format!("line {line_no} `{}`: {}", text[start..end].trim(), e.message())
+                }
+                None => e.message().to_owned(),
+            };
+            ConfigError::Parse { path: path.to_owned(), message }
+        })?;
         c.hypervisor.qemu.validate().map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })?;
         if c.runtime.network_queues > 16 {
             return Err(ConfigError::Runtime {
