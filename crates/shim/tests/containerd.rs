@@ -93,3 +93,20 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
     assert_eq!(cni.pod.snapshot(), before);
     let _ = c.ctr(&["container", "rm", "sb4"]);
 }
+
+#[test]
+fn without_a_namespace_path_the_shim_makes_its_own_and_removes_it() {
+    let c = start_containerd("ownns");
+    // No --with-ns: the spec's network namespace has no path.
+    let out = c.ctr(&["run", "-d", "--runtime", "io.containerd.kata.v2", tests::containerd::IMAGE, "sb5"]);
+    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    let ns = Path::new("/run/netns/kata-net-sb5");
+    assert!(ns.exists(), "the shim created its namespace");
+    assert!(qemu_running_in(&c.run_dir()));
+    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", "sb5"]).status.success());
+    wait_until(Duration::from_secs(20), "task stopped", || c.task_status("sb5") == "STOPPED");
+    assert!(c.ctr(&["task", "rm", "sb5"]).status.success());
+    assert!(c.ctr(&["container", "rm", "sb5"]).status.success());
+    assert!(!ns.exists(), "the shim removed the namespace it created");
+    assert!(!qemu_running_in(&c.run_dir()));
+}
