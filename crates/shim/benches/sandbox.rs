@@ -44,12 +44,8 @@ fn main() {
         let pid = c.shim_pid(&id).expect("shim running");
         let rss = rss_kib(pid);
         let log = std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap();
-        let line = log
-            .lines()
-            .filter(|l| l.contains("sandbox started") && l.contains(&id))
-            .last()
-            .expect("phase line")
-            .to_owned();
+        let line =
+            log.lines().rfind(|l| l.contains("sandbox started") && l.contains(&id)).expect("phase line").to_owned();
         let (scan, attach, boot, sync) = (
             phase(&line, "scan_ms"),
             phase(&line, "attach_ms"),

@@ -3,5 +3,6 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod netdoc;
 pub mod sandbox;
 pub mod task;
