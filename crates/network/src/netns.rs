@@ -80,15 +80,6 @@ impl NetNs {
         })?
     }
 
-    /// Open a netlink route socket inside this namespace and drive it on the current tokio
-    /// runtime. Must be called from within a runtime.
-    pub fn netlink(&self) -> Result<rtnetlink::Handle> {
-        let sock = self
-            .run(|| netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE))?
-            .map_err(Error::NetlinkSocket)?;
-        netlink_from_socket(sock)
-    }
-
     /// Create a named namespace under [`NETNS_RUN_DIR`], as `ip netns add` does.
     pub fn create(name: &str) -> Result<Self> {
         Self::create_in(Path::new(NETNS_RUN_DIR), name)

@@ -1,7 +1,7 @@
 //! File descriptors the VM's NIC reads and writes: TAP queues from `/dev/net/tun`, macvtap
 //! queues from its character device, and `/dev/vhost-net` handles.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -128,19 +128,4 @@ pub fn open_macvtap_queues(ns: &NetNs, name: &IfName, ifindex: u32, queues: usiz
             })
             .collect()
     })?
-}
-
-/// Make a TAP created by [`open_tap_queues`] outlive its fds (or not).
-pub fn set_persist(fd: &impl AsRawFd, persist: bool) -> io::Result<()> {
-    // SAFETY: TUNSETPERSIST takes an integer argument by value; `fd` is an attached TAP queue.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A queue fd as a plain file, for tests and tools that play the VM.
-pub fn queue_file(fd: OwnedFd) -> File {
-    File::from(fd)
 }
