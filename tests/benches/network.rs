@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use network::endpoint::{Endpoint, EndpointConfig};
 use network::{attach_all, NetCtx, NetworkModel};
-use tests::{quiet_logger, require_root_and_tools, run, TestNs};
+use tests::{quiet_logger, require_root_and_tools, TestNs};
 
 const ROUNDS: usize = 15;
 const SCAN_ROUNDS: usize = 11;
@@ -141,8 +141,9 @@ fn main() {
         text.push_str(&format!("route add 100.{}.{}.0/24 via 10.100.0.1 dev eth0\n", 64 + i / 256, i % 256));
     }
     std::fs::write(&batch, text).unwrap();
-    run(&["ip", "-n", &pod.name, "-batch", batch.to_str().unwrap()]);
+    let loaded = tests::try_run(&["ip", "-n", &pod.name, "-batch", batch.to_str().unwrap()]);
     let _ = std::fs::remove_file(&batch);
+    assert!(loaded, "loading 10,000 routes with ip -batch failed");
     let ctx = rt.block_on(async { NetCtx::open(pod.netns(), quiet_logger()) }).unwrap();
     let (mut ours, mut cmds) = (vec![], vec![]);
     for _ in 0..SCAN_ROUNDS {
