@@ -8,19 +8,10 @@ use std::time::{Duration, Instant};
 
 use network::endpoint::{Endpoint, EndpointConfig};
 use network::{attach_all, NetCtx, NetworkModel};
-use tests::{quiet_logger, require_root_and_tools, TestNs};
+use tests::{median, ms, quiet_logger, require_root_and_tools, TestNs};
 
 const ROUNDS: usize = 15;
 const SCAN_ROUNDS: usize = 11;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// A pod namespace with `n` veths `eth0..` (peers in `peer`), each up with an address.
 fn pod_with_links(n: usize) -> (TestNs, TestNs) {

@@ -9,18 +9,9 @@ use hypervisor::{AgentChannel, Vm, VmSpec};
 use network::endpoint::{Endpoint, EndpointConfig};
 use network::{NetCtx, NicHotplug};
 use tests::vm::{qemu_config, wait_agent_ready, Scratch};
-use tests::{quiet_logger, require_root_and_tools, CniPod};
+use tests::{median, ms, quiet_logger, require_root_and_tools, CniPod};
 
 const HOTPLUG_ROUNDS: usize = 7;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 fn spec(dir: &Scratch, factory: bool, slots: u32) -> VmSpec {
     let mut config = qemu_config(slots);

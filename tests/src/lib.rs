@@ -6,6 +6,17 @@ pub mod containerd;
 pub mod frames;
 pub mod vm;
 
+/// The median of timings (benchmarks).
+pub fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Milliseconds, for printing.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -2,24 +2,16 @@
 //! and ListInterfaces over the virtio-serial port and over hybrid vsock (vhost-device-vsock
 //! behind QEMU's vhost-user-vsock-pci). Prints the boot-to-agent-ready time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tests::vm::{guest_image, wait_agent_ready, Scratch};
 
 use agent_client::{AgentAddr, AgentClient};
 use tests::require_root_and_tools;
 
-fn image_dir() -> PathBuf {
-    let dir = std::env::var_os("GUEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guest-image"));
-    for f in ["vmlinuz", "initrd.img"] {
-        assert!(dir.join(f).is_file(), "{} missing: run `make guest-image` (make test does)", dir.join(f).display());
-    }
-    dir
-}
-
-/// A process killed (and its scratch directory removed) on drop.
+/// A process killed on drop.
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -29,25 +21,8 @@ impl Drop for Proc {
     }
 }
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("knt-vm-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn qemu(dir: &Path, extra: &[String]) -> Proc {
-    let img = image_dir();
+    let img = guest_image();
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "512", "-smp", "1", "-nodefaults", "-display", "none"])
         .args(["-no-reboot", "-kernel"])
@@ -66,20 +41,12 @@ fn qemu(dir: &Path, extra: &[String]) -> Proc {
     Proc(cmd.spawn().expect("start qemu-system-x86_64"))
 }
 
-/// Wait for the agent's "ready" line on the console.
+/// Wait for the agent's "ready" line on the console, or fail if QEMU exits first.
 fn wait_ready(dir: &Path, vm: &mut Proc, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-        if log.contains("guest-agent: ready") {
-            return;
-        }
-        if let Ok(Some(st)) = vm.0.try_wait() {
-            panic!("QEMU exited ({st}) before the agent was ready; console:\n{log}");
-        }
-        assert!(start.elapsed() < limit, "agent not ready after {limit:?}; console:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
+    if let Ok(Some(st)) = vm.0.try_wait() {
+        panic!("QEMU exited ({st}) before the agent was ready");
     }
+    wait_agent_ready(dir, limit);
 }
 
 async fn health_and_list(addr: &AgentAddr) {
