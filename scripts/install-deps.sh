@@ -24,6 +24,7 @@ declare -A need=(
   [runc]=runc
   [pgrep]=procps
   [bc]=bc
+  [hostname]=hostname
   [protoc]=protobuf-compiler
   [/usr/lib/cni/bridge]=containernetworking-plugins
 )
