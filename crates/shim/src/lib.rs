@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod ipvs;
 pub mod logging;
 pub mod netdoc;
 pub mod sandbox;
