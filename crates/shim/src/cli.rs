@@ -2,12 +2,30 @@
 //!
 //! Output rules (`network-cli.md`): on success the documented JSON on standard output, one line,
 //! exit code 0; on failure the literal `null` on standard output, a one-line error on standard
-//! error and a non-zero exit code.
+//! error and a non-zero exit code. del-iface is the exception: `null` on success, the interface
+//! it could not remove on failure. `kata-ipvs` prints the guest command's own output.
+//!
+//! The command never changes anything itself: it checks the input, finds the sandbox's shim by
+//! its management socket under the runtime's `run_dir`, and asks it.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use agent_client::protocols::netmgmt as mg;
+use agent_client::protocols::netmgmt_ttrpc::NetworkManagementClient;
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+
+use crate::config::Config;
+use crate::mgmt::{doc_to_pb, MGMT_SOCKET};
+use crate::netdoc::{DelIfaceDoc, IfaceDoc, RouteDoc};
+
+/// The largest input document or rule file read (a full 20,000-rule file is about 1 MiB).
+const MAX_INPUT: u64 = 16 << 20;
+/// How long one management call may take (a 20,000-rule restore under TCG takes seconds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Parser)]
 #[command(name = "kata-runtime", about = "Operator commands for kata sandboxes", version)]
@@ -21,16 +39,67 @@ pub enum Command {
     /// Manage the network of a sandbox.
     #[command(name = "kata-network", subcommand)]
     KataNetwork(NetworkCommand),
+    /// Manage IPVS rules inside a sandbox's VM.
+    #[command(name = "kata-ipvs", subcommand)]
+    KataIpvs(IpvsCommand),
+}
+
+/// `<sandbox> <file|->`
+#[derive(Debug, Args)]
+pub struct DocArgs {
+    /// Sandbox id, or a unique prefix of one.
+    pub sandbox: String,
+    /// JSON document: a file path, or `-` for standard input.
+    pub file: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
+    /// Plug a host TAP into the sandbox's VM as a new NIC.
+    #[command(name = "add-iface")]
+    AddIface(DocArgs),
+    /// Unplug a NIC added with add-iface (only `name` of the document is used).
+    #[command(name = "del-iface")]
+    DelIface(DocArgs),
+    /// The NICs added with add-iface.
+    #[command(name = "list-ifaces")]
+    ListIfaces { sandbox: String },
+    /// Add a route in the VM.
+    #[command(name = "add-route")]
+    AddRoute(DocArgs),
+    /// Delete every route in the VM that matches the given fields.
+    #[command(name = "del-route")]
+    DelRoute(DocArgs),
+    /// The VM's routes.
+    #[command(name = "list-routes")]
+    ListRoutes { sandbox: String },
     /// Print what the runtime sees in a network namespace, in the agent protocol's shapes
     /// (read-only).
     #[command(name = "scan-netns")]
     ScanNetns {
         /// Path of the namespace: /run/netns/<name> or /proc/<pid>/ns/net.
         netns: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpvsCommand {
+    /// Run one ipvsadm command in the VM, or restore a rule file.
+    Ipvsadm {
+        /// ipvsadm arguments, as one string.
+        #[arg(long, allow_hyphen_values = true, conflicts_with = "restore", required_unless_present = "restore")]
+        parameters: Option<String>,
+        /// A rule file in `ipvsadm --save` syntax: a path, or `-` for standard input.
+        #[arg(long)]
+        restore: Option<String>,
+        sandbox: String,
+    },
+    /// Delete connection-tracking entries in the VM.
+    Cleanup {
+        /// `--orig-dst <ip> --protonum tcp|udp`
+        #[arg(long, allow_hyphen_values = true)]
+        parameters: String,
+        sandbox: String,
     },
 }
 
@@ -43,7 +112,7 @@ pub struct ScanOutput {
 }
 
 /// Scan the namespace at `path` (checked first) without changing anything.
-pub async fn scan_netns(path: &std::path::Path) -> anyhow::Result<ScanOutput> {
+pub async fn scan_netns(path: &Path) -> anyhow::Result<ScanOutput> {
     let ns = network::NetNs::from_user_path(path)?;
     let ctx = network::NetCtx::open(ns, slog::Logger::root(slog::Discard, slog::o!()))?;
     let info = ctx.scan().await?;
@@ -54,11 +123,321 @@ pub async fn scan_netns(path: &std::path::Path) -> anyhow::Result<ScanOutput> {
     })
 }
 
-/// Run a parsed command; returns the JSON line to print.
-pub async fn run(cli: Cli) -> anyhow::Result<String> {
+/// One address of an interface as add-iface prints it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AddrOut {
+    #[serde(rename = "Family")]
+    pub family: u32,
+    #[serde(rename = "Address")]
+    pub address: String,
+    #[serde(rename = "Mask")]
+    pub mask: String,
+}
+
+/// An interface as add-iface prints it (and del-iface, for the one it could not remove).
+/// `IPAddresses` is `null` when there is none, as kata's Go tools print an empty list.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct IfaceOut {
+    pub device: String,
+    pub name: String,
+    #[serde(rename = "IPAddresses")]
+    pub ip_addresses: Option<Vec<AddrOut>>,
+    pub mtu: u64,
+    #[serde(rename = "hwAddr")]
+    pub hw_addr: String,
+    #[serde(rename = "pciAddr", skip_serializing_if = "String::is_empty")]
+    pub pci_addr: String,
+}
+
+impl From<&mg::Interface> for IfaceOut {
+    fn from(i: &mg::Interface) -> Self {
+        let addrs: Vec<AddrOut> = i
+            .IPAddresses
+            .iter()
+            .map(|a| AddrOut {
+                family: if a.family != 0 {
+                    a.family
+                } else if a.address.contains(':') {
+                    10
+                } else {
+                    2
+                },
+                address: a.address.clone(),
+                mask: a.mask.clone(),
+            })
+            .collect();
+        IfaceOut {
+            device: i.device.clone(),
+            name: i.name.clone(),
+            ip_addresses: (!addrs.is_empty()).then_some(addrs),
+            mtu: i.mtu,
+            hw_addr: i.hwAddr.clone(),
+            pci_addr: i.pciAddr.clone(),
+        }
+    }
+}
+
+/// One entry of list-ifaces.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ListedIface {
+    pub name: String,
+    pub mac: String,
+    pub ip: Option<Vec<String>>,
+    pub mtu: u64,
+}
+
+/// A route as the route commands print it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RouteOut {
+    pub dest: String,
+    pub gateway: String,
+    pub device: String,
+}
+
+fn routes_out(rs: &[mg::Route]) -> Vec<RouteOut> {
+    rs.iter().map(|r| RouteOut { dest: r.dest.clone(), gateway: r.gateway.clone(), device: r.device.clone() }).collect()
+}
+
+/// JSON, or `null` for an empty list (list commands).
+fn list_json<T: Serialize>(v: &[T]) -> anyhow::Result<String> {
+    if v.is_empty() {
+        Ok("null".into())
+    } else {
+        Ok(serde_json::to_string(v)?)
+    }
+}
+
+/// What the command prints: standard output, and the error for standard error on failure.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn ok(stdout: String) -> Self {
+        Self { stdout, error: None }
+    }
+
+    fn failed(e: &anyhow::Error) -> Self {
+        Self { stdout: "null".into(), error: Some(one_line(e)) }
+    }
+}
+
+/// Read a document: `-` is standard input; a path must be a regular file of bounded size.
+pub fn read_input(arg: &str) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if arg == "-" {
+        std::io::stdin().take(MAX_INPUT + 1).read_to_string(&mut text).context("reading standard input")?;
+    } else {
+        let meta = std::fs::metadata(arg).with_context(|| format!("input file {arg}"))?;
+        if !meta.is_file() {
+            bail!("input file {arg}: not a regular file");
+        }
+        std::fs::File::open(arg)
+            .and_then(|f| f.take(MAX_INPUT + 1).read_to_string(&mut text))
+            .with_context(|| format!("input file {arg}"))?;
+    }
+    if text.len() as u64 > MAX_INPUT {
+        bail!("input {arg}: larger than {} MiB", MAX_INPUT >> 20);
+    }
+    Ok(text)
+}
+
+/// A sandbox id or prefix: the characters of container ids only, so it never walks a path.
+fn check_sandbox_arg(s: &str) -> anyhow::Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        bail!("sandbox {s:?}: an id holds only letters, digits, '_', '-' and '.' (at most 128)");
+    }
+    Ok(())
+}
+
+/// The sandboxes with a management socket under `run_dir`.
+pub fn running_sandboxes(run_dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(run_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join(MGMT_SOCKET).exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The sandbox `arg` names: its full id, or the one id it is a prefix of.
+pub fn find_sandbox(run_dir: &Path, arg: &str) -> anyhow::Result<String> {
+    check_sandbox_arg(arg)?;
+    let ids = running_sandboxes(run_dir);
+    if ids.iter().any(|i| i == arg) {
+        return Ok(arg.to_owned());
+    }
+    let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(arg)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] if ids.is_empty() => bail!("sandbox {arg:?}: no such sandbox (none is running under {})", run_dir.display()),
+        [] => bail!("sandbox {arg:?}: no such sandbox (running: {})", ids.join(", ")),
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+            bail!("sandbox {arg:?} is ambiguous: it matches {}", names.join(", "))
+        }
+    }
+}
+
+async fn connect(sandbox: &str) -> anyhow::Result<NetworkManagementClient> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("permission denied: the sandboxes' management sockets are root's only");
+    }
+    let (cfg, _) = Config::load()?;
+    let id = find_sandbox(&cfg.runtime.run_dir, sandbox)?;
+    let path = cfg.runtime.run_dir.join(&id).join(MGMT_SOCKET);
+    let client = ttrpc::asynchronous::Client::connect(&format!("unix://{}", path.display()))
+        .await
+        .map_err(|e| anyhow!("sandbox {id}: cannot reach its shim at {}: {e}", path.display()))?;
+    Ok(NetworkManagementClient::new(client))
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+/// A management call's error: the shim's message alone when it sent one.
+fn rpc_err(e: ttrpc::Error) -> anyhow::Error {
+    match e {
+        ttrpc::Error::RpcStatus(s) => anyhow!("{}", s.message()),
+        other => anyhow!("the sandbox's shim did not answer: {other}"),
+    }
+}
+
+/// Run a parsed command.
+pub async fn run(cli: Cli) -> Outcome {
     match cli.command {
-        Command::KataNetwork(NetworkCommand::ScanNetns { netns }) => {
-            Ok(serde_json::to_string(&scan_netns(&netns).await?)?)
+        Command::KataNetwork(NetworkCommand::DelIface(a)) => del_iface(&a).await,
+        other => match run_json(other).await {
+            Ok(s) => Outcome::ok(s),
+            Err(e) => Outcome::failed(&e),
+        },
+    }
+}
+
+async fn run_json(cmd: Command) -> anyhow::Result<String> {
+    match cmd {
+        Command::KataNetwork(n) => match n {
+            NetworkCommand::ScanNetns { netns } => Ok(serde_json::to_string(&scan_netns(&netns).await?)?),
+            NetworkCommand::AddIface(a) => {
+                let doc = IfaceDoc::parse(&read_input(&a.file)?)?;
+                doc.validate()?;
+                let c = connect(&a.sandbox).await?;
+                let out = c.add_interface(ctx(), &doc_to_pb(&doc)).await.map_err(rpc_err)?;
+                Ok(serde_json::to_string(&IfaceOut::from(&out))?)
+            }
+            NetworkCommand::DelIface(_) => unreachable!("handled by del_iface"),
+            NetworkCommand::ListIfaces { sandbox } => {
+                let c = connect(&sandbox).await?;
+                let list = c.list_interfaces(ctx(), &mg::Nothing::new()).await.map_err(rpc_err)?.interfaces;
+                let out: Vec<ListedIface> = list
+                    .iter()
+                    .map(|i| {
+                        let ip: Vec<String> =
+                            i.IPAddresses.iter().map(|a| format!("{}/{}", a.address, a.mask)).collect();
+                        ListedIface {
+                            name: i.name.clone(),
+                            mac: i.hwAddr.clone(),
+                            ip: (!ip.is_empty()).then_some(ip),
+                            mtu: i.mtu,
+                        }
+                    })
+                    .collect();
+                list_json(&out)
+            }
+            NetworkCommand::AddRoute(a) => route_cmd(&a, true).await,
+            NetworkCommand::DelRoute(a) => route_cmd(&a, false).await,
+            NetworkCommand::ListRoutes { sandbox } => {
+                let c = connect(&sandbox).await?;
+                let routes = c.list_routes(ctx(), &mg::Nothing::new()).await.map_err(rpc_err)?.routes;
+                list_json(&routes_out(&routes))
+            }
+        },
+        Command::KataIpvs(IpvsCommand::Ipvsadm { parameters, restore, sandbox }) => {
+            let reply = match (parameters, restore) {
+                (Some(p), None) => {
+                    crate::ipvs::IpvsCommand::parse(&p)?;
+                    let c = connect(&sandbox).await?;
+                    let req = mg::IpvsRequest { parameters: p, ..Default::default() };
+                    c.ipvsadm(ctx(), &req).await.map_err(rpc_err)?
+                }
+                (None, Some(file)) => {
+                    let rules = read_input(&file)?;
+                    crate::ipvs::Restore::parse(&rules)?;
+                    let c = connect(&sandbox).await?;
+                    let req = mg::IpvsRestoreRequest { rules, ..Default::default() };
+                    c.ipvs_restore(ctx(), &req).await.map_err(rpc_err)?
+                }
+                _ => bail!("give --parameters or --restore"),
+            };
+            Ok(reply.output.trim_end().to_owned())
+        }
+        Command::KataIpvs(IpvsCommand::Cleanup { parameters, sandbox }) => {
+            crate::ipvs::cleanup_request(&parameters)?;
+            let c = connect(&sandbox).await?;
+            let req = mg::IpvsRequest { parameters, ..Default::default() };
+            Ok(c.conntrack_cleanup(ctx(), &req).await.map_err(rpc_err)?.output.trim_end().to_owned())
+        }
+    }
+}
+
+async fn route_cmd(a: &DocArgs, add: bool) -> anyhow::Result<String> {
+    let doc = RouteDoc::parse(&read_input(&a.file)?)?;
+    doc.validate(add)?;
+    let c = connect(&a.sandbox).await?;
+    let req = mg::Route { dest: doc.dest, gateway: doc.gateway, device: doc.device, ..Default::default() };
+    let routes = if add { c.add_route(ctx(), &req).await } else { c.delete_route(ctx(), &req).await };
+    Ok(serde_json::to_string(&routes_out(&routes.map_err(rpc_err)?.routes))?)
+}
+
+/// del-iface: `null` on success; on failure the interface that could not be removed (as the
+/// shim knows it, else as the document gave it) and the error.
+async fn del_iface(a: &DocArgs) -> Outcome {
+    let doc = match read_input(&a.file).and_then(|t| Ok(DelIfaceDoc::parse(&t)?)) {
+        Ok(d) => d,
+        Err(e) => return Outcome::failed(&e),
+    };
+    let given = || {
+        let full = IfaceDoc {
+            device: doc.device.clone(),
+            name: doc.name.clone(),
+            ip_addresses: doc.ip_addresses.clone(),
+            hw_addr: doc.hw_addr.clone(),
+            mtu: doc.mtu,
+            vhost_user_socket: None,
+            queues: 0,
+        };
+        serde_json::to_string(&IfaceOut::from(&doc_to_pb(&full))).unwrap_or_else(|_| "null".into())
+    };
+    let name = match doc.name() {
+        Ok(n) => n.to_owned(),
+        Err(e) => return Outcome { stdout: given(), error: Some(e.to_string()) },
+    };
+    let c = match connect(&a.sandbox).await {
+        Ok(c) => c,
+        Err(e) => return Outcome { stdout: given(), error: Some(one_line(&e)) },
+    };
+    let req = mg::Interface { name: name.clone(), ..Default::default() };
+    match c.delete_interface(ctx(), &req).await {
+        Ok(_) => Outcome::ok("null".into()),
+        Err(e) => {
+            let known = c
+                .list_interfaces(ctx(), &mg::Nothing::new())
+                .await
+                .ok()
+                .and_then(|l| l.interfaces.into_iter().find(|i| i.name == name))
+                .and_then(|i| serde_json::to_string(&IfaceOut::from(&i)).ok());
+            Outcome { stdout: known.unwrap_or_else(given), error: Some(one_line(&rpc_err(e))) }
         }
     }
 }
@@ -66,4 +445,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
 /// One line for standard error: the error and its causes.
 pub fn one_line(e: &anyhow::Error) -> String {
     e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manuals_add_iface_output_shape() {
+        let i = mg::Interface {
+            device: "tap_test".into(),
+            name: "eth-test".into(),
+            IPAddresses: vec![mg::IPAddress {
+                family: 2,
+                address: "173.85.100.1".into(),
+                mask: "24".into(),
+                ..Default::default()
+            }],
+            mtu: 1500,
+            hwAddr: "02:42:20:6e:03:01".into(),
+            pciAddr: "01.0/00".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&IfaceOut::from(&i)).unwrap(),
+            r#"{"device":"tap_test","name":"eth-test","IPAddresses":[{"Family":2,"Address":"173.85.100.1","Mask":"24"}],"mtu":1500,"hwAddr":"02:42:20:6e:03:01","pciAddr":"01.0/00"}"#
+        );
+    }
+
+    #[test]
+    fn list_outputs_and_null() {
+        let l = [ListedIface {
+            name: "eth-test".into(),
+            mac: "02:42:20:6f:a3:69".into(),
+            ip: Some(vec!["172.16.0.3/16".into()]),
+            mtu: 1500,
+        }];
+        assert_eq!(
+            list_json(&l).unwrap(),
+            r#"[{"name":"eth-test","mac":"02:42:20:6f:a3:69","ip":["172.16.0.3/16"],"mtu":1500}]"#
+        );
+        assert_eq!(list_json::<ListedIface>(&[]).unwrap(), "null");
+        let r = [RouteOut { dest: "default".into(), gateway: "172.16.0.1".into(), device: "eth-test".into() }];
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"[{"dest":"default","gateway":"172.16.0.1","device":"eth-test"}]"#
+        );
+    }
+
+    #[test]
+    fn sandboxes_by_id_or_unique_prefix() {
+        let dir = std::env::temp_dir().join(format!("kata-cli-find-{}", std::process::id()));
+        for id in ["6ec7a98f00", "6ec7b11100", "77aa00"] {
+            std::fs::create_dir_all(dir.join(id)).unwrap();
+            std::fs::write(dir.join(id).join(MGMT_SOCKET), "").unwrap();
+        }
+        std::fs::create_dir_all(dir.join("6ec7a98f-stopped")).unwrap();
+        let find = |a: &str| find_sandbox(&dir, a).map_err(|e| e.to_string());
+        assert_eq!(find("6ec7a98").unwrap(), "6ec7a98f00");
+        assert_eq!(find("77aa00").unwrap(), "77aa00");
+        let e = find("6ec7").unwrap_err();
+        assert!(e.contains("ambiguous") && e.contains("6ec7a98f00") && e.contains("6ec7b11100"), "{e}");
+        let e = find("ffff").unwrap_err();
+        assert!(e.contains("no such sandbox") && e.contains("77aa00"), "{e}");
+        for bad in ["../etc", "a/b", "", ".x", "a;b"] {
+            assert!(find(bad).unwrap_err().contains("an id holds only"), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod ipvs;
 pub mod logging;
+pub mod mgmt;
 pub mod netdoc;
 pub mod sandbox;
 pub mod task;

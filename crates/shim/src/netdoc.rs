@@ -36,6 +36,10 @@ pub enum DocError {
     SocketName(String),
     #[error("vhostUserSocket: {0:?} does not exist or is not a socket")]
     SocketMissing(String),
+    #[error("queues: {0} is more than 16")]
+    Queues(u32),
+    #[error("name: required")]
+    NameMissing,
     #[error("dest: {0:?} is not ip/prefix, ip or \"default\"")]
     Dest(String),
     #[error("gateway: {0:?} is not an IP address")]
@@ -71,6 +75,41 @@ pub struct IfaceDoc {
     pub vhost_user_socket: Option<String>,
     #[serde(default)]
     pub queues: u32,
+}
+
+/// The del-iface document: the add-iface fields, all optional but `name`, the only one used.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelIfaceDoc {
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "IPAddresses", default)]
+    pub ip_addresses: Vec<AddrDoc>,
+    #[serde(rename = "hwAddr", default)]
+    pub hw_addr: String,
+    #[serde(default)]
+    pub mtu: u64,
+    #[serde(rename = "vhostUserSocket", default)]
+    pub vhost_user_socket: Option<String>,
+    #[serde(default)]
+    pub queues: u32,
+}
+
+impl DelIfaceDoc {
+    pub fn parse(json: &str) -> Result<Self, DocError> {
+        serde_json::from_str(json).map_err(|e| DocError::Json(e.to_string()))
+    }
+
+    /// The interface name inside the VM, checked.
+    pub fn name(&self) -> Result<&str, DocError> {
+        if self.name.is_empty() {
+            return Err(DocError::NameMissing);
+        }
+        check_name("name", &self.name)?;
+        Ok(&self.name)
+    }
 }
 
 /// A checked add-iface request.
@@ -135,6 +174,9 @@ impl IfaceDoc {
             if !ok {
                 return Err(DocError::SocketName(s.clone()));
             }
+        }
+        if self.queues > 16 {
+            return Err(DocError::Queues(self.queues));
         }
         Ok(IfaceRequest {
             device: self.device.clone(),

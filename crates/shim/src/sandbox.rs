@@ -19,7 +19,7 @@ use crate::config::Config;
 
 pub const STATE_FILE: &str = "kata-net-state.json";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
-const NIC_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);
 
 /// What the shim made for a sandbox, as persisted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,13 +145,36 @@ impl SpecNetwork {
     }
 }
 
-/// A running sandbox.
+/// A running sandbox, shared by the Task service and the management service.
 #[derive(Debug)]
 pub struct Sandbox {
-    pub state: SandboxState,
+    pub id: String,
+    pub bundle: PathBuf,
     pub vm: Vm,
     pub agent: AgentClient,
     pub ctx: NetCtx,
+    /// Queue pairs of a NIC when the operator asks for the runtime's default.
+    pub queues: usize,
+    pub vhost_net: bool,
+    /// Management operations on the sandbox run one at a time, holding this.
+    pub ops: tokio::sync::Mutex<Ops>,
+    pub log: slog::Logger,
+}
+
+/// What changes after start, under [`Sandbox::ops`].
+#[derive(Debug)]
+pub struct Ops {
+    pub state: SandboxState,
+    /// NICs plugged in with add-iface, in order.
+    pub added: Vec<crate::mgmt::Added>,
+    pub ipvs: crate::ipvs::IpvsTable,
+}
+
+impl Sandbox {
+    /// The persisted state as it is now.
+    pub async fn state(&self) -> SandboxState {
+        self.ops.lock().await.state.clone()
+    }
 }
 
 /// The StartVM flow. On any failure everything done so far is undone and the state file says
@@ -268,5 +291,15 @@ async fn start_steps(
     slog::info!(log, "sandbox started"; "sandbox_id" => id, "endpoints" => ids.len(),
         "scan_ms" => format!("{scan_ms:.2}"), "attach_ms" => format!("{attach_ms:.2}"),
         "vm_boot_ms" => format!("{boot_ms:.0}"), "agent_sync_ms" => format!("{sync_ms:.1}"));
-    Ok(Sandbox { state: state.clone(), vm, agent, ctx })
+    Ok(Sandbox {
+        id: id.to_owned(),
+        bundle: bundle.to_owned(),
+        vm,
+        agent,
+        ctx,
+        queues: ep_cfg.queues,
+        vhost_net: ep_cfg.vhost_net,
+        ops: tokio::sync::Mutex::new(Ops { state: state.clone(), added: Vec::new(), ipvs: Default::default() }),
+        log: log.clone(),
+    })
 }

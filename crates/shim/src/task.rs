@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use ttrpc::asynchronous::TtrpcContext;
 
 use crate::config::Config;
+use crate::mgmt::MgmtServer;
 use crate::sandbox::{self, SandboxState, SpecNetwork};
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
@@ -45,7 +46,8 @@ fn internal(e: anyhow::Error) -> ttrpc::Error {
 #[derive(Debug)]
 struct Entry {
     bundle: PathBuf,
-    sandbox: Option<sandbox::Sandbox>,
+    sandbox: Option<Arc<sandbox::Sandbox>>,
+    mgmt: Option<MgmtServer>,
     started: bool,
     exit: Option<(u32, Timestamp)>,
 }
@@ -91,12 +93,22 @@ impl Task for KataTask {
         let net = SpecNetwork::from_spec(&spec);
         let log = self.log.new(slog::o!("sandbox_id" => req.id.clone()));
         slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
-        let sb = sandbox::start(&req.id, &bundle, &net, &self.config, &log).await.map_err(internal)?;
+        let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, &self.config, &log).await.map_err(internal)?);
+        let run_dir = self.config.runtime.run_dir.join(&req.id);
+        let mgmt = match MgmtServer::start(sb.clone(), &run_dir).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = sb.vm.stop(Duration::from_secs(1)).await;
+                let _ = sb.state().await.teardown(&log).await;
+                let _ = std::fs::remove_file(bundle.join(sandbox::STATE_FILE));
+                return Err(internal(e));
+            }
+        };
         let pid = sb.vm.pid();
-        self.entries
-            .lock()
-            .await
-            .insert(req.id.clone(), Entry { bundle: bundle.clone(), sandbox: Some(sb), started: false, exit: None });
+        self.entries.lock().await.insert(
+            req.id.clone(),
+            Entry { bundle: bundle.clone(), sandbox: Some(sb), mgmt: Some(mgmt), started: false, exit: None },
+        );
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -203,9 +215,12 @@ impl Task for KataTask {
         let entry = self.entries.lock().await.remove(&req.id);
         let entry = entry.ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
         let pid = entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0);
+        if let Some(m) = entry.mgmt {
+            m.stop().await;
+        }
         if let Some(sb) = entry.sandbox {
             let _ = sb.vm.stop(Duration::from_secs(5)).await;
-            sb.state.teardown(&self.log).await.map_err(internal)?;
+            sb.state().await.teardown(&self.log).await.map_err(internal)?;
             let _ = std::fs::remove_file(entry.bundle.join(sandbox::STATE_FILE));
         }
         let (code, at) = entry.exit.unwrap_or((0, now()));

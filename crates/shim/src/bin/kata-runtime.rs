@@ -26,14 +26,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(shim::cli::run(cli)) {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("null");
-            eprintln!("{}", shim::cli::one_line(&e));
+    let out = rt.block_on(shim::cli::run(cli));
+    if !out.stdout.is_empty() {
+        println!("{}", out.stdout);
+    }
+    match out.error {
+        None => ExitCode::SUCCESS,
+        Some(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
