@@ -94,6 +94,15 @@ impl Drop for Containerd {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
+        // Shims and VMs outlive containerd by design; a failed test must not leave them running.
+        let needle = self.dir.0.display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         // Snapshot mounts left under our root.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let root = self.dir.0.display().to_string();

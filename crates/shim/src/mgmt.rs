@@ -264,9 +264,12 @@ impl Sandbox {
                 let (fds, index) = tuntap::create_tap_in(&self.ctx.worker, &dev, queues, queues > 1)
                     .map_err(|e| internal(chain(&e)))?;
                 // Without persistence the TAP goes with its last fd, on any failure below.
-                nl::set_runtime_dev_up(&self.ctx.handle, index, dev.as_str(), req.mtu)
-                    .await
-                    .map_err(|e| internal(chain(&e)))?;
+                nl::set_runtime_dev_up(&self.ctx.handle, index, dev.as_str(), req.mtu).await.map_err(|e| {
+                    fail(
+                        Code::FAILED_PRECONDITION,
+                        format!("mtu: the new TAP {dev} refused MTU {}: {}", req.mtu, chain(&e)),
+                    )
+                })?;
                 (fds, queues, Some(dev.clone()))
             }
         };

@@ -186,10 +186,28 @@ pub async fn list_interfaces(handle: &Handle) -> R<Vec<pb::Interface>> {
     Ok(agent_client::interfaces(&info.links).iter().map(pb::Interface::from).collect())
 }
 
+/// The scanned links plus the loopback, which the scan leaves out but routes may use
+/// (`"device": "lo"` in the operator's route documents).
+async fn route_links(handle: &Handle) -> R<Vec<network::Link>> {
+    let mut links = network::scan(handle).await.map_err(internal)?.links;
+    if let Ok(index) = index_of(handle, "device", "lo").await {
+        links.push(network::Link {
+            index,
+            name: "lo".parse().map_err(internal)?,
+            kind: network::LinkKind::Other { name: "loopback".into() },
+            mac: None,
+            mtu: 65536,
+            flags: 0,
+            addresses: Vec::new(),
+        });
+    }
+    Ok(links)
+}
+
 /// The guest's routes (main table, kernel-made ones included).
 pub async fn list_routes(handle: &Handle) -> R<Vec<pb::Route>> {
-    let info = network::scan(handle).await.map_err(internal)?;
-    let routes = network::scan_routes(handle, &info.links, true).await.map_err(internal)?;
+    let links = route_links(handle).await?;
+    let routes = network::scan_routes(handle, &links, true).await.map_err(internal)?;
     Ok(agent_client::routes(&routes).iter().map(pb::Route::from).collect())
 }
 
@@ -255,9 +273,9 @@ async fn parse_route(handle: &Handle, n: usize, r: &pb::Route, increment: bool) 
 /// Current routes (not kernel-made) that a delete request matches: same dest, and the device
 /// and gateway when given.
 async fn matching(handle: &Handle, want: &RouteReq) -> R<Vec<(u32, network::Route)>> {
-    let info = network::scan(handle).await.map_err(internal)?;
-    let have = network::scan_routes(handle, &info.links, false).await.map_err(internal)?;
-    let idx = |name: &IfName| info.links.iter().find(|l| &l.name == name).map(|l| l.index).unwrap_or(0);
+    let links = route_links(handle).await?;
+    let have = network::scan_routes(handle, &links, false).await.map_err(internal)?;
+    let idx = |name: &IfName| links.iter().find(|l| &l.name == name).map(|l| l.index).unwrap_or(0);
     Ok(have
         .into_iter()
         .filter(|r| r.dest == want.route.dest && r.ipv6 == want.route.ipv6)

@@ -1,0 +1,252 @@
+//! `kata-runtime kata-network` against a running sandbox: a real shim under Debian's containerd,
+//! its QEMU (TCG) VM and guest agent, an operator's TAP in the pod's namespace.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use tests::containerd::{wait_until, Containerd};
+use tests::CniPod;
+
+/// The command as an operator runs it, with the sandbox shim's configuration.
+struct Cli {
+    conf: PathBuf,
+    scratch: PathBuf,
+}
+
+/// stdout (trimmed), stderr (trimmed), exit code.
+type Out = (String, String, i32);
+
+impl Cli {
+    fn new(c: &Containerd) -> Self {
+        Self { conf: c.dir.0.join("configuration.toml"), scratch: c.dir.0.clone() }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kata-runtime"))
+            .args(args)
+            .env("KATA_CONF_FILE", &self.conf)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let s = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+        (s(&out.stdout), s(&out.stderr), out.status.code().unwrap_or(-1))
+    }
+
+    /// `kata-network <cmd> <sandbox> <file>` with the document in a file.
+    fn doc(&self, cmd: &str, sandbox: &str, json: &str) -> Out {
+        let f = self.scratch.join("doc.json");
+        std::fs::write(&f, json).unwrap();
+        self.run(&["kata-network", cmd, sandbox, f.to_str().unwrap()], None)
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (out, err, code) = self.run(args, stdin);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    }
+}
+
+/// A failure as the contract says: `null`, one line on stderr that contains `want`, non-zero.
+fn assert_refused((out, err, code): Out, want: &str) {
+    assert_eq!(out, "null", "stdout of a failure (stderr: {err})");
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(err.lines().count(), 1, "one-line error: {err:?}");
+    assert!(err.contains(want), "error {err:?} should mention {want:?}");
+}
+
+fn qemu_pid(run_dir: &Path) -> u32 {
+    let needle = run_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let c = std::fs::read(e.path().join("cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c);
+            (c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)).then_some(pid)
+        })
+        .expect("the sandbox's QEMU")
+}
+
+const IFACE: &str = r#"{"device":"tap-test","name":"eth-test","IPAddresses":[{"address":"172.16.0.3","mask":"16"}],"hwAddr":"02:42:20:6f:a3:69","mtu":1500}"#;
+
+fn with(base: &str, f: impl FnOnce(&mut Value)) -> String {
+    let mut v: Value = serde_json::from_str(base).unwrap();
+    f(&mut v);
+    v.to_string()
+}
+
+#[test]
+fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
+    let c = tests::containerd::start_containerd("knet", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
+    let cli = Cli::new(&c);
+    let cni = CniPod::new();
+    let id = "sbnet0123456789";
+    let as_cni_left_it = cni.pod.snapshot();
+    let out = c.run(id, &cni.pod.path(), &[]);
+    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    let qemu = qemu_pid(&c.run_dir().join(id));
+    let tun_fds = || tests::vm::fds_pointing_at(qemu, "/dev/net/tun");
+    let base_fds = tun_fds();
+
+    // The operator's TAP, with the host's side of the new network on it.
+    cni.pod.ip(&["tuntap", "add", "dev", "tap-test", "mode", "tap"]);
+    // IPv4 only, as on many OVS ports: otherwise the kernel adds IPv6 link-local addresses and
+    // routes the first time the TAP gets a carrier, whoever attaches to it.
+    cni.pod.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.tap-test.disable_ipv6=1"]);
+    cni.pod.ip(&["addr", "add", "172.16.0.1/16", "dev", "tap-test"]);
+    cni.pod.ip(&["link", "set", "tap-test", "up"]);
+    let before = cni.pod.snapshot();
+    assert_eq!(cli.ok(&["kata-network", "list-ifaces", id], None), "null");
+    let routes_before = cli.ok(&["kata-network", "list-routes", id], None);
+
+    // Bad input: refused with the field named, and nothing changes anywhere.
+    let mut bad: Vec<(String, &str)> = vec![
+        (with(IFACE, |v| v["name"] = "eth-test-too-long".into()), "name"),
+        (with(IFACE, |v| v["device"] = "tap-test-too-long".into()), "device"),
+        (with(IFACE, |v| v["device"] = "tap;reboot".into()), "device"),
+        (with(IFACE, |v| v["name"] = "eth$(reboot)".into()), "name"),
+        (with(IFACE, |v| v["mtu"] = 45.into()), "mtu: 45"),
+        (with(IFACE, |v| v["mtu"] = 9601.into()), "mtu: 9601"),
+        (with(IFACE, |v| v["hwAddr"] = "02:42:20:6f:a3".into()), "hwAddr"),
+        (with(IFACE, |v| v["hwAddr"] = "01:00:5e:00:00:01".into()), "hwAddr"),
+        (
+            with(IFACE, |v| {
+                v["IPAddresses"].as_array_mut().unwrap().push(serde_json::json!({"address":"172.16.0.4","mask":"16"}))
+            }),
+            "IPAddresses",
+        ),
+        (with(IFACE, |v| v["colour"] = "red".into()), "unknown field `colour`"),
+        (with(IFACE, |v| v["vhostUserSocket"] = "/run/nowhere/vhost-user1".into()), "vhostUserSocket"),
+        (with(IFACE, |v| v["device"] = "eth0".into()), "device: eth0 is already plugged"),
+        (with(IFACE, |v| v["name"] = "eth0".into()), "name: eth0 is already in the sandbox"),
+        (with(IFACE, |v| v["hwAddr"] = tests::POD_MAC.into()), "hwAddr"),
+        ("{not json".to_owned(), "key must be a string"),
+    ];
+    for (doc, want) in bad.drain(..) {
+        assert_refused(cli.doc("add-iface", id, &doc), want);
+    }
+    assert_refused(cli.doc("add-iface", "nosuchsandbox", IFACE), "no such sandbox");
+    assert_refused(cli.doc("add-iface", "../../etc", IFACE), "an id holds only");
+    // An ambiguous prefix (a second sandbox's directory beside ours).
+    std::fs::create_dir_all(c.run_dir().join("sbnet-other")).unwrap();
+    std::fs::write(c.run_dir().join("sbnet-other/mgmt.sock"), "").unwrap();
+    assert_refused(cli.doc("add-iface", "sbnet", IFACE), "ambiguous");
+    std::fs::remove_dir_all(c.run_dir().join("sbnet-other")).unwrap();
+    // Valid to the document, refused later (Linux's minimum MTU is 68): by the host when the
+    // runtime makes the TAP, which is removed again; by the guest after the hotplug, which is
+    // undone.
+    let low_mtu = with(IFACE, |v| {
+        v["mtu"] = 46.into();
+        v["device"] = "tap-new".into();
+    });
+    assert_refused(cli.doc("add-iface", id, &low_mtu), "mtu: the new TAP tap-new refused MTU 46");
+    assert_refused(cli.doc("add-iface", id, &with(IFACE, |v| v["mtu"] = 46.into())), "the VM refused: mtu");
+    for route in [r#"{"dest":"default","device":"eth0"}"#, r#"{"dest":"10.0.0.0/33","device":"eth0"}"#] {
+        assert_refused(cli.doc("add-route", id, route), if route.contains("33") { "dest" } else { "gateway" });
+    }
+    assert_refused(cli.doc("add-route", id, r#"{"dest":"10.1.0.0/16","device":"nosuchdev"}"#), "nosuchdev");
+    assert_refused(cli.doc("del-route", id, r#"{"dest":"10.123.0.0/16"}"#), "no route");
+    assert_eq!(tun_fds(), base_fds, "QEMU holds no new TAP fd");
+    // The TAP's carrier drops a moment after QEMU lets go of its queue.
+    let settled = |what: &str| {
+        wait_until(std::time::Duration::from_secs(5), what, || cni.pod.snapshot() == before);
+    };
+    settled("refused commands leave the host as it was");
+    assert_eq!(cli.ok(&["kata-network", "list-ifaces", id], None), "null");
+    assert_eq!(cli.ok(&["kata-network", "list-routes", id], None), routes_before, "the guest's routes are unchanged");
+
+    // add-iface from standard input, by id prefix: the manual's document.
+    let out = cli.ok(&["kata-network", "add-iface", "sbnet01", "-"], Some(IFACE));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let pci = v["pciAddr"].as_str().unwrap().to_owned();
+    assert!(pci.len() == 7 && pci.contains(".0/"), "pciAddr {pci}");
+    assert_eq!(
+        out,
+        format!(
+            r#"{{"device":"tap-test","name":"eth-test","IPAddresses":[{{"Family":2,"Address":"172.16.0.3","Mask":"16"}}],"mtu":1500,"hwAddr":"02:42:20:6f:a3:69","pciAddr":"{pci}"}}"#
+        )
+    );
+    assert!(tun_fds() > base_fds, "QEMU holds the TAP's queue");
+    // The host reaches the VM's new address over the operator's TAP.
+    cni.pod.exec(&["ping", "-c", "3", "-i", "0.3", "-W", "5", "172.16.0.3"]);
+    assert_eq!(
+        cli.ok(&["kata-network", "list-ifaces", id], None),
+        r#"[{"name":"eth-test","mac":"02:42:20:6f:a3:69","ip":["172.16.0.3/16"],"mtu":1500}]"#
+    );
+    let routes = cli.ok(&["kata-network", "list-routes", id], None);
+    assert!(routes.contains(r#"{"dest":"172.16.0.0/16","gateway":"","device":"eth-test"}"#), "{routes}");
+    // The same name again, and the same TAP under another name.
+    assert_refused(cli.doc("add-iface", id, IFACE), "name: eth-test is already in the sandbox");
+    let again = with(IFACE, |v| {
+        v["name"] = "eth-other".into();
+        v["hwAddr"] = "02:42:20:6f:a3:70".into();
+    });
+    assert_refused(cli.doc("add-iface", id, &again), "device: tap-test is already plugged");
+
+    // Routes: the manual's examples.
+    let r = r#"{"dest":"177.17.0.0/24","gateway":"172.16.0.1","device":"eth-test"}"#;
+    assert_eq!(cli.ok(&["kata-network", "add-route", id, "-"], Some(r)), format!("[{r}]"));
+    let lo = r#"{"dest":"177.17.0.5","device":"lo"}"#;
+    assert_eq!(
+        cli.ok(&["kata-network", "add-route", id, "-"], Some(lo)),
+        r#"[{"dest":"177.17.0.5/32","gateway":"","device":"lo"}]"#
+    );
+    let routes = cli.ok(&["kata-network", "list-routes", id], None);
+    assert!(routes.contains(r), "{routes}");
+    assert!(routes.contains(r#"{"dest":"177.17.0.5/32","gateway":"","device":"lo"}"#), "{routes}");
+    let console = std::fs::read_to_string(c.run_dir().join(id).join("console.log")).unwrap();
+    assert!(console.contains("guest-agent: route 177.17.0.0/24 via 172.16.0.1 dev eth-test"), "{console}");
+    // del-route matches on the fields given: dest alone.
+    assert_eq!(cli.ok(&["kata-network", "del-route", id, "-"], Some(r#"{"dest":"177.17.0.0/24"}"#)), format!("[{r}]"));
+    assert_eq!(
+        cli.ok(&["kata-network", "del-route", id, "-"], Some(r#"{"dest":"177.17.0.5","device":"lo"}"#)),
+        r#"[{"dest":"177.17.0.5/32","gateway":"","device":"lo"}]"#
+    );
+    let routes = cli.ok(&["kata-network", "list-routes", id], None);
+    assert!(!routes.contains("177.17.0."), "{routes}");
+
+    // A TAP that did not exist is made, and removed again by del-iface.
+    let made = r#"{"device":"tap-made","name":"eth-made","hwAddr":"02:42:20:6f:a3:71","mtu":1400,"queues":2}"#;
+    let out = cli.ok(&["kata-network", "add-iface", id, "-"], Some(made));
+    assert!(out.contains(r#""IPAddresses":null"#), "{out}");
+    assert!(tests::try_run(&["ip", "-n", &cni.pod.name, "link", "show", "tap-made"]));
+    let listed = cli.ok(&["kata-network", "list-ifaces", id], None);
+    assert!(listed.ends_with(r#"{"name":"eth-made","mac":"02:42:20:6f:a3:71","ip":null,"mtu":1400}]"#), "{listed}");
+    assert_eq!(cli.ok(&["kata-network", "del-iface", id, "-"], Some(made)), "null");
+    assert!(!tests::try_run(&["ip", "-n", &cni.pod.name, "link", "show", "tap-made"]), "the runtime's TAP is gone");
+
+    // del-iface: only the name counts; the operator's TAP stays.
+    let (out, err, code) = cli.run(&["kata-network", "del-iface", id, "-"], Some(r#"{"name":"eth-test"}"#));
+    assert_eq!((out.as_str(), err.as_str(), code), ("null", "", 0));
+    assert_eq!(cli.ok(&["kata-network", "list-ifaces", id], None), "null");
+    let routes = cli.ok(&["kata-network", "list-routes", id], None);
+    assert!(!routes.contains("eth-test"), "the guest no longer has the NIC: {routes}");
+    wait_until(std::time::Duration::from_secs(5), "QEMU closed the TAP", || tun_fds() == base_fds);
+    settled("the operator's TAP is there, as it was");
+    // Removing it again fails: the interface's JSON on stdout, the error on stderr.
+    let (out, err, code) = cli.doc("del-iface", id, IFACE);
+    assert_ne!(code, 0);
+    assert_eq!(
+        out,
+        r#"{"device":"tap-test","name":"eth-test","IPAddresses":[{"Family":2,"Address":"172.16.0.3","Mask":"16"}],"mtu":1500,"hwAddr":"02:42:20:6f:a3:69"}"#
+    );
+    assert!(err.contains("no interface eth-test"), "{err}");
+
+    // The sandbox goes; the namespace is as the operator and CNI left it.
+    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+    wait_until(std::time::Duration::from_secs(20), "task stopped", || c.task_status(id) == "STOPPED");
+    assert!(c.ctr(&["task", "rm", id]).status.success());
+    assert!(c.ctr(&["container", "rm", id]).status.success());
+    cni.pod.ip(&["link", "del", "tap-test"]);
+    assert_eq!(cni.pod.snapshot(), as_cni_left_it);
+    assert_refused(cli.run(&["kata-network", "list-ifaces", id], None), "no such sandbox");
+}
