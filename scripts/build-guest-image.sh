@@ -69,7 +69,7 @@ cp "$agent" "$tree/sbin/guest-agent"
 strip "$tree/sbin/guest-agent"
 for t in "${tools[@]}"; do
   cp "$t" "$tree/sbin/"
-  ldd "$t" | awk '/=> \// {print $3} /^\s*\/lib/ {print $1}' | while read -r lib; do
+  ldd "$t" | awk '/=> \// {print $3} /^[ \t]*\/lib/ {print $1}' | while read -r lib; do
     mkdir -p "$tree$(dirname "$lib")"
     cp -L "$lib" "$tree$lib"
   done
@@ -101,6 +101,7 @@ depmod -b "$tree" "$kver"
 cat > "$tree/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -111,8 +112,12 @@ ip link set lo up
 hostname sandbox
 args="--serial agent.channel.0"
 [ -e /dev/vsock ] && args="$args --vsock 1024"
-(modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh ip_vs_sed ip_vs_nq \
-   nf_conntrack nf_conntrack_netlink) &
+# Connection tracking always on (enable_hooks), as on a node with a firewall, and IPVS keeping
+# its connections in it (vs/conntrack): they get entries, which `kata-ipvs cleanup` deletes.
+(modprobe nf_conntrack enable_hooks=1
+ modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh ip_vs_sed ip_vs_nq \
+   nf_conntrack_netlink
+ echo 1 > /proc/sys/net/ipv4/vs/conntrack) &
 while true; do
   echo "guest: starting agent ($args) at $(cut -d' ' -f1 /proc/uptime)s"
   /sbin/guest-agent $args

@@ -39,6 +39,25 @@ fn adds_rule(args: &[&str]) -> bool {
     args.iter().any(|a| matches!(*a, "-A" | "--add-service" | "-a" | "--add-server"))
 }
 
+/// `conntrack <args>`: its output plus the summary it writes to stderr ("N flow entries have
+/// been deleted."). Deleting nothing is not a failure for a cleanup, though conntrack exits 1.
+async fn conntrack(args: &[&str]) -> Result<String, Status> {
+    let out = Command::new("conntrack")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| (Code::INTERNAL, format!("cannot run the command: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary = stderr.lines().find_map(|l| l.find("flow entries").map(|_| l.split("): ").last().unwrap_or(l)));
+    let deleted_none = summary.is_some_and(|s| s.starts_with("0 "));
+    if !out.status.success() && !deleted_none {
+        return Err((Code::INTERNAL, format!("{}: {}", out.status, stderr.trim())));
+    }
+    Ok(format!("{stdout}{}", summary.unwrap_or("")))
+}
+
 pub async fn run(req: &str) -> Result<String, Status> {
     let bad = |why: &str| (Code::INVALID_ARGUMENT, format!("IPVS_req: {why}"));
     if let Some(rest) = req.strip_prefix("restore|") {
@@ -71,11 +90,7 @@ pub async fn run(req: &str) -> Result<String, Status> {
             cmd.args(&args);
             output(cmd, None).await
         }
-        "conntrack" => {
-            let mut cmd = Command::new("conntrack");
-            cmd.args(&args);
-            output(cmd, None).await
-        }
+        "conntrack" => conntrack(&args).await,
         other => Err(bad(&format!("unknown command {other:?} (ipvsadm, conntrack or restore)"))),
     }
 }
