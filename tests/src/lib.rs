@@ -2,6 +2,7 @@
 //! commands run as argument vectors, and snapshots of a namespace taken with iproute2 (an
 //! oracle independent of the code under test).
 
+pub mod cli;
 pub mod containerd;
 pub mod frames;
 pub mod vm;

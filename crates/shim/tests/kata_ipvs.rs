@@ -3,35 +3,19 @@
 //! drift, and cleanup deletes the guest's connection-tracking entries.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tests::cli::{assert_refused, KataRuntime, Out};
 use tests::containerd::{wait_until, Containerd};
 use tests::CniPod;
 
 struct Cli {
-    conf: std::path::PathBuf,
+    k: KataRuntime,
 }
-
-type Out = (String, String, i32);
 
 impl Cli {
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kata-runtime"))
-            .args(args)
-            .env("KATA_CONF_FILE", &self.conf)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(text) = stdin {
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        let s = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
-        (s(&out.stdout), s(&out.stderr), out.status.code().unwrap_or(-1))
+        self.k.run(args, stdin)
     }
 
     fn ipvsadm(&self, id: &str, params: &str) -> Out {
@@ -39,21 +23,12 @@ impl Cli {
     }
 
     fn ok(&self, id: &str, params: &str) -> String {
-        let (out, err, code) = self.ipvsadm(id, params);
-        assert_eq!(code, 0, "{params}: {err}");
-        out
+        self.k.ok(&["kata-ipvs", "ipvsadm", "--parameters", params, id], None)
     }
 
     fn restore(&self, id: &str, rules: &str) -> Out {
         self.run(&["kata-ipvs", "ipvsadm", "--restore", "-", id], Some(rules))
     }
-}
-
-fn assert_refused((out, err, code): Out, want: &str) {
-    assert_eq!(out, "null", "stdout of a failure (stderr: {err})");
-    assert_ne!(code, 0, "{err}");
-    assert_eq!(err.lines().count(), 1, "one-line error: {err:?}");
-    assert!(err.contains(want), "error {err:?} should mention {want:?}");
 }
 
 /// Real servers listed by `--list` (lines starting with `->` that name an address).
@@ -82,7 +57,8 @@ fn rule_file(services: usize) -> String {
 fn ipvs_rules_in_the_vm_the_limit_and_concurrent_operators() {
     let c: Containerd =
         tests::containerd::start_containerd("kipvs", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
-    let cli = Cli { conf: c.dir.0.join("configuration.toml") };
+    let conf = c.dir.0.join("configuration.toml");
+    let cli = Cli { k: KataRuntime { bin: env!("CARGO_BIN_EXE_kata-runtime").into(), conf } };
     let cni = CniPod::new();
     let id = "sbipvs42";
     let out = c.run(id, &cni.pod.path(), &[]);

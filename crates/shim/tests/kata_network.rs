@@ -1,43 +1,31 @@
 //! `kata-runtime kata-network` against a running sandbox: a real shim under Debian's containerd,
 //! its QEMU (TCG) VM and guest agent, an operator's TAP in the pod's namespace.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use tests::cli::{assert_refused, KataRuntime, Out};
 use tests::containerd::{wait_until, Containerd};
 use tests::CniPod;
 
 /// The command as an operator runs it, with the sandbox shim's configuration.
 struct Cli {
-    conf: PathBuf,
+    k: KataRuntime,
     scratch: PathBuf,
 }
 
-/// stdout (trimmed), stderr (trimmed), exit code.
-type Out = (String, String, i32);
-
 impl Cli {
     fn new(c: &Containerd) -> Self {
-        Self { conf: c.dir.0.join("configuration.toml"), scratch: c.dir.0.clone() }
+        let conf = c.dir.0.join("configuration.toml");
+        Self { k: KataRuntime { bin: env!("CARGO_BIN_EXE_kata-runtime").into(), conf }, scratch: c.dir.0.clone() }
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kata-runtime"))
-            .args(args)
-            .env("KATA_CONF_FILE", &self.conf)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(text) = stdin {
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        let s = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
-        (s(&out.stdout), s(&out.stderr), out.status.code().unwrap_or(-1))
+        self.k.run(args, stdin)
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.k.ok(args, stdin)
     }
 
     /// `kata-network <cmd> <sandbox> <file>` with the document in a file.
@@ -46,20 +34,6 @@ impl Cli {
         std::fs::write(&f, json).unwrap();
         self.run(&["kata-network", cmd, sandbox, f.to_str().unwrap()], None)
     }
-
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let (out, err, code) = self.run(args, stdin);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    }
-}
-
-/// A failure as the contract says: `null`, one line on stderr that contains `want`, non-zero.
-fn assert_refused((out, err, code): Out, want: &str) {
-    assert_eq!(out, "null", "stdout of a failure (stderr: {err})");
-    assert_ne!(code, 0, "{err}");
-    assert_eq!(err.lines().count(), 1, "one-line error: {err:?}");
-    assert!(err.contains(want), "error {err:?} should mention {want:?}");
 }
 
 fn qemu_pid(run_dir: &Path) -> u32 {
