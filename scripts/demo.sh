@@ -69,6 +69,18 @@ echo "== what the guest agent applied (VM console)"
 grep 'guest-agent:' "$work/run/$id/console.log"
 echo "== the peer pings the pod address: the VM answers"
 ip netns exec "$peer" ping -c 3 -i 0.3 -W 5 10.88.0.5
+echo "== an operator plugs a TAP into the running VM (kata-runtime kata-network)"
+kr() { KATA_CONF_FILE="$work/configuration.toml" "$root/target/release/kata-runtime" "$@"; }
+ip -n "$pod" tuntap add dev tap-op mode tap
+ip -n "$pod" addr add 172.16.0.1/16 dev tap-op
+ip -n "$pod" link set tap-op up
+iface='{"device":"tap-op","name":"eth-op","IPAddresses":[{"address":"172.16.0.3","mask":"16"}],"hwAddr":"02:42:20:6f:a3:69","mtu":1500}'
+echo "$iface" | kr kata-network add-iface "${id:0:8}" -
+kr kata-network list-ifaces "$id"
+echo '{"dest":"177.17.0.0/24","gateway":"172.16.0.1","device":"eth-op"}' | kr kata-network add-route "$id" -
+ip netns exec "$pod" ping -c 2 -i 0.3 -W 5 172.16.0.3
+echo "$iface" | kr kata-network del-iface "$id" -
+ip -n "$pod" link del tap-op
 echo "== teardown"
 ctr -a "$work/containerd.sock" task kill -s SIGKILL "$id"
 for _ in $(seq 100); do ctr -a "$work/containerd.sock" task ls | grep -q STOPPED && break; sleep 0.1; done
