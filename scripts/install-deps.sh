@@ -23,6 +23,7 @@ declare -A need=(
   [ctr]=containerd
   [runc]=runc
   [pgrep]=procps
+  [sysctl]=procps
   [bc]=bc
   [hostname]=hostname
   [protoc]=protobuf-compiler

@@ -205,7 +205,8 @@ fn route_pb(r: &RouteRequest, delete: bool) -> pb::Route {
     }
 }
 
-/// The host side of a NIC being plugged, undone by [`HostSide::undo`].
+/// The host side of a NIC being plugged: its backend, and the TAP it made (if any), which the
+/// caller removes on a later failure.
 struct HostSide {
     backend: NicBackend,
     queues: usize,
@@ -219,12 +220,11 @@ impl Sandbox {
     }
 
     /// Open the operator's TAP `device` in the sandbox's namespace, or make it.
-    async fn host_side(&self, req: &IfaceRequest, ops: &Ops) -> R<HostSide> {
+    async fn host_side(&self, req: &IfaceRequest, dev: &IfName, ops: &Ops) -> R<HostSide> {
         if let Some(socket) = &req.vhost_user_socket {
             return Ok(HostSide { backend: NicBackend::VhostUser { socket: socket.into() }, queues: 1, created: None });
         }
-        let dev: IfName = req.device.parse().map_err(|e| fail(Code::INVALID_ARGUMENT, format!("device: {e}")))?;
-        if ops.state.endpoints.iter().any(|e| e.link() == &dev) || ops.added.iter().any(|a| a.device == dev) {
+        if ops.state.endpoints.iter().any(|e| e.link() == dev) || ops.added.iter().any(|a| &a.device == dev) {
             return Err(fail(Code::ALREADY_EXISTS, format!("device: {dev} is already plugged into this sandbox")));
         }
         let wanted = |mq: bool| -> R<usize> {
@@ -238,13 +238,11 @@ impl Sandbox {
                 )),
             }
         };
-        let exists = nl::link_index(&self.ctx.handle, dev.as_str()).await.map_err(|e| internal(chain(&e)))?;
-        let (fds, queues, created) = match exists {
-            Some(_) => {
-                let info = self.ctx.scan().await.map_err(|e| internal(chain(&e)))?;
-                let link = info.link(dev.as_str()).ok_or_else(|| {
-                    fail(Code::ALREADY_EXISTS, format!("device: {dev} is a device the runtime made for this sandbox"))
-                })?;
+        // One dump finds the operator's TAP; a name it does not show is made, unless the kernel
+        // has a device of that name after all (one the runtime made: the scan leaves those out).
+        let info = self.ctx.scan().await.map_err(|e| internal(chain(&e)))?;
+        let (fds, queues, created) = match info.link(dev.as_str()) {
+            Some(link) => {
                 let multi_queue = match &link.kind {
                     LinkKind::Tuntap { tap: true, multi_queue } => *multi_queue,
                     other => {
@@ -255,14 +253,20 @@ impl Sandbox {
                     }
                 };
                 let queues = wanted(multi_queue)?;
-                let fds = tuntap::open_tap_queues_in(&self.ctx.worker, &dev, queues, multi_queue)
+                let fds = tuntap::open_tap_queues_in(&self.ctx.worker, dev, queues, multi_queue)
                     .map_err(|e| fail(Code::FAILED_PRECONDITION, chain(&e)))?;
                 (fds, queues, None)
             }
             None => {
                 let queues = wanted(req.queues != 1)?.max(1);
-                let (fds, index) = tuntap::create_tap_in(&self.ctx.worker, &dev, queues, queues > 1)
-                    .map_err(|e| internal(chain(&e)))?;
+                let (fds, index) =
+                    tuntap::create_tap_in(&self.ctx.worker, dev, queues, queues > 1).map_err(|e| match e {
+                        network::Error::DeviceExists(_) => fail(
+                            Code::ALREADY_EXISTS,
+                            format!("device: {dev} exists and is not an operator's TAP the runtime can plug in"),
+                        ),
+                        e => internal(chain(&e)),
+                    })?;
                 // Without persistence the TAP goes with its last fd, on any failure below.
                 nl::set_runtime_dev_up(&self.ctx.handle, index, dev.as_str(), req.mtu).await.map_err(|e| {
                     fail(
@@ -274,7 +278,7 @@ impl Sandbox {
             }
         };
         let vhost = tuntap::open_vhost_net(queues, self.vhost_net).map_err(|e| internal(chain(&e)))?;
-        Ok(HostSide { backend: NicBackend::Tap { device: dev, queues: fds, vhost }, queues, created })
+        Ok(HostSide { backend: NicBackend::Tap { device: dev.clone(), queues: fds, vhost }, queues, created })
     }
 
     /// Remove a TAP this runtime made, if it is still there (it normally goes with QEMU's fds).
@@ -296,7 +300,8 @@ impl Sandbox {
         if let Some(i) = guest.iter().find(|i| i.hwAddr.parse::<MacAddr>().ok() == Some(req.mac)) {
             return Err(fail(Code::ALREADY_EXISTS, format!("hwAddr: {} is already used by {}", req.mac, i.name)));
         }
-        let host = self.host_side(&req, &ops).await?;
+        let device: IfName = req.device.parse().map_err(|e| fail(Code::INVALID_ARGUMENT, format!("device: {e}")))?;
+        let host = self.host_side(&req, &device, &ops).await?;
         let id = format!("hp-{}", req.name);
         if let Some(dev) = &host.created {
             ops.state.endpoints.push(EndpointState::Tap { link: dev.clone(), created: true });
@@ -342,9 +347,22 @@ impl Sandbox {
             ..Default::default()
         };
         if let Err(e) = self.agent.update_interface(&iface, NIC_WAIT).await {
-            let failure = Failure::from(e);
+            let mut failure = Failure::from(e);
             if let Err(u) = self.vm.unplug_nic(&id).await {
+                // Still in the VM: keep it listed, so del-iface (or the sandbox's end) removes it.
                 slog::error!(self.log, "add-iface: undoing the hotplug failed"; "name" => &req.name, "error" => %u);
+                failure.msg = format!("{}; undoing the hotplug failed too ({u}): del-iface removes it", failure.msg);
+                ops.added.push(Added {
+                    id,
+                    device,
+                    name: req.name.clone(),
+                    mac: req.mac,
+                    mtu: req.mtu,
+                    address: req.address,
+                    pci,
+                    created: host.created.is_some(),
+                });
+                return Err(failure);
             }
             if let Some(dev) = &host.created {
                 self.remove_created(dev).await;
@@ -355,7 +373,7 @@ impl Sandbox {
         }
         let added = Added {
             id,
-            device: req.device.parse().map_err(|e| internal(format!("device: {e}")))?,
+            device,
             name: req.name.clone(),
             mac: req.mac,
             mtu: req.mtu,
@@ -423,9 +441,9 @@ impl Sandbox {
 
     pub async fn add_route(&self, r: RouteRequest) -> R<Vec<mg::Route>> {
         let _ops = self.ops.lock().await;
-        self.agent.update_routes(vec![route_pb(&r, false)], true).await?;
-        let out = route_pb(&r, false);
-        Ok(vec![mg::Route { dest: out.dest, gateway: out.gateway, device: out.device, ..Default::default() }])
+        let route = route_pb(&r, false);
+        self.agent.update_routes(vec![route.clone()], true).await?;
+        Ok(vec![route_out(&route)])
     }
 
     /// del-route: every route that matches all given fields; returns the routes deleted.

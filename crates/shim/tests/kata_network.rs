@@ -78,6 +78,8 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     cni.pod.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.tap-test.disable_ipv6=1"]);
     cni.pod.ip(&["addr", "add", "172.16.0.1/16", "dev", "tap-test"]);
     cni.pod.ip(&["link", "set", "tap-test", "up"]);
+    // A link that is not a TAP.
+    cni.pod.ip(&["link", "add", "br-x", "type", "bridge"]);
     let before = cni.pod.snapshot();
     assert_eq!(cli.ok(&["kata-network", "list-ifaces", id], None), "null");
     let routes_before = cli.ok(&["kata-network", "list-routes", id], None);
@@ -101,6 +103,7 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
         (with(IFACE, |v| v["colour"] = "red".into()), "unknown field `colour`"),
         (with(IFACE, |v| v["vhostUserSocket"] = "/run/nowhere/vhost-user1".into()), "vhostUserSocket"),
         (with(IFACE, |v| v["device"] = "eth0".into()), "device: eth0 is already plugged"),
+        (with(IFACE, |v| v["device"] = "br-x".into()), "device: br-x exists and is a bridge, not a TAP"),
         (with(IFACE, |v| v["name"] = "eth0".into()), "name: eth0 is already in the sandbox"),
         (with(IFACE, |v| v["hwAddr"] = tests::POD_MAC.into()), "hwAddr"),
         ("{not json".to_owned(), "key must be a string"),
@@ -221,6 +224,7 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     assert!(c.ctr(&["task", "rm", id]).status.success());
     assert!(c.ctr(&["container", "rm", id]).status.success());
     cni.pod.ip(&["link", "del", "tap-test"]);
+    cni.pod.ip(&["link", "del", "br-x"]);
     assert_eq!(cni.pod.snapshot(), as_cni_left_it);
     assert_refused(cli.run(&["kata-network", "list-ifaces", id], None), "no such sandbox");
 }
