@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("protos");
     std::fs::create_dir_all(&out).unwrap();
-    let protos = ["protos/types.proto", "protos/agent.proto", "protos/health.proto", "protos/netmgmt.proto"];
+    let protos = ["protos/types.proto", "protos/agent.proto", "protos/health.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -4,6 +4,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+/// The `kata-runtime` binary of this build: beside the test or bench binary's `deps` directory
+/// (`cargo test --workspace` and `make bench` build it; `cargo build -p kata-runtime` does alone).
+pub fn kata_runtime_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("kata-runtime");
+    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p kata-runtime` (same profile)", bin.display());
+    bin
+}
+
 /// stdout (trimmed), stderr (trimmed), exit code.
 pub type Out = (String, String, i32);
 

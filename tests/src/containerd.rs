@@ -122,16 +122,19 @@ pub fn kata_conf(run_dir: &Path) -> String {
     )
 }
 
-pub fn qemu_running_in(dir: &Path) -> bool {
+/// The pid of a QEMU whose command line names `dir` (a sandbox's run directory or a parent).
+pub fn qemu_pid_in(dir: &Path) -> Option<u32> {
     let needle = dir.display().to_string();
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)
-            })
-            .unwrap_or(false)
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let c = std::fs::read(e.path().join("cmdline")).ok()?;
+        let c = String::from_utf8_lossy(&c);
+        (c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)).then_some(pid)
     })
+}
+
+pub fn qemu_running_in(dir: &Path) -> bool {
+    qemu_pid_in(dir).is_some()
 }
 
 pub fn wait_until(limit: Duration, what: &str, f: impl Fn() -> bool) {

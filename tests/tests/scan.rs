@@ -143,8 +143,8 @@ async fn tap_macvlan_macvtap_and_tun_scan_to_their_kinds() {
         .map(|e| {
             let k = match e {
                 Endpoint::Veth(_) => "veth",
-                Endpoint::Tuntap(_) => "tuntap",
-                Endpoint::Tap(_) => "tap",
+                Endpoint::BridgedTap(_) => "tuntap",
+                Endpoint::DirectTap(_) => "tap",
                 Endpoint::Macvlan(_) => "macvlan",
                 Endpoint::Macvtap(_) => "macvtap",
                 Endpoint::Ipvlan(_) => "ipvlan",
@@ -169,7 +169,7 @@ async fn tap_macvlan_macvtap_and_tun_scan_to_their_kinds() {
     // Under the `none` model a TAP link is given to the VM as it is.
     let none = EndpointConfig { model: NetworkModel::None, ..EndpointConfig::default() };
     let eps = Endpoint::from_scan(&info, &none).unwrap();
-    assert!(eps.iter().any(|e| matches!(e, Endpoint::Tap(t) if t.name.as_str() == "tap-a" && t.multi_queue)));
+    assert!(eps.iter().any(|e| matches!(e, Endpoint::DirectTap(t) if t.name.as_str() == "tap-a" && t.multi_queue)));
 }
 
 /// ipvlan is missing from this machine's kernel. The test is ignored by default and run by

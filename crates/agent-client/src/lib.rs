@@ -1,5 +1,5 @@
-//! The kata agent protocol as the shim speaks it, and the shim's own management service
-//! (`protocols::netmgmt`), which `kata-runtime kata-network` / `kata-ipvs` call.
+//! The kata agent protocol as the shim speaks it (the management protocol between
+//! `kata-runtime` and the shim is the `netmgmt` crate's).
 //!
 //! `types` holds the network messages of package `types` (Interface, Route, ARPNeighbor, ...)
 //! with the protocol's field names as JSON keys, and `convert` builds them from the network
@@ -41,11 +41,5 @@ pub mod protocols {
     }
     pub mod health_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/protos/health_ttrpc.rs"));
-    }
-    pub mod netmgmt {
-        include!(concat!(env!("OUT_DIR"), "/protos/netmgmt.rs"));
-    }
-    pub mod netmgmt_ttrpc {
-        include!(concat!(env!("OUT_DIR"), "/protos/netmgmt_ttrpc.rs"));
     }
 }

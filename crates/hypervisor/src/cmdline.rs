@@ -8,6 +8,8 @@ use std::path::Path;
 
 use network::{NicBackend, NicConfig, PciPath};
 
+use crate::nic::{Netdev, NicDevice};
+
 use crate::accel::Accel;
 use crate::config::{AgentChannel, MachineType, QemuConfig};
 use crate::error::{Error, Result};
@@ -32,51 +34,6 @@ impl CommandLine {
         self.fds.push((fd, n));
         n
     }
-}
-
-fn join(ns: &[RawFd]) -> String {
-    ns.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(":")
-}
-
-/// `-netdev` and `-device` for one cold-plugged NIC at `addr` on the root bus; `queue_fds` and
-/// `vhost_fds` are the numbers the fds have in QEMU. Multi-queue adds `mq=on,vectors=2N+2`; fds and vhostfds are joined with `:`.
-pub fn nic_args(nic: &NicConfig, queue_fds: &[RawFd], vhost_fds: &[RawFd], bus: &str, addr: u8) -> Vec<String> {
-    let netdev_id = format!("nd-{}", nic.id);
-    let netdev = match &nic.backend {
-        NicBackend::Tap { .. } => {
-            let mut s = format!("tap,id={netdev_id}");
-            if queue_fds.len() == 1 {
-                s += &format!(",fd={}", queue_fds[0]);
-            } else {
-                s += &format!(",fds={}", join(queue_fds));
-            }
-            match vhost_fds.len() {
-                0 => s += ",vhost=off",
-                1 => s += &format!(",vhost=on,vhostfd={}", vhost_fds[0]),
-                _ => s += &format!(",vhost=on,vhostfds={}", join(vhost_fds)),
-            }
-            s
-        }
-        NicBackend::VhostUser { .. } => format!("vhost-user,id={netdev_id},chardev=char-{},vhostforce=on", nic.id),
-    };
-    let mut device = format!(
-        "driver=virtio-net-pci,id={},netdev={netdev_id},mac={},disable-modern=false,host_mtu={},romfile=,bus={bus},addr={addr:#x}",
-        nic.id, nic.guest_mac, nic.mtu
-    );
-    let queues = match &nic.backend {
-        NicBackend::Tap { .. } => queue_fds.len(),
-        NicBackend::VhostUser { .. } => 1,
-    };
-    if queues > 1 {
-        device += &format!(",mq=on,vectors={}", 2 * queues + 2);
-    }
-    let mut out = Vec::new();
-    if let NicBackend::VhostUser { socket } = &nic.backend {
-        out.push("-chardev".into());
-        out.push(format!("socket,id=char-{},path={}", nic.id, socket.display()));
-    }
-    out.extend(["-netdev".into(), netdev, "-device".into(), device]);
-    out
 }
 
 /// Everything QEMU needs, in order. Returns the command line and the PCI path of each
@@ -140,25 +97,24 @@ pub fn build(
     let mut paths = Vec::new();
     for (i, nic) in nics.into_iter().enumerate() {
         let addr = slots::FIRST_COLD_NIC_SLOT + i as u8;
-        let (args, id) = match nic.backend {
-            NicBackend::Tap { device, queues, vhost } => {
-                let q: Vec<RawFd> = queues.into_iter().map(|f| c.pass(f)).collect();
-                let v: Vec<RawFd> = vhost.into_iter().map(|f| c.pass(f)).collect();
-                let shape = NicConfig {
-                    id: nic.id.clone(),
-                    guest_mac: nic.guest_mac,
-                    mtu: nic.mtu,
-                    backend: NicBackend::Tap { device, queues: Vec::new(), vhost: Vec::new() },
-                };
-                (nic_args(&shape, &q, &v, root_bus, addr), nic.id)
+        let netdev = match nic.backend {
+            NicBackend::Tap { queues, vhost, .. } => {
+                let mut names = |fds: Vec<OwnedFd>| fds.into_iter().map(|f| c.pass(f).to_string()).collect();
+                let fds = names(queues);
+                Netdev::Tap { fds, vhostfds: names(vhost) }
             }
-            backend @ NicBackend::VhostUser { .. } => {
-                let shape = NicConfig { id: nic.id.clone(), guest_mac: nic.guest_mac, mtu: nic.mtu, backend };
-                (nic_args(&shape, &[], &[], root_bus, addr), nic.id)
-            }
+            NicBackend::VhostUser { socket } => Netdev::VhostUser { socket },
         };
-        c.args.extend(args);
-        paths.push((id, PciPath::new(vec![addr]).expect("slot below 0x20")));
+        let dev = NicDevice {
+            id: nic.id.clone(),
+            mac: nic.guest_mac,
+            mtu: nic.mtu,
+            bus: root_bus.to_owned(),
+            addr: format!("{addr:#x}"),
+            netdev,
+        };
+        c.args.extend(dev.args());
+        paths.push((nic.id, PciPath::new(vec![addr]).expect("slot below 0x20")));
     }
     Ok((c, paths))
 }
@@ -193,64 +149,5 @@ pub fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) 
             }
             Ok(())
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn nic(queues: usize, vhost: bool) -> (NicConfig, Vec<RawFd>, Vec<RawFd>) {
-        let q: Vec<RawFd> = (0..queues as RawFd).map(|i| 3 + i).collect();
-        let v: Vec<RawFd> =
-            if vhost { (0..queues as RawFd).map(|i| 3 + queues as RawFd + i).collect() } else { vec![] };
-        let n = NicConfig {
-            id: "network-0".into(),
-            guest_mac: "02:00:0a:58:00:05".parse().unwrap(),
-            mtu: 1450,
-            backend: NicBackend::Tap { device: "tap0_kata".parse().unwrap(), queues: vec![], vhost: vec![] },
-        };
-        (n, q, v)
-    }
-
-    #[test]
-    fn nic_shapes() {
-        let dev = "driver=virtio-net-pci,id=network-0,netdev=nd-network-0,mac=02:00:0a:58:00:05,disable-modern=false,host_mtu=1450,romfile=,bus=pcie.0,addr=0x6";
-        let cases: Vec<(usize, bool, &str, String)> = vec![
-            (1, false, "tap,id=nd-network-0,fd=3,vhost=off", dev.to_owned()),
-            (1, true, "tap,id=nd-network-0,fd=3,vhost=on,vhostfd=4", dev.to_owned()),
-            (2, false, "tap,id=nd-network-0,fds=3:4,vhost=off", format!("{dev},mq=on,vectors=6")),
-            (4, true, "tap,id=nd-network-0,fds=3:4:5:6,vhost=on,vhostfds=7:8:9:10", format!("{dev},mq=on,vectors=10")),
-        ];
-        for (queues, vhost, netdev, device) in cases {
-            let (n, q, v) = nic(queues, vhost);
-            let args = nic_args(&n, &q, &v, "pcie.0", 6);
-            assert_eq!(
-                args,
-                vec!["-netdev".to_owned(), netdev.to_owned(), "-device".to_owned(), device],
-                "{queues} {vhost}"
-            );
-        }
-    }
-
-    #[test]
-    fn vhost_user_shape() {
-        let n = NicConfig {
-            id: "network-1".into(),
-            guest_mac: "02:00:0a:58:00:06".parse().unwrap(),
-            mtu: 1500,
-            backend: NicBackend::VhostUser { socket: "/run/ovs/vhu1".into() },
-        };
-        assert_eq!(
-            nic_args(&n, &[], &[], "pci.0", 7),
-            vec![
-                "-chardev",
-                "socket,id=char-network-1,path=/run/ovs/vhu1",
-                "-netdev",
-                "vhost-user,id=nd-network-1,chardev=char-network-1,vhostforce=on",
-                "-device",
-                "driver=virtio-net-pci,id=network-1,netdev=nd-network-1,mac=02:00:0a:58:00:06,disable-modern=false,host_mtu=1500,romfile=,bus=pci.0,addr=0x7",
-            ]
-        );
     }
 }

@@ -6,6 +6,7 @@ pub mod accel;
 pub mod cmdline;
 pub mod config;
 pub mod error;
+pub mod nic;
 pub mod qmp;
 pub mod slots;
 pub mod vm;

@@ -14,6 +14,7 @@ use crate::accel::Accel;
 use crate::cmdline;
 use crate::config::{AgentChannel, QemuConfig};
 use crate::error::{Error, Result};
+use crate::nic::{netdev_id, Netdev, NicDevice};
 use crate::qmp::Qmp;
 use crate::slots::{Slot, Slots};
 
@@ -49,10 +50,6 @@ pub struct Vm {
     exited: watch::Receiver<Option<String>>,
     accel: Accel,
     log: slog::Logger,
-}
-
-fn netdev_id(id: &str) -> String {
-    format!("nd-{id}")
 }
 
 impl Vm {
@@ -242,55 +239,34 @@ impl Vm {
         slot: &Slot,
         undo: &mut Vec<(&'static str, Value)>,
     ) -> Result<Option<String>> {
-        let nd = netdev_id(&nic.id);
-        let mut chardev = None;
-        let mut queues = 1;
-        match &nic.backend {
-            NicBackend::Tap { queues: q, vhost, .. } => {
-                queues = q.len();
-                let names = self.pass_fds(&format!("fd-{}", nic.id), q, undo).await?;
-                let vnames = self.pass_fds(&format!("vhostfd-{}", nic.id), vhost, undo).await?;
-                let mut args = json!({"type": "tap", "id": nd, "vhost": !vnames.is_empty()});
-                if names.len() == 1 {
-                    args["fd"] = json!(names[0]);
-                } else {
-                    args["fds"] = json!(names.join(":"));
-                }
-                match vnames.len() {
-                    0 => {}
-                    1 => args["vhostfd"] = json!(vnames[0]),
-                    _ => args["vhostfds"] = json!(vnames.join(":")),
-                }
-                self.qmp.execute("netdev_add", args).await?;
-                // The netdev took the named fds out of the monitor's table.
-                undo.retain(|(c, _)| *c != "closefd");
+        let netdev = match &nic.backend {
+            NicBackend::Tap { queues, vhost, .. } => Netdev::Tap {
+                fds: self.pass_fds(&format!("fd-{}", nic.id), queues, undo).await?,
+                vhostfds: self.pass_fds(&format!("vhostfd-{}", nic.id), vhost, undo).await?,
+            },
+            NicBackend::VhostUser { socket } => Netdev::VhostUser { socket: socket.clone() },
+        };
+        let dev = NicDevice {
+            id: nic.id.clone(),
+            mac: nic.guest_mac,
+            mtu: nic.mtu,
+            bus: slot.bus.clone(),
+            addr: slot.addr.clone(),
+            netdev,
+        };
+        let chardev = match dev.qmp_chardev() {
+            Some(args) => {
+                self.qmp.execute("chardev-add", args).await?;
+                undo.push(("chardev-remove", json!({"id": dev.chardev_id()})));
+                Some(dev.chardev_id())
             }
-            NicBackend::VhostUser { socket } => {
-                let id = format!("char-{}", nic.id);
-                self.qmp
-                    .execute(
-                        "chardev-add",
-                        json!({"id": id, "backend": {"type": "socket", "data": {
-                            "addr": {"type": "unix", "data": {"path": socket}}, "server": false}}}),
-                    )
-                    .await?;
-                undo.push(("chardev-remove", json!({"id": id})));
-                self.qmp
-                    .execute("netdev_add", json!({"type": "vhost-user", "id": nd, "chardev": id, "vhostforce": true}))
-                    .await?;
-                chardev = Some(id);
-            }
-        }
-        undo.push(("netdev_del", json!({"id": nd})));
-        let mut dev = json!({
-            "driver": "virtio-net-pci", "id": nic.id, "netdev": nd, "mac": nic.guest_mac.to_string(),
-            "bus": slot.bus, "addr": slot.addr, "host_mtu": nic.mtu, "romfile": "", "disable-modern": false,
-        });
-        if queues > 1 {
-            dev["mq"] = json!(true);
-            dev["vectors"] = json!(2 * queues + 2);
-        }
-        self.qmp.execute("device_add", dev).await?;
+            None => None,
+        };
+        self.qmp.execute("netdev_add", dev.qmp_netdev()).await?;
+        // The netdev took the named fds out of the monitor's table.
+        undo.retain(|(c, _)| *c != "closefd");
+        undo.push(("netdev_del", json!({"id": dev.netdev_id()})));
+        self.qmp.execute("device_add", dev.qmp_device()).await?;
         Ok(chardev)
     }
 

@@ -56,6 +56,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("failed to unplug NIC {id} from the VM")]
+    Unplug {
+        id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("device: {dev} exists and is a {kind}, not a TAP")]
+    NotATap { dev: String, kind: String },
+    #[error("queues: {dev} is a single-queue TAP; it takes 1 queue, not {asked}")]
+    SingleQueueTap { dev: String, asked: usize },
+    #[error("mtu: the new TAP {dev} refused MTU {mtu}")]
+    TapMtu {
+        dev: String,
+        mtu: u32,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("bad value from the kernel for {dev}: {what}")]
     Kernel { dev: String, what: String },
 }

@@ -6,10 +6,10 @@ pub mod error;
 pub mod model;
 pub mod netns;
 pub mod nic;
+pub mod nic_fds;
 pub mod nl;
 pub mod rollback;
 pub mod scan;
-pub mod tuntap;
 pub mod types;
 
 pub use endpoint::{attach_all, detach_all, Attached, Endpoint, EndpointConfig, EndpointState};
@@ -17,6 +17,7 @@ pub use error::{Error, Result};
 pub use model::Connection;
 pub use netns::NetNs;
 pub use nic::{NicBackend, NicConfig, NicHotplug};
+pub use rollback::{NoNics, Rollback, Undo};
 pub use scan::{scan, scan_routes, Link, LinkKind, Neighbor, NetworkInfo, Route};
 pub use types::{IfName, MacAddr, NetworkModel, ParseError, PciPath};
 

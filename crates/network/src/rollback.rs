@@ -7,10 +7,13 @@ use ipnet::IpNet;
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::nic::{NicConfig, NicHotplug};
 use crate::nl;
 use crate::scan::{Neighbor, Route};
-use crate::types::{IfName, MacAddr};
+use crate::types::{IfName, MacAddr, PciPath};
 
 /// One step that reverses one change in the namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,21 +66,64 @@ pub async fn run_all(handle: &Handle, steps: &[Undo]) -> Result<()> {
     first
 }
 
-/// Collects undo steps while a change is made. [`Rollback::commit`] keeps the change;
-/// [`Rollback::undo`] (or dropping the guard, e.g. when the future is cancelled) reverses it.
+/// One step of a [`Rollback`]: a change in the namespace, or a NIC plugged into the VM.
 #[derive(Debug)]
-pub struct Rollback {
+enum Step {
+    Net(Undo),
+    Nic(String),
+}
+
+/// The hotplug of a rollback that plugs no NIC (the default): it cannot be made.
+#[derive(Debug)]
+pub enum NoNics {}
+
+impl NicHotplug for NoNics {
+    type Error = std::convert::Infallible;
+
+    async fn add_nic(&self, _: NicConfig) -> Result<PciPath, Self::Error> {
+        match *self {}
+    }
+
+    async fn remove_nic(&self, _: &str) -> Result<(), Self::Error> {
+        match *self {}
+    }
+}
+
+/// Collects undo steps while a change is made. [`Rollback::commit`] keeps the change;
+/// [`Rollback::undo`] (or dropping the guard, e.g. when the future is cancelled) reverses it,
+/// newest first. A rollback made [`with_nics`](Rollback::with_nics) also plugs NICs into a VM
+/// ([`Rollback::hotplug`]) and unplugs them on undo, so host devices and the VM's NICs are
+/// undone by one guard, in order.
+#[derive(Debug)]
+pub struct Rollback<H: NicHotplug + 'static = NoNics> {
     handle: Handle,
-    steps: Vec<Undo>,
+    nics: Option<Arc<H>>,
+    steps: Vec<Step>,
 }
 
 impl Rollback {
     pub fn new(handle: &Handle) -> Self {
-        Self { handle: handle.clone(), steps: Vec::new() }
+        Self { handle: handle.clone(), nics: None, steps: Vec::new() }
+    }
+}
+
+impl<H: NicHotplug + 'static> Rollback<H> {
+    /// A rollback that may also plug NICs into `vm`.
+    pub fn with_nics(handle: &Handle, vm: Arc<H>) -> Self {
+        Self { handle: handle.clone(), nics: Some(vm), steps: Vec::new() }
     }
 
     pub fn push(&mut self, step: Undo) {
-        self.steps.push(step);
+        self.steps.push(Step::Net(step));
+    }
+
+    /// Plug `nic` into the VM; its unplug is registered before this returns.
+    pub async fn hotplug(&mut self, nic: NicConfig) -> std::result::Result<PciPath, H::Error> {
+        let vm = self.nics.clone().expect("Rollback::hotplug on a rollback made without NICs");
+        let id = nic.id.clone();
+        let path = vm.add_nic(nic).await?;
+        self.steps.push(Step::Nic(id));
+        Ok(path)
     }
 
     /// The change is complete: keep it.
@@ -85,24 +131,44 @@ impl Rollback {
         self.steps.clear();
     }
 
-    /// Reverse everything pushed so far, newest first.
-    pub async fn undo(mut self) {
-        let steps: Vec<Undo> = self.steps.drain(..).rev().collect();
-        // Best effort: a failing undo step must not hide the error that caused the rollback.
-        let _ = run_all(&self.handle, &steps).await;
+    /// Reverse everything so far, newest first. Every step is tried; the first failure is
+    /// returned (a NIC the VM would not give back is [`Error::Unplug`]).
+    pub async fn undo(mut self) -> Result<()> {
+        let steps: Vec<Step> = self.steps.drain(..).rev().collect();
+        run_steps(&self.handle, self.nics.as_deref(), steps).await
     }
 }
 
-impl Drop for Rollback {
+async fn run_steps<H: NicHotplug>(handle: &Handle, nics: Option<&H>, steps: Vec<Step>) -> Result<()> {
+    let mut first = Ok(());
+    for step in steps {
+        let res = match (&step, nics) {
+            (Step::Net(u), _) => u.run(handle).await,
+            (Step::Nic(id), Some(vm)) => {
+                vm.remove_nic(id).await.map_err(|e| Error::Unplug { id: id.clone(), source: Box::new(e) })
+            }
+            (Step::Nic(_), None) => Ok(()),
+        };
+        if let Err(e) = res {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+impl<H: NicHotplug + 'static> Drop for Rollback<H> {
     fn drop(&mut self) {
         if self.steps.is_empty() {
             return;
         }
-        let steps: Vec<Undo> = self.steps.drain(..).rev().collect();
+        let steps: Vec<Step> = self.steps.drain(..).rev().collect();
         let handle = self.handle.clone();
+        let nics = self.nics.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = run_all(&handle, &steps).await;
+                let _ = run_steps(&handle, nics.as_deref(), steps).await;
             });
         }
     }

@@ -37,7 +37,7 @@ fn rule_file() -> Vec<String> {
 
 fn main() {
     let c = start_containerd("bench-mgmt", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
-    let conf = KataRuntime { bin: env!("CARGO_BIN_EXE_kata-runtime").into(), conf: c.dir.0.join("configuration.toml") };
+    let conf = KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: c.dir.0.join("configuration.toml") };
     let cni = CniPod::new();
     let id = "benchmgmt";
     let out = c.run(id, &cni.pod.path(), &[]);

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use network::NetworkModel;
 use serde::Deserialize;
 
-pub const CONF_ENV: &str = "KATA_CONF_FILE";
-pub const CONF_PATHS: [&str; 2] =
-    ["/etc/kata-containers/configuration.toml", "/usr/share/defaults/kata-containers/configuration.toml"];
+pub use netmgmt::paths::{CONF_ENV, CONF_PATHS};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,7 +37,7 @@ impl Default for Runtime {
             internetworking_model: NetworkModel::TcFilter,
             disable_new_netns: false,
             network_queues: 0,
-            run_dir: PathBuf::from("/run/kata-net-rs"),
+            run_dir: PathBuf::from(netmgmt::paths::DEFAULT_RUN_DIR),
         }
     }
 }
@@ -62,7 +60,7 @@ pub enum ConfigError {
     },
     #[error("configuration {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("configuration {path}: {source}")]
+    #[error("configuration {path}")]
     Invalid {
         path: PathBuf,
         #[source]
@@ -104,10 +102,7 @@ impl Config {
 
     /// The configuration in effect: from `KATA_CONF_FILE`, the usual paths, or built in.
     pub fn load() -> Result<(Self, PathBuf), ConfigError> {
-        let path = std::env::var_os(CONF_ENV)
-            .map(PathBuf::from)
-            .or_else(|| CONF_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()));
-        match path {
+        match netmgmt::paths::config_file() {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
@@ -169,7 +164,7 @@ disable_new_netns = true
             ("[hypervisor.qemu]\nkernel = \"/nonexistent\"\n".to_owned(), "kernel"),
         ];
         for (text, key) in cases {
-            let e = Config::parse(&text, &p()).unwrap_err().to_string();
+            let e = crate::error::message(&Config::parse(&text, &p()).unwrap_err());
             assert!(e.contains(key), "{key}: {e}");
         }
     }

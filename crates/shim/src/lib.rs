@@ -1,10 +1,12 @@
-//! containerd-shim-kata-v2 and the `kata-runtime` operator command.
+//! containerd-shim-kata-v2: the containerd Task service (`task`), the sandbox and its
+//! operations (`sandbox`), the management service's glue (`mgmt_server`), the configuration,
+//! and the one error type with its mapping to ttrpc codes (`error`).
 
-pub mod cli;
 pub mod config;
-pub mod ipvs;
+pub mod error;
 pub mod logging;
-pub mod mgmt;
-pub mod netdoc;
+pub mod mgmt_server;
 pub mod sandbox;
 pub mod task;
+
+pub use error::{Error, Result};

@@ -23,7 +23,8 @@ use tokio::sync::Mutex;
 use ttrpc::asynchronous::TtrpcContext;
 
 use crate::config::Config;
-use crate::mgmt::MgmtServer;
+use crate::error::Error;
+use crate::mgmt_server::MgmtServer;
 use crate::sandbox::{self, SandboxState, SpecNetwork};
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
@@ -33,14 +34,8 @@ fn now() -> Timestamp {
     Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
 }
 
-/// The one place errors become ttrpc statuses.
-fn status(code: ttrpc::Code, e: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
-}
-
-fn internal(e: anyhow::Error) -> ttrpc::Error {
-    let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-    status(ttrpc::Code::INTERNAL, msg)
+fn no_task(id: &str) -> ttrpc::Error {
+    Error::NotFound(format!("no task {id}")).into()
 }
 
 #[derive(Debug)]
@@ -55,7 +50,8 @@ struct Entry {
 /// The Task service of one shim (one sandbox).
 pub struct KataTask {
     entries: Mutex<HashMap<String, Entry>>,
-    config: Config,
+    /// The configuration, or why it was refused (Create reports it).
+    config: Result<Config, String>,
     publisher: RemotePublisher,
     namespace: String,
     exit: Arc<ExitSignal>,
@@ -69,7 +65,7 @@ impl KataTask {
 
     async fn pid_of(&self, id: &str) -> ttrpc::Result<u32> {
         let e = self.entries.lock().await;
-        let entry = e.get(id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {id}")))?;
+        let entry = e.get(id).ok_or_else(|| no_task(id))?;
         Ok(entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0))
     }
 }
@@ -83,25 +79,25 @@ impl std::fmt::Debug for KataTask {
 #[async_trait::async_trait]
 impl Task for KataTask {
     async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        let config = self.config.as_ref().map_err(|e| Error::BadConfig(e.clone()))?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, format!("bundle {}: {e}", bundle.display())))?;
+            .map_err(|source| Error::Bundle { path: bundle.clone(), source })?;
         let kind = spec.annotations().as_ref().and_then(|a| a.get("io.kubernetes.cri.container-type")).cloned();
         if kind.as_deref().is_some_and(|k| k != "sandbox") {
-            return Err(status(ttrpc::Code::UNIMPLEMENTED, "only the sandbox (pause) container runs in this shim"));
+            return Err(Error::NotSandbox.into());
         }
         let net = SpecNetwork::from_spec(&spec);
         let log = self.log.new(slog::o!("sandbox_id" => req.id.clone()));
         slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
-        let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, &self.config, &log).await.map_err(internal)?);
-        let run_dir = self.config.runtime.run_dir.join(&req.id);
-        let mgmt = match MgmtServer::start(sb.clone(), &run_dir).await {
+        let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, config, &log).await?);
+        let mgmt = match MgmtServer::start(sb.clone(), &config.runtime.run_dir).await {
             Ok(m) => m,
             Err(e) => {
                 let _ = sb.vm.stop(Duration::from_secs(1)).await;
                 let _ = sb.state().await.teardown(&log).await;
-                let _ = std::fs::remove_file(bundle.join(sandbox::STATE_FILE));
-                return Err(internal(e));
+                SandboxState::forget(&bundle);
+                return Err(e.into());
             }
         };
         let pid = sb.vm.pid();
@@ -125,8 +121,7 @@ impl Task for KataTask {
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let pid = {
             let mut e = self.entries.lock().await;
-            let entry =
-                e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
             entry.started = true;
             entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0)
         };
@@ -140,7 +135,7 @@ impl Task for KataTask {
 
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
         let e = self.entries.lock().await;
-        let entry = e.get(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
         let running = entry.sandbox.as_ref().is_some_and(|s| s.vm.exit_status().is_none());
         let st = match (&entry.exit, entry.started, running) {
             (Some(_), _, _) | (None, true, false) => Status::STOPPED,
@@ -162,8 +157,7 @@ impl Task for KataTask {
         loop {
             {
                 let mut e = self.entries.lock().await;
-                let entry =
-                    e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+                let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
                 if entry.exit.is_none() {
                     if let Some(st) = entry.sandbox.as_ref().and_then(|s| s.vm.exit_status()) {
                         let code = if st.contains("signal") { 137 } else { 0 };
@@ -185,8 +179,7 @@ impl Task for KataTask {
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
         let (pid, code) = {
             let mut e = self.entries.lock().await;
-            let entry =
-                e.get_mut(&req.id).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
             let Some(sb) = entry.sandbox.as_ref() else { return Ok(Empty::new()) };
             let grace = if req.signal == 9 { Duration::from_millis(0) } else { Duration::from_secs(5) };
             let _ = sb.vm.stop(grace).await;
@@ -213,15 +206,15 @@ impl Task for KataTask {
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         let entry = self.entries.lock().await.remove(&req.id);
-        let entry = entry.ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let entry = entry.ok_or_else(|| no_task(&req.id))?;
         let pid = entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0);
         if let Some(m) = entry.mgmt {
             m.stop().await;
         }
         if let Some(sb) = entry.sandbox {
             let _ = sb.vm.stop(Duration::from_secs(5)).await;
-            sb.state().await.teardown(&self.log).await.map_err(internal)?;
-            let _ = std::fs::remove_file(entry.bundle.join(sandbox::STATE_FILE));
+            sb.state().await.teardown(&self.log).await?;
+            SandboxState::forget(&entry.bundle);
         }
         let (code, at) = entry.exit.unwrap_or((0, now()));
         self.publish(
@@ -281,8 +274,7 @@ impl Shim for KataShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // A bad configuration fails the sandbox here, with the key named, before anything runs.
-        Config::load().map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
+        // A bad configuration is reported by Create, as INVALID_ARGUMENT naming the key.
         let grouping = opts.id.clone();
         let address = spawn(opts, &grouping, Vec::new()).await?;
         Ok(address)
@@ -293,11 +285,15 @@ impl Shim for KataShim {
         // persisted state records.
         let log = crate::logging::stderr_logger();
         let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        if let Ok(Some(state)) = SandboxState::load(Path::new(&bundle)) {
-            if let Err(e) = state.teardown(&log).await {
-                slog::error!(log, "cleanup after the shim incomplete"; "error" => %e);
+        match SandboxState::load(Path::new(&bundle)) {
+            Ok(Some(state)) => {
+                if let Err(e) = state.teardown(&log).await {
+                    slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
+                }
+                SandboxState::forget(&bundle);
             }
-            let _ = std::fs::remove_file(bundle.join(sandbox::STATE_FILE));
+            Ok(None) => {}
+            Err(e) => slog::error!(log, "cannot read the sandbox state"; "error" => crate::error::message(&e)),
         }
         Ok(containerd_shim::api::DeleteResponse {
             exit_status: 137,
@@ -312,17 +308,15 @@ impl Shim for KataShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let log = crate::logging::shim_logger().new(slog::o!("namespace" => self.namespace.clone()));
-        let config = match Config::load() {
-            Ok((c, path)) => {
+        let config = Config::load()
+            .map(|(c, path)| {
                 slog::info!(log, "configuration loaded"; "path" => %path.display());
                 c
-            }
-            Err(e) => {
-                // `start` checked it moments ago; it changed since. Nothing has been made yet.
-                slog::error!(log, "bad configuration"; "error" => %e);
-                std::process::exit(1);
-            }
-        };
+            })
+            .map_err(|e| crate::error::message(&e));
+        if let Err(e) = &config {
+            slog::error!(log, "bad configuration"; "error" => e);
+        }
         KataTask {
             entries: Mutex::new(HashMap::new()),
             config,

@@ -15,6 +15,7 @@ use k8s_cri::v1::{
     DnsConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
+use tests::containerd::qemu_running_in;
 use tests::vm::{guest_image, Scratch};
 use tests::{require_root_and_tools, TestNs};
 
@@ -36,18 +37,6 @@ fn unmount_under(dir: &Path) {
     for m in mounts.lines().rev().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)) {
         let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
-}
-
-fn qemu_running_in(dir: &Path) -> bool {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                String::from_utf8_lossy(&c).starts_with("/usr/bin/qemu-system")
-                    && String::from_utf8_lossy(&c).contains(&needle)
-            })
-            .unwrap_or(false)
-    })
 }
 
 async fn cri_client(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Channel> {

@@ -58,7 +58,7 @@ fn ipvs_rules_in_the_vm_the_limit_and_concurrent_operators() {
     let c: Containerd =
         tests::containerd::start_containerd("kipvs", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
     let conf = c.dir.0.join("configuration.toml");
-    let cli = Cli { k: KataRuntime { bin: env!("CARGO_BIN_EXE_kata-runtime").into(), conf } };
+    let cli = Cli { k: KataRuntime { bin: tests::cli::kata_runtime_bin(), conf } };
     let cni = CniPod::new();
     let id = "sbipvs42";
     let out = c.run(id, &cni.pod.path(), &[]);

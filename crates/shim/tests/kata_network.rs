@@ -17,7 +17,7 @@ struct Cli {
 impl Cli {
     fn new(c: &Containerd) -> Self {
         let conf = c.dir.0.join("configuration.toml");
-        Self { k: KataRuntime { bin: env!("CARGO_BIN_EXE_kata-runtime").into(), conf }, scratch: c.dir.0.clone() }
+        Self { k: KataRuntime { bin: tests::cli::kata_runtime_bin(), conf }, scratch: c.dir.0.clone() }
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
@@ -34,20 +34,6 @@ impl Cli {
         std::fs::write(&f, json).unwrap();
         self.run(&["kata-network", cmd, sandbox, f.to_str().unwrap()], None)
     }
-}
-
-fn qemu_pid(run_dir: &Path) -> u32 {
-    let needle = run_dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let c = std::fs::read(e.path().join("cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c);
-            (c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)).then_some(pid)
-        })
-        .expect("the sandbox's QEMU")
 }
 
 const IFACE: &str = r#"{"device":"tap-test","name":"eth-test","IPAddresses":[{"address":"172.16.0.3","mask":"16"}],"hwAddr":"02:42:20:6f:a3:69","mtu":1500}"#;
@@ -67,7 +53,7 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     let as_cni_left_it = cni.pod.snapshot();
     let out = c.run(id, &cni.pod.path(), &[]);
     assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
-    let qemu = qemu_pid(&c.run_dir().join(id));
+    let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join(id)).expect("the sandbox's QEMU");
     let tun_fds = || tests::vm::fds_pointing_at(qemu, "/dev/net/tun");
     let base_fds = tun_fds();
 

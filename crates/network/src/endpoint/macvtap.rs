@@ -5,7 +5,7 @@ use crate::endpoint::{Attached, EndpointConfig, EndpointState};
 use crate::error::{Error, Result};
 use crate::nic::{NicBackend, NicConfig};
 use crate::scan::Link;
-use crate::{tuntap, NetCtx};
+use crate::{nic_fds, NetCtx};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MacvtapEndpoint {
@@ -18,8 +18,8 @@ impl MacvtapEndpoint {
         let link = &self.link;
         let guest_mac =
             link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
-        let queues = tuntap::open_macvtap_queues(&ctx.netns, &link.name, link.index, cfg.queues)?;
-        let vhost = tuntap::open_vhost_net(cfg.queues, cfg.vhost_net)?;
+        let queues = nic_fds::open_macvtap_queues(&ctx.netns, &link.name, link.index, cfg.queues)?;
+        let vhost = nic_fds::open_vhost_net(cfg.queues, cfg.vhost_net)?;
         slog::info!(ctx.log, "endpoint attached"; "endpoint" => &self.id, "if_name" => link.name.as_str());
         Ok(Attached {
             nic: NicConfig {

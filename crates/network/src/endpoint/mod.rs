@@ -1,11 +1,11 @@
 //! Endpoints: one per link of the namespace, by the link's kind. Each kind lives in its own file.
 
+mod bridged_tap;
+mod direct_tap;
 mod ipvlan;
 mod macvlan;
 mod macvtap;
 mod physical;
-mod tap;
-mod tuntap;
 mod veth;
 mod vhost_user;
 
@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use bridged_tap::BridgedTapEndpoint;
+pub use direct_tap::{DirectTapEndpoint, OperatorTap, OperatorTapRequest};
 pub use ipvlan::IpvlanEndpoint;
 pub use macvlan::MacvlanEndpoint;
 pub use macvtap::MacvtapEndpoint;
 pub use physical::PhysicalEndpoint;
-pub use tap::TapEndpoint;
-pub use tuntap::TuntapEndpoint;
 pub use veth::VethEndpoint;
 pub use vhost_user::VhostUserEndpoint;
 
@@ -28,7 +28,7 @@ use crate::nic::{NicBackend, NicConfig};
 use crate::rollback::{self, Rollback, Undo};
 use crate::scan::{Link, LinkKind, NetworkInfo};
 use crate::types::{IfName, NetworkModel};
-use crate::{tuntap as fds, NetCtx};
+use crate::{nic_fds as fds, NetCtx};
 
 /// How endpoints are built and attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +52,10 @@ impl Default for EndpointConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Veth(VethEndpoint),
-    Tap(TapEndpoint),
-    Tuntap(TuntapEndpoint),
+    /// A TAP given to the VM as it is (`none` model, or an operator's TAP).
+    DirectTap(DirectTapEndpoint),
+    /// A tap-mode tun/tap link bridged to the VM's own TAP through the model.
+    BridgedTap(BridgedTapEndpoint),
     Macvlan(MacvlanEndpoint),
     Macvtap(MacvtapEndpoint),
     Ipvlan(IpvlanEndpoint),
@@ -69,12 +71,15 @@ pub enum EndpointState {
         link: IfName,
         connection: Connection,
     },
-    /// `created`: the runtime made the TAP and removes it again.
-    Tap {
+    /// `created`: the runtime made the TAP and removes it again. (`tap` in earlier state files.)
+    #[serde(alias = "tap")]
+    DirectTap {
         link: IfName,
         created: bool,
     },
-    Tuntap {
+    /// (`tuntap` in earlier state files.)
+    #[serde(alias = "tuntap")]
+    BridgedTap {
         link: IfName,
         connection: Connection,
     },
@@ -99,8 +104,8 @@ impl EndpointState {
     pub fn link(&self) -> &IfName {
         match self {
             EndpointState::Veth { link, .. }
-            | EndpointState::Tap { link, .. }
-            | EndpointState::Tuntap { link, .. }
+            | EndpointState::DirectTap { link, .. }
+            | EndpointState::BridgedTap { link, .. }
             | EndpointState::Macvlan { link, .. }
             | EndpointState::Macvtap { link }
             | EndpointState::Ipvlan { link, .. }
@@ -112,11 +117,11 @@ impl EndpointState {
     pub fn teardown(&self) -> Vec<Undo> {
         match self {
             EndpointState::Veth { connection, .. }
-            | EndpointState::Tuntap { connection, .. }
+            | EndpointState::BridgedTap { connection, .. }
             | EndpointState::Macvlan { connection, .. }
             | EndpointState::Ipvlan { connection, .. } => connection.teardown(),
-            EndpointState::Tap { link, created: true } => vec![Undo::DeleteLink { name: link.clone() }],
-            EndpointState::Tap { created: false, .. }
+            EndpointState::DirectTap { link, created: true } => vec![Undo::DeleteLink { name: link.clone() }],
+            EndpointState::DirectTap { created: false, .. }
             | EndpointState::Macvtap { .. }
             | EndpointState::VhostUser { .. } => Vec::new(),
         }
@@ -164,8 +169,8 @@ impl Endpoint {
                 return Err(Error::Unsupported { name: link.name.to_string(), what: "a tun (layer 3) device" })
             }
             LinkKind::Tuntap { tap: true, multi_queue } => match cfg.model {
-                NetworkModel::None => Endpoint::Tap(TapEndpoint::existing(id, link, *multi_queue)?),
-                _ => Endpoint::Tuntap(TuntapEndpoint { id, bridged: bridged() }),
+                NetworkModel::None => Endpoint::DirectTap(DirectTapEndpoint::existing(id, link, *multi_queue)?),
+                _ => Endpoint::BridgedTap(BridgedTapEndpoint { id, bridged: bridged() }),
             },
             LinkKind::Physical => Endpoint::Physical(PhysicalEndpoint { id, link: link.clone() }),
             LinkKind::Other { .. } if link.addresses.is_empty() => return Ok(None),
@@ -190,8 +195,8 @@ impl Endpoint {
     pub fn id(&self) -> &str {
         match self {
             Endpoint::Veth(e) => &e.id,
-            Endpoint::Tap(e) => &e.id,
-            Endpoint::Tuntap(e) => &e.id,
+            Endpoint::DirectTap(e) => &e.id,
+            Endpoint::BridgedTap(e) => &e.id,
             Endpoint::Macvlan(e) => &e.id,
             Endpoint::Macvtap(e) => &e.id,
             Endpoint::Ipvlan(e) => &e.id,
@@ -204,10 +209,10 @@ impl Endpoint {
     pub fn link_name(&self) -> &IfName {
         match self {
             Endpoint::Veth(VethEndpoint { bridged, .. })
-            | Endpoint::Tuntap(TuntapEndpoint { bridged, .. })
+            | Endpoint::BridgedTap(BridgedTapEndpoint { bridged, .. })
             | Endpoint::Macvlan(MacvlanEndpoint { bridged, .. })
             | Endpoint::Ipvlan(IpvlanEndpoint { bridged, .. }) => &bridged.link.name,
-            Endpoint::Tap(e) => &e.name,
+            Endpoint::DirectTap(e) => &e.name,
             Endpoint::Macvtap(MacvtapEndpoint { link, .. })
             | Endpoint::VhostUser(VhostUserEndpoint { link, .. })
             | Endpoint::Physical(PhysicalEndpoint { link, .. }) => &link.name,
@@ -218,8 +223,8 @@ impl Endpoint {
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
         match self {
             Endpoint::Veth(e) => e.attach(ctx, cfg).await,
-            Endpoint::Tap(e) => e.attach(ctx, cfg).await,
-            Endpoint::Tuntap(e) => e.attach(ctx, cfg).await,
+            Endpoint::DirectTap(e) => e.attach(ctx, cfg).await,
+            Endpoint::BridgedTap(e) => e.attach(ctx, cfg).await,
             Endpoint::Macvlan(e) => e.attach(ctx, cfg).await,
             Endpoint::Macvtap(e) => e.attach(ctx, cfg).await,
             Endpoint::Ipvlan(e) => e.attach(ctx, cfg).await,
@@ -249,7 +254,7 @@ async fn attach_bridged(
     let (connected, vhost) = match res {
         Ok(v) => v,
         Err(e) => {
-            rb.undo().await;
+            let _ = rb.undo().await;
             return Err(e);
         }
     };
@@ -336,8 +341,8 @@ mod tests {
                 r#"{"kind":"veth","link":"eth0","connection":{"model":"tc_filter","link":"eth0","tap":"tap0_kata"}}"#,
             ),
             (
-                EndpointState::Tap { link: name("tap-op"), created: false },
-                r#"{"kind":"tap","link":"tap-op","created":false}"#,
+                EndpointState::DirectTap { link: name("tap-op"), created: false },
+                r#"{"kind":"direct_tap","link":"tap-op","created":false}"#,
             ),
             (EndpointState::Macvtap { link: name("mvt0") }, r#"{"kind":"macvtap","link":"mvt0"}"#),
         ];
@@ -346,11 +351,17 @@ mod tests {
             assert_eq!(serde_json::from_str::<EndpointState>(json).unwrap(), state);
         }
         assert!(serde_json::from_str::<EndpointState>(r#"{"kind":"bond","link":"b0"}"#).is_err());
+        // A state file written before the kinds were renamed still reads.
+        let old = r#"{"kind":"tap","link":"tap-op","created":true}"#;
+        assert_eq!(
+            serde_json::from_str::<EndpointState>(old).unwrap(),
+            EndpointState::DirectTap { link: name("tap-op"), created: true }
+        );
     }
 
     #[test]
     fn teardown_undoes_what_each_kind_made_and_nothing_else() {
-        let tc = EndpointState::Tuntap {
+        let tc = EndpointState::BridgedTap {
             link: name("tap-cni"),
             connection: Connection::TcFilter { link: name("tap-cni"), tap: name("tap3_kata") },
         };
@@ -359,10 +370,10 @@ mod tests {
             vec![Undo::DeleteIngress { name: name("tap-cni") }, Undo::DeleteLink { name: name("tap3_kata") }]
         );
         assert_eq!(
-            EndpointState::Tap { link: name("tap-x"), created: true }.teardown(),
+            EndpointState::DirectTap { link: name("tap-x"), created: true }.teardown(),
             vec![Undo::DeleteLink { name: name("tap-x") }]
         );
-        assert!(EndpointState::Tap { link: name("tap-x"), created: false }.teardown().is_empty());
+        assert!(EndpointState::DirectTap { link: name("tap-x"), created: false }.teardown().is_empty());
         assert!(EndpointState::VhostUser { link: name("eth0"), socket: "/tmp/s".into() }.teardown().is_empty());
     }
 

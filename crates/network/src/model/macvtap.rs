@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{Bridged, Connected, Connection};
 use crate::rollback::{Rollback, Undo};
 use crate::types::MacAddr;
-use crate::{nl, tuntap, NetCtx};
+use crate::{nic_fds, nl, NetCtx};
 
 pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut Rollback) -> Result<Connected> {
     let h = &ctx.handle;
@@ -30,7 +30,7 @@ pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut R
     nl::del_addresses(h, link.index, link.name.as_str(), &link.addresses).await?;
 
     let index = nl::require_link(h, mvt.as_str()).await?;
-    let fds = tuntap::open_macvtap_queues(&ctx.netns, mvt, index, queues)?;
+    let fds = nic_fds::open_macvtap_queues(&ctx.netns, mvt, index, queues)?;
     Ok(Connected {
         queues: fds,
         connection: Connection::Macvtap {

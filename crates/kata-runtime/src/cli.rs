@@ -12,15 +12,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_client::protocols::netmgmt as mg;
-use agent_client::protocols::netmgmt_ttrpc::NetworkManagementClient;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
+use netmgmt::doc::{DelIfaceDoc, IfaceDoc, RouteDoc};
+use netmgmt::mg;
+use netmgmt::output::{doc_to_pb, list_json, IfaceOut, ListedIface, RouteOut};
+use netmgmt::protocols::netmgmt_ttrpc::NetworkManagementClient;
 use serde::Serialize;
-
-use crate::config::Config;
-use crate::mgmt::{doc_to_pb, MGMT_SOCKET};
-use crate::netdoc::{DelIfaceDoc, IfaceDoc, RouteDoc};
 
 /// The largest input document or rule file read (a full 20,000-rule file is about 1 MiB).
 const MAX_INPUT: u64 = 16 << 20;
@@ -41,7 +39,7 @@ pub enum Command {
     KataNetwork(NetworkCommand),
     /// Manage IPVS rules inside a sandbox's VM.
     #[command(name = "kata-ipvs", subcommand)]
-    KataIpvs(IpvsCommand),
+    KataIpvs(IpvsSubcommand),
 }
 
 /// `<sandbox> <file|->`
@@ -83,7 +81,7 @@ pub enum NetworkCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum IpvsCommand {
+pub enum IpvsSubcommand {
     /// Run one ipvsadm command in the VM, or restore a rule file.
     Ipvsadm {
         /// ipvsadm arguments, as one string.
@@ -123,90 +121,6 @@ pub async fn scan_netns(path: &Path) -> anyhow::Result<ScanOutput> {
     })
 }
 
-/// One address of an interface as add-iface prints it.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct AddrOut {
-    #[serde(rename = "Family")]
-    pub family: u32,
-    #[serde(rename = "Address")]
-    pub address: String,
-    #[serde(rename = "Mask")]
-    pub mask: String,
-}
-
-/// An interface as add-iface prints it (and del-iface, for the one it could not remove).
-/// `IPAddresses` is `null` when there is none, as kata's Go tools print an empty list.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct IfaceOut {
-    pub device: String,
-    pub name: String,
-    #[serde(rename = "IPAddresses")]
-    pub ip_addresses: Option<Vec<AddrOut>>,
-    pub mtu: u64,
-    #[serde(rename = "hwAddr")]
-    pub hw_addr: String,
-    #[serde(rename = "pciAddr", skip_serializing_if = "String::is_empty")]
-    pub pci_addr: String,
-}
-
-impl From<&mg::Interface> for IfaceOut {
-    fn from(i: &mg::Interface) -> Self {
-        let addrs: Vec<AddrOut> = i
-            .IPAddresses
-            .iter()
-            .map(|a| AddrOut {
-                family: if a.family != 0 {
-                    a.family
-                } else if a.address.contains(':') {
-                    10
-                } else {
-                    2
-                },
-                address: a.address.clone(),
-                mask: a.mask.clone(),
-            })
-            .collect();
-        IfaceOut {
-            device: i.device.clone(),
-            name: i.name.clone(),
-            ip_addresses: (!addrs.is_empty()).then_some(addrs),
-            mtu: i.mtu,
-            hw_addr: i.hwAddr.clone(),
-            pci_addr: i.pciAddr.clone(),
-        }
-    }
-}
-
-/// One entry of list-ifaces.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ListedIface {
-    pub name: String,
-    pub mac: String,
-    pub ip: Option<Vec<String>>,
-    pub mtu: u64,
-}
-
-/// A route as the route commands print it.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct RouteOut {
-    pub dest: String,
-    pub gateway: String,
-    pub device: String,
-}
-
-fn routes_out(rs: &[mg::Route]) -> Vec<RouteOut> {
-    rs.iter().map(|r| RouteOut { dest: r.dest.clone(), gateway: r.gateway.clone(), device: r.device.clone() }).collect()
-}
-
-/// JSON, or `null` for an empty list (list commands).
-fn list_json<T: Serialize>(v: &[T]) -> anyhow::Result<String> {
-    if v.is_empty() {
-        Ok("null".into())
-    } else {
-        Ok(serde_json::to_string(v)?)
-    }
-}
-
 /// What the command prints: standard output, and the error for standard error on failure.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -244,58 +158,13 @@ pub fn read_input(arg: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// A sandbox id or prefix: the characters of container ids only, so it never walks a path.
-fn check_sandbox_arg(s: &str) -> anyhow::Result<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !ok {
-        bail!("sandbox {s:?}: an id holds only letters, digits, '_', '-' and '.' (at most 128)");
-    }
-    Ok(())
-}
-
-/// The sandboxes with a management socket under `run_dir`.
-pub fn running_sandboxes(run_dir: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(run_dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().join(MGMT_SOCKET).exists())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
-}
-
-/// The sandbox `arg` names: its full id, or the one id it is a prefix of.
-pub fn find_sandbox(run_dir: &Path, arg: &str) -> anyhow::Result<String> {
-    check_sandbox_arg(arg)?;
-    let ids = running_sandboxes(run_dir);
-    if ids.iter().any(|i| i == arg) {
-        return Ok(arg.to_owned());
-    }
-    let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(arg)).collect();
-    match matches.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] if ids.is_empty() => bail!("sandbox {arg:?}: no such sandbox (none is running under {})", run_dir.display()),
-        [] => bail!("sandbox {arg:?}: no such sandbox (running: {})", ids.join(", ")),
-        many => {
-            let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-            bail!("sandbox {arg:?} is ambiguous: it matches {}", names.join(", "))
-        }
-    }
-}
-
 async fn connect(sandbox: &str) -> anyhow::Result<NetworkManagementClient> {
     if !nix::unistd::geteuid().is_root() {
         bail!("permission denied: the sandboxes' management sockets are root's only");
     }
-    let (cfg, _) = Config::load()?;
-    let id = find_sandbox(&cfg.runtime.run_dir, sandbox)?;
-    let path = cfg.runtime.run_dir.join(&id).join(MGMT_SOCKET);
+    let run_dir = netmgmt::paths::run_dir()?;
+    let id = netmgmt::paths::find_sandbox(&run_dir, sandbox)?;
+    let path = netmgmt::paths::mgmt_socket(&run_dir, &id);
     let client = ttrpc::asynchronous::Client::connect(&format!("unix://{}", path.display()))
         .await
         .map_err(|e| anyhow!("sandbox {id}: cannot reach its shim at {}: {e}", path.display()))?;
@@ -312,6 +181,10 @@ fn rpc_err(e: ttrpc::Error) -> anyhow::Error {
         ttrpc::Error::RpcStatus(s) => anyhow!("{}", s.message()),
         other => anyhow!("the sandbox's shim did not answer: {other}"),
     }
+}
+
+fn routes_out(rs: &[mg::Route]) -> Vec<RouteOut> {
+    rs.iter().map(RouteOut::from).collect()
 }
 
 /// Run a parsed command.
@@ -340,40 +213,28 @@ async fn run_json(cmd: Command) -> anyhow::Result<String> {
             NetworkCommand::ListIfaces { sandbox } => {
                 let c = connect(&sandbox).await?;
                 let list = c.list_interfaces(ctx(), &mg::Nothing::new()).await.map_err(rpc_err)?.interfaces;
-                let out: Vec<ListedIface> = list
-                    .iter()
-                    .map(|i| {
-                        let ip: Vec<String> =
-                            i.IPAddresses.iter().map(|a| format!("{}/{}", a.address, a.mask)).collect();
-                        ListedIface {
-                            name: i.name.clone(),
-                            mac: i.hwAddr.clone(),
-                            ip: (!ip.is_empty()).then_some(ip),
-                            mtu: i.mtu,
-                        }
-                    })
-                    .collect();
-                list_json(&out)
+                let out: Vec<ListedIface> = list.iter().map(ListedIface::from).collect();
+                Ok(list_json(&out)?)
             }
             NetworkCommand::AddRoute(a) => route_cmd(&a, true).await,
             NetworkCommand::DelRoute(a) => route_cmd(&a, false).await,
             NetworkCommand::ListRoutes { sandbox } => {
                 let c = connect(&sandbox).await?;
                 let routes = c.list_routes(ctx(), &mg::Nothing::new()).await.map_err(rpc_err)?.routes;
-                list_json(&routes_out(&routes))
+                Ok(list_json(&routes_out(&routes))?)
             }
         },
-        Command::KataIpvs(IpvsCommand::Ipvsadm { parameters, restore, sandbox }) => {
+        Command::KataIpvs(IpvsSubcommand::Ipvsadm { parameters, restore, sandbox }) => {
             let reply = match (parameters, restore) {
                 (Some(p), None) => {
-                    crate::ipvs::IpvsCommand::parse(&p)?;
+                    netmgmt::ipvs::IpvsCommand::parse(&p)?;
                     let c = connect(&sandbox).await?;
                     let req = mg::IpvsRequest { parameters: p, ..Default::default() };
                     c.ipvsadm(ctx(), &req).await.map_err(rpc_err)?
                 }
                 (None, Some(file)) => {
                     let rules = read_input(&file)?;
-                    crate::ipvs::Restore::parse(&rules)?;
+                    netmgmt::ipvs::Restore::parse(&rules)?;
                     let c = connect(&sandbox).await?;
                     let req = mg::IpvsRestoreRequest { rules, ..Default::default() };
                     c.ipvs_restore(ctx(), &req).await.map_err(rpc_err)?
@@ -382,8 +243,8 @@ async fn run_json(cmd: Command) -> anyhow::Result<String> {
             };
             Ok(reply.output.trim_end().to_owned())
         }
-        Command::KataIpvs(IpvsCommand::Cleanup { parameters, sandbox }) => {
-            crate::ipvs::cleanup_request(&parameters)?;
+        Command::KataIpvs(IpvsSubcommand::Cleanup { parameters, sandbox }) => {
+            netmgmt::ipvs::cleanup_request(&parameters)?;
             let c = connect(&sandbox).await?;
             let req = mg::IpvsRequest { parameters, ..Default::default() };
             Ok(c.conntrack_cleanup(ctx(), &req).await.map_err(rpc_err)?.output.trim_end().to_owned())
@@ -445,72 +306,4 @@ async fn del_iface(a: &DocArgs) -> Outcome {
 /// One line for standard error: the error and its causes.
 pub fn one_line(e: &anyhow::Error) -> String {
     e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_manuals_add_iface_output_shape() {
-        let i = mg::Interface {
-            device: "tap_test".into(),
-            name: "eth-test".into(),
-            IPAddresses: vec![mg::IPAddress {
-                family: 2,
-                address: "173.85.100.1".into(),
-                mask: "24".into(),
-                ..Default::default()
-            }],
-            mtu: 1500,
-            hwAddr: "02:42:20:6e:03:01".into(),
-            pciAddr: "01.0/00".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&IfaceOut::from(&i)).unwrap(),
-            r#"{"device":"tap_test","name":"eth-test","IPAddresses":[{"Family":2,"Address":"173.85.100.1","Mask":"24"}],"mtu":1500,"hwAddr":"02:42:20:6e:03:01","pciAddr":"01.0/00"}"#
-        );
-    }
-
-    #[test]
-    fn list_outputs_and_null() {
-        let l = [ListedIface {
-            name: "eth-test".into(),
-            mac: "02:42:20:6f:a3:69".into(),
-            ip: Some(vec!["172.16.0.3/16".into()]),
-            mtu: 1500,
-        }];
-        assert_eq!(
-            list_json(&l).unwrap(),
-            r#"[{"name":"eth-test","mac":"02:42:20:6f:a3:69","ip":["172.16.0.3/16"],"mtu":1500}]"#
-        );
-        assert_eq!(list_json::<ListedIface>(&[]).unwrap(), "null");
-        let r = [RouteOut { dest: "default".into(), gateway: "172.16.0.1".into(), device: "eth-test".into() }];
-        assert_eq!(
-            serde_json::to_string(&r).unwrap(),
-            r#"[{"dest":"default","gateway":"172.16.0.1","device":"eth-test"}]"#
-        );
-    }
-
-    #[test]
-    fn sandboxes_by_id_or_unique_prefix() {
-        let dir = std::env::temp_dir().join(format!("kata-cli-find-{}", std::process::id()));
-        for id in ["6ec7a98f00", "6ec7b11100", "77aa00"] {
-            std::fs::create_dir_all(dir.join(id)).unwrap();
-            std::fs::write(dir.join(id).join(MGMT_SOCKET), "").unwrap();
-        }
-        std::fs::create_dir_all(dir.join("6ec7a98f-stopped")).unwrap();
-        let find = |a: &str| find_sandbox(&dir, a).map_err(|e| e.to_string());
-        assert_eq!(find("6ec7a98").unwrap(), "6ec7a98f00");
-        assert_eq!(find("77aa00").unwrap(), "77aa00");
-        let e = find("6ec7").unwrap_err();
-        assert!(e.contains("ambiguous") && e.contains("6ec7a98f00") && e.contains("6ec7b11100"), "{e}");
-        let e = find("ffff").unwrap_err();
-        assert!(e.contains("no such sandbox") && e.contains("77aa00"), "{e}");
-        for bad in ["../etc", "a/b", "", ".x", "a;b"] {
-            assert!(find(bad).unwrap_err().contains("an id holds only"), "{bad}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

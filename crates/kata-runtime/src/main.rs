@@ -1,11 +1,13 @@
-//! `kata-runtime`: the operator command line (see `shim::cli`).
+//! `kata-runtime`: the operator command line (see `cli.rs`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> ExitCode {
-    let cli = match shim::cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version
@@ -26,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = rt.block_on(shim::cli::run(cli));
+    let out = rt.block_on(cli::run(cli));
     if !out.stdout.is_empty() {
         println!("{}", out.stdout);
     }

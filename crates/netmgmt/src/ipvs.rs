@@ -27,12 +27,12 @@ pub enum Proto {
 
 /// A virtual service: protocol and address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Service {
+pub struct VirtualService {
     pub proto: Proto,
     pub addr: SocketAddr,
 }
 
-impl fmt::Display for Service {
+impl fmt::Display for VirtualService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let flag = match self.proto {
             Proto::Tcp => "-t",
@@ -46,31 +46,31 @@ impl fmt::Display for Service {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpvsCommand {
     AddService {
-        svc: Service,
+        svc: VirtualService,
         scheduler: Option<&'static str>,
         persistent: Option<u32>,
     },
     EditService {
-        svc: Service,
+        svc: VirtualService,
         scheduler: Option<&'static str>,
         persistent: Option<u32>,
     },
     DeleteService {
-        svc: Service,
+        svc: VirtualService,
     },
     /// Always NAT (masquerading): `-m`.
     AddServer {
-        svc: Service,
+        svc: VirtualService,
         server: SocketAddr,
         weight: Option<u32>,
     },
     EditServer {
-        svc: Service,
+        svc: VirtualService,
         server: SocketAddr,
         weight: Option<u32>,
     },
     DeleteServer {
-        svc: Service,
+        svc: VirtualService,
         server: SocketAddr,
     },
     List,
@@ -244,16 +244,16 @@ impl Parsed {
         self.opts.get(o).and_then(|v| v.first()).map(String::as_str)
     }
 
-    fn service(&self) -> Result<Service, IpvsError> {
+    fn service(&self) -> Result<VirtualService, IpvsError> {
         match (self.value("--tcp-service"), self.value("--udp-service")) {
             (Some(_), Some(_)) => Err(syntax("give --tcp-service or --udp-service, not both")),
-            (Some(v), None) => Ok(Service { proto: Proto::Tcp, addr: endpoint("--tcp-service", v)? }),
-            (None, Some(v)) => Ok(Service { proto: Proto::Udp, addr: endpoint("--udp-service", v)? }),
+            (Some(v), None) => Ok(VirtualService { proto: Proto::Tcp, addr: endpoint("--tcp-service", v)? }),
+            (None, Some(v)) => Ok(VirtualService { proto: Proto::Udp, addr: endpoint("--udp-service", v)? }),
             (None, None) => Err(syntax(format!("{} needs --tcp-service or --udp-service", self.command))),
         }
     }
 
-    fn server(&self, svc: &Service) -> Result<SocketAddr, IpvsError> {
+    fn server(&self, svc: &VirtualService) -> Result<SocketAddr, IpvsError> {
         let v = self.value("--real-server").ok_or_else(|| syntax(format!("{} needs --real-server", self.command)))?;
         let a = endpoint("--real-server", v)?;
         if a.is_ipv6() != svc.addr.is_ipv6() {
@@ -438,7 +438,7 @@ fn count_rest(text: &str, from: usize) -> usize {
 /// The sandbox's IPVS rules as the shim knows them: services and their real servers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpvsTable {
-    services: BTreeMap<Service, BTreeSet<SocketAddr>>,
+    services: BTreeMap<VirtualService, BTreeSet<SocketAddr>>,
     /// Services plus real servers, kept as they change.
     rules: usize,
 }
@@ -452,7 +452,7 @@ impl IpvsTable {
     /// Would `cmd` succeed on this table, within the limit?
     pub fn check(&self, cmd: &IpvsCommand) -> Result<(), IpvsError> {
         let rule = |m: String| Err(IpvsError::Rule(m));
-        let have = |svc: &Service| self.services.get(svc);
+        let have = |svc: &VirtualService| self.services.get(svc);
         match cmd {
             IpvsCommand::AddService { svc, .. } => {
                 if have(svc).is_some() {

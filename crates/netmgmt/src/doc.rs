@@ -1,7 +1,7 @@
 //! The input documents of `kata-runtime kata-network` (`network-cli.md`): parsed and checked
 //! before anything else happens. Pure: no I/O except [`IfaceDoc::check_host`].
 //!
-//! Groundwork for the management service (issue 6): the service and the commands use these.
+//! Both the shim (the management service) and `kata-runtime` check documents with these.
 
 use std::net::IpAddr;
 use std::os::unix::fs::FileTypeExt;
@@ -61,7 +61,7 @@ pub struct AddrDoc {
 }
 
 /// The add-iface / del-iface document, as operators write it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IfaceDoc {
     pub device: String,

@@ -1,0 +1,115 @@
+//! The management service's ttrpc glue: each call's request is checked with `netmgmt`'s rules
+//! and handed to the sandbox's operation (`sandbox::{iface, routes, ipvs}`); errors become
+//! statuses in `error.rs`. Served on `<run_dir>/<id>/mgmt.sock`, root's only, by a second ttrpc
+//! server of the shim (the containerd-shim crate's own server cannot take another service).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use netmgmt::doc::{DelIfaceDoc, RouteDoc};
+use netmgmt::ipvs::{cleanup_request, IpvsCommand, Restore};
+use netmgmt::mg;
+use netmgmt::output::doc_from_pb;
+use netmgmt::protocols::netmgmt_ttrpc::{create_network_management, NetworkManagement};
+use ttrpc::asynchronous::TtrpcContext;
+
+use crate::error::{Error, Result};
+use crate::sandbox::Sandbox;
+
+/// The ttrpc face of one sandbox's management operations.
+struct MgmtService {
+    sb: Arc<Sandbox>,
+}
+
+fn ipvs_reply((output, rules): (String, usize)) -> mg::IpvsReply {
+    mg::IpvsReply { output, rules: rules as u32, ..Default::default() }
+}
+
+fn route_doc(r: mg::Route) -> RouteDoc {
+    RouteDoc { dest: r.dest, gateway: r.gateway, device: r.device }
+}
+
+#[async_trait::async_trait]
+impl NetworkManagement for MgmtService {
+    async fn add_interface(&self, _: &TtrpcContext, req: mg::Interface) -> ttrpc::Result<mg::Interface> {
+        let checked = doc_from_pb(&req).validate().map_err(Error::from)?;
+        Ok(self.sb.add_iface(checked).await?.to_pb())
+    }
+
+    async fn delete_interface(&self, _: &TtrpcContext, req: mg::Interface) -> ttrpc::Result<mg::Interface> {
+        let doc = DelIfaceDoc { name: req.name, ..Default::default() };
+        self.sb.del_iface(doc.name().map_err(Error::from)?).await?;
+        Ok(mg::Interface::default())
+    }
+
+    async fn list_interfaces(&self, _: &TtrpcContext, _: mg::Nothing) -> ttrpc::Result<mg::Interfaces> {
+        Ok(mg::Interfaces { interfaces: self.sb.list_ifaces().await?, ..Default::default() })
+    }
+
+    async fn add_route(&self, _: &TtrpcContext, req: mg::Route) -> ttrpc::Result<mg::Routes> {
+        let r = route_doc(req).validate(true).map_err(Error::from)?;
+        Ok(mg::Routes { routes: self.sb.add_route(r).await?, ..Default::default() })
+    }
+
+    async fn delete_route(&self, _: &TtrpcContext, req: mg::Route) -> ttrpc::Result<mg::Routes> {
+        let r = route_doc(req).validate(false).map_err(Error::from)?;
+        Ok(mg::Routes { routes: self.sb.del_route(r).await?, ..Default::default() })
+    }
+
+    async fn list_routes(&self, _: &TtrpcContext, _: mg::Nothing) -> ttrpc::Result<mg::Routes> {
+        Ok(mg::Routes { routes: self.sb.list_routes().await?, ..Default::default() })
+    }
+
+    async fn ipvsadm(&self, _: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
+        let cmd = IpvsCommand::parse(&req.parameters).map_err(Error::from)?;
+        Ok(ipvs_reply(self.sb.ipvsadm(cmd).await?))
+    }
+
+    async fn ipvs_restore(&self, _: &TtrpcContext, req: mg::IpvsRestoreRequest) -> ttrpc::Result<mg::IpvsReply> {
+        let restore = Restore::parse(&req.rules).map_err(Error::from)?;
+        Ok(ipvs_reply(self.sb.ipvs_restore(restore).await?))
+    }
+
+    async fn conntrack_cleanup(&self, _: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
+        let request = cleanup_request(&req.parameters).map_err(Error::from)?;
+        Ok(ipvs_reply(self.sb.conntrack_cleanup(request).await?))
+    }
+}
+
+/// The running management server of one sandbox.
+pub struct MgmtServer {
+    server: ttrpc::asynchronous::Server,
+}
+
+impl std::fmt::Debug for MgmtServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MgmtServer").finish_non_exhaustive()
+    }
+}
+
+impl MgmtServer {
+    /// Serve `sb` on its socket in `run_dir`, readable and writable by root only (the
+    /// sandbox's directory is root's with mode 0700 as well).
+    pub async fn start(sb: Arc<Sandbox>, run_dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = netmgmt::paths::mgmt_socket(run_dir, &sb.id);
+        let fail = |why: String| Error::MgmtServer { path: path.clone(), why };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        let service = create_network_management(Arc::new(MgmtService { sb }));
+        let mut server = ttrpc::asynchronous::Server::new()
+            .bind(&format!("unix://{}", path.display()))
+            .map_err(|e| fail(e.to_string()))?
+            .register_service(service);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(e.to_string()))?;
+        server.start().await.map_err(|e| fail(e.to_string()))?;
+        Ok(Self { server })
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.server.shutdown().await;
+    }
+}

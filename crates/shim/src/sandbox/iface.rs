@@ -1,0 +1,244 @@
+//! NICs an operator plugs into a running sandbox (`kata-network add-iface` / `del-iface` /
+//! `list-ifaces`). The host side (the operator's TAP, opened or made) and the hotplug go through
+//! one `network::Rollback`: each step registers its undo before the next one runs, and a later
+//! failure (the guest refusing the configuration) undoes them all, newest first.
+
+use ipnet::IpNet;
+use netmgmt::doc::IfaceRequest;
+use netmgmt::mg;
+use netmgmt::output::{address, pci_addr};
+use network::endpoint::{EndpointState, OperatorTap, OperatorTapRequest};
+use network::{IfName, MacAddr, NicBackend, NicConfig, PciPath, Rollback};
+
+use super::{Ops, Sandbox, NIC_WAIT};
+use crate::error::{Error, Result};
+
+/// A NIC plugged in with add-iface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The hypervisor's id for it.
+    pub id: String,
+    pub device: IfName,
+    pub name: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub address: Option<IpNet>,
+    pub pci: PciPath,
+    /// The runtime made the TAP (it did not exist) and removes it on del-iface.
+    pub created: bool,
+}
+
+impl Added {
+    fn new(req: &IfaceRequest, device: IfName, pci: PciPath, created: bool) -> Self {
+        Added {
+            id: format!("hp-{}", req.name),
+            device,
+            name: req.name.clone(),
+            mac: req.mac,
+            mtu: req.mtu,
+            address: req.address,
+            pci,
+            created,
+        }
+    }
+
+    /// As the management protocol carries it.
+    pub fn to_pb(&self) -> mg::Interface {
+        mg::Interface {
+            device: self.device.to_string(),
+            name: self.name.clone(),
+            IPAddresses: self.address.iter().map(address).collect(),
+            mtu: self.mtu as u64,
+            hwAddr: self.mac.to_string(),
+            pciAddr: pci_addr(&self.pci),
+            ..Default::default()
+        }
+    }
+
+    /// As the agent's UpdateInterface takes it.
+    fn guest_interface(&self, queues: usize) -> agent_client::protocols::types::Interface {
+        agent_client::protocols::types::Interface {
+            device: self.device.to_string(),
+            name: self.name.clone(),
+            IPAddresses: self.address.iter().map(address).collect(),
+            mtu: self.mtu as u64,
+            hwAddr: self.mac.to_string(),
+            devicePath: self.pci.to_string(),
+            Queues: queues as u32,
+            ..Default::default()
+        }
+    }
+}
+
+impl Sandbox {
+    /// Refuse a name, MAC or device the sandbox already has, before anything is touched.
+    async fn check_new_iface(&self, req: &IfaceRequest, ops: &Ops) -> Result<IfName> {
+        let taken = || Error::AlreadyExists(format!("name: {} is already in the sandbox", req.name));
+        if ops.added.iter().any(|a| a.name == req.name) {
+            return Err(taken());
+        }
+        let guest = self.agent.list_interfaces().await?;
+        if guest.iter().any(|i| i.name == req.name) {
+            return Err(taken());
+        }
+        if let Some(i) = guest.iter().find(|i| i.hwAddr.parse::<MacAddr>().ok() == Some(req.mac)) {
+            return Err(Error::AlreadyExists(format!("hwAddr: {} is already used by {}", req.mac, i.name)));
+        }
+        let device: IfName =
+            req.device.parse().map_err(|e| Error::Doc(netmgmt::doc::DocError::Json(format!("device: {e}"))))?;
+        if req.vhost_user_socket.is_none()
+            && (ops.state.endpoints.iter().any(|e| e.link() == &device) || ops.added.iter().any(|a| a.device == device))
+        {
+            return Err(Error::AlreadyExists(format!("device: {device} is already plugged into this sandbox")));
+        }
+        Ok(device)
+    }
+
+    /// The host side: the vhost-user socket, or the operator's TAP opened or made.
+    async fn host_side(
+        &self,
+        req: &IfaceRequest,
+        device: &IfName,
+        rb: &mut Rollback<hypervisor::Vm>,
+    ) -> Result<OperatorTap> {
+        if let Some(socket) = &req.vhost_user_socket {
+            return Ok(OperatorTap {
+                backend: NicBackend::VhostUser { socket: socket.into() },
+                queues: 1,
+                created: false,
+            });
+        }
+        let tap = OperatorTapRequest {
+            device: device.clone(),
+            queues: req.queues as usize,
+            default_queues: self.queues,
+            mtu: req.mtu,
+            vhost_net: self.vhost_net,
+        };
+        Ok(tap.open(&self.ctx, rb).await?)
+    }
+
+    /// A TAP the runtime made is recorded before the hotplug, so a crashed shim's `delete`
+    /// removes it.
+    async fn record_created(&self, ops: &mut Ops, device: &IfName) -> Result<()> {
+        ops.state.endpoints.push(EndpointState::DirectTap { link: device.clone(), created: true });
+        ops.state.save(&self.bundle)
+    }
+
+    fn forget_created(&self, ops: &mut Ops, device: &IfName) {
+        ops.state
+            .endpoints
+            .retain(|e| !matches!(e, EndpointState::DirectTap { link, created: true } if link == device));
+        let _ = ops.state.save(&self.bundle);
+    }
+
+    /// add-iface: check, open or make the TAP, hotplug, configure in the guest; undo on failure.
+    pub async fn add_iface(&self, req: IfaceRequest) -> Result<Added> {
+        req.check_host()?;
+        let mut ops = self.ops.lock().await;
+        let device = self.check_new_iface(&req, &ops).await?;
+        let mut rb = Rollback::with_nics(&self.ctx.handle, self.vm.clone());
+        let mut plugged: Option<Added> = None;
+        let res = self.plug(&req, &device, &mut ops, &mut rb, &mut plugged).await;
+        match res {
+            Ok(()) => {
+                rb.commit();
+                let added = plugged.expect("plugged on success");
+                ops.added.push(added.clone());
+                slog::info!(self.log, "interface added"; "name" => &added.name, "device" => added.device.as_str(),
+                    "pci_path" => %added.pci, "created_tap" => added.created);
+                Ok(added)
+            }
+            Err(e) => Err(self.undo_add(e, rb, plugged, &device, &mut ops).await),
+        }
+    }
+
+    async fn plug(
+        &self,
+        req: &IfaceRequest,
+        device: &IfName,
+        ops: &mut Ops,
+        rb: &mut Rollback<hypervisor::Vm>,
+        plugged: &mut Option<Added>,
+    ) -> Result<()> {
+        let host = self.host_side(req, device, rb).await?;
+        if host.created {
+            self.record_created(ops, device).await?;
+        }
+        let nic = NicConfig { id: format!("hp-{}", req.name), guest_mac: req.mac, mtu: req.mtu, backend: host.backend };
+        let pci = rb.hotplug(nic).await?;
+        let added = plugged.insert(Added::new(req, device.clone(), pci, host.created));
+        self.agent.update_interface(&added.guest_interface(host.queues), NIC_WAIT).await?;
+        Ok(())
+    }
+
+    /// Undo a failed add-iface. A NIC the VM would not give back stays listed, so del-iface (or
+    /// the sandbox's end) removes it; the error says so.
+    async fn undo_add(
+        &self,
+        e: Error,
+        rb: Rollback<hypervisor::Vm>,
+        plugged: Option<Added>,
+        device: &IfName,
+        ops: &mut Ops,
+    ) -> Error {
+        match rb.undo().await {
+            Ok(()) => {
+                self.forget_created(ops, device);
+                e
+            }
+            Err(u) => {
+                slog::error!(self.log, "add-iface: undo failed"; "device" => device.as_str(), "error" => %u);
+                match (plugged, &u) {
+                    (Some(added), network::Error::Unplug { .. }) => {
+                        ops.added.push(added);
+                        Error::undo_failed(&e, &u, "del-iface removes it")
+                    }
+                    _ => {
+                        self.forget_created(ops, device);
+                        Error::undo_failed(&e, &u, "the sandbox's end removes the rest")
+                    }
+                }
+            }
+        }
+    }
+
+    /// del-iface: unplug the NIC added as `name`; remove its TAP if the runtime made it.
+    pub async fn del_iface(&self, name: &str) -> Result<()> {
+        let mut ops = self.ops.lock().await;
+        let pos = ops.added.iter().position(|a| a.name == name).ok_or_else(|| {
+            Error::NotFound(format!("name: no interface {name} was added to this sandbox with add-iface"))
+        })?;
+        let a = ops.added[pos].clone();
+        self.vm.unplug_nic(&a.id).await?;
+        ops.added.remove(pos);
+        if a.created {
+            let _ = network::nl::delete_link(&self.ctx.handle, a.device.as_str()).await;
+            self.forget_created(&mut ops, &a.device);
+        }
+        slog::info!(self.log, "interface removed"; "name" => name, "device" => a.device.as_str());
+        Ok(())
+    }
+
+    /// The added interfaces as the guest has them now (the record where the guest has none).
+    pub async fn list_ifaces(&self) -> Result<Vec<mg::Interface>> {
+        let ops = self.ops.lock().await;
+        if ops.added.is_empty() {
+            return Ok(Vec::new());
+        }
+        let guest = self.agent.list_interfaces().await?;
+        Ok(ops
+            .added
+            .iter()
+            .map(|a| {
+                let mut out = a.to_pb();
+                if let Some(g) = guest.iter().find(|g| g.hwAddr.parse::<MacAddr>().ok() == Some(a.mac)) {
+                    out.name = g.name.clone();
+                    out.mtu = g.mtu;
+                    out.IPAddresses = g.IPAddresses.clone();
+                }
+                out
+            })
+            .collect())
+    }
+}

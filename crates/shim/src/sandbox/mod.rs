@@ -1,0 +1,59 @@
+//! One sandbox: its persisted state (`state`), what its spec says (`spec`), the StartVM flow
+//! (`start`), and the operations on it while it runs (`iface`, `routes`, `ipvs`), each beside the
+//! type it changes.
+
+mod iface;
+mod ipvs;
+mod routes;
+mod spec;
+mod start;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_client::AgentClient;
+use hypervisor::Vm;
+use netmgmt::ipvs::IpvsTable;
+use network::NetCtx;
+
+pub use iface::Added;
+pub use spec::{SpecNetwork, DNS_ANNOTATION};
+pub use start::start;
+pub use state::{SandboxState, STATE_FILE};
+
+/// How long the guest may take to show a NIC at its PCI path.
+pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);
+
+/// A running sandbox, shared by the Task service and the management service.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub vm: Arc<Vm>,
+    pub agent: AgentClient,
+    pub ctx: NetCtx,
+    /// Queue pairs of a NIC when the operator asks for the runtime's default.
+    pub queues: usize,
+    pub vhost_net: bool,
+    /// Operations on the sandbox run one at a time, holding this.
+    pub ops: tokio::sync::Mutex<Ops>,
+    pub log: slog::Logger,
+}
+
+/// What changes after start, under [`Sandbox::ops`].
+#[derive(Debug)]
+pub struct Ops {
+    pub state: SandboxState,
+    /// NICs plugged in with add-iface, in order.
+    pub added: Vec<Added>,
+    pub ipvs: IpvsTable,
+}
+
+impl Sandbox {
+    /// The persisted state as it is now.
+    pub async fn state(&self) -> SandboxState {
+        self.ops.lock().await.state.clone()
+    }
+}

@@ -1,0 +1,193 @@
+//! The StartVM flow of `sandbox-network-flow.md`, one function per phase: namespace, scan,
+//! attach, VM, agent sync. Each phase records what it makes before the next one runs; on any
+//! failure everything done so far is undone and the state file says nothing is left.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_client::protocols::agent::CreateSandboxRequest;
+use agent_client::protocols::types as pb;
+use agent_client::{AgentAddr, AgentClient};
+use hypervisor::{AgentChannel, Vm, VmSpec};
+use network::endpoint::{Attached, Endpoint, EndpointConfig};
+use network::{NetCtx, NetNs, NetworkInfo, PciPath};
+
+use super::{Ops, Sandbox, SandboxState, SpecNetwork, NIC_WAIT};
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Start the sandbox `id` of `bundle`. On failure nothing is left.
+pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log: &slog::Logger) -> Result<Sandbox> {
+    let mut s = Start { id, bundle, cfg, log, state: SandboxState { id: id.to_owned(), ..Default::default() } };
+    match s.run(net).await {
+        Ok(sb) => Ok(sb),
+        Err(e) => {
+            let _ = s.state.teardown(log).await;
+            SandboxState::forget(bundle);
+            Err(e)
+        }
+    }
+}
+
+/// A sandbox being started, and what it has made so far.
+struct Start<'a> {
+    id: &'a str,
+    bundle: &'a Path,
+    cfg: &'a Config,
+    log: &'a slog::Logger,
+    state: SandboxState,
+}
+
+/// The guest side of the pod's links: the scan, and where each NIC sits in the VM.
+struct GuestNics {
+    info: NetworkInfo,
+    links: Vec<network::Link>,
+    /// Per link: the NIC's id and PCI path.
+    paths: Vec<Option<PciPath>>,
+    queues: usize,
+}
+
+fn ms(t: Instant) -> String {
+    format!("{:.2}", t.elapsed().as_secs_f64() * 1e3)
+}
+
+impl Start<'_> {
+    async fn run(&mut self, net: &SpecNetwork) -> Result<Sandbox> {
+        let t = Instant::now();
+        let ctx = self.namespace(net)?;
+        let (info, eps, ep_cfg) = self.scan(&ctx).await?;
+        let scan_ms = ms(t);
+        let t = Instant::now();
+        let attached = self.attach(&ctx, &eps, &ep_cfg).await?;
+        let attach_ms = ms(t);
+        let t = Instant::now();
+        let links = eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
+        let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
+        let (vm, plugged) = self.boot_vm(attached).await?;
+        let agent = self.connect_agent().await?;
+        let boot_ms = ms(t);
+        let t = Instant::now();
+        let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
+        let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
+        sync_agent(&agent, &guest, self.id, net).await?;
+        slog::info!(self.log, "sandbox started"; "sandbox_id" => self.id, "endpoints" => ids.len(),
+            "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
+        Ok(Sandbox {
+            id: self.id.to_owned(),
+            bundle: self.bundle.to_owned(),
+            vm: Arc::new(vm),
+            agent,
+            ctx,
+            queues: ep_cfg.queues,
+            vhost_net: ep_cfg.vhost_net,
+            ops: tokio::sync::Mutex::new(Ops {
+                state: self.state.clone(),
+                added: Vec::new(),
+                ipvs: Default::default(),
+            }),
+            log: self.log.clone(),
+        })
+    }
+
+    /// The spec's namespace, or one of the shim's own (recorded before it is made).
+    fn namespace(&mut self, net: &SpecNetwork) -> Result<NetCtx> {
+        let ns = match &net.netns {
+            Some(p) => NetNs::from_user_path(p)?,
+            None if self.cfg.runtime.disable_new_netns => return Err(Error::NoNetns),
+            None => {
+                let name = format!("kata-net-{}", &self.id[..self.id.len().min(32)]);
+                self.state.netns = Some(Path::new(network::netns::NETNS_RUN_DIR).join(&name));
+                self.state.netns_created = true;
+                self.state.save(self.bundle)?;
+                NetNs::create(&name)?
+            }
+        };
+        self.state.netns = Some(ns.path().to_owned());
+        Ok(NetCtx::open(ns, self.log.clone())?)
+    }
+
+    /// The namespace's links, addresses, routes and neighbours, and an endpoint per link.
+    async fn scan(&self, ctx: &NetCtx) -> Result<(NetworkInfo, Vec<Endpoint>, EndpointConfig)> {
+        let info = ctx.scan().await?;
+        let ep_cfg = EndpointConfig {
+            model: self.cfg.runtime.internetworking_model,
+            queues: self.cfg.queues(),
+            vhost_net: !self.cfg.hypervisor.qemu.disable_vhost_net,
+            ..EndpointConfig::default()
+        };
+        let eps = Endpoint::from_scan(&info, &ep_cfg)?;
+        Ok((info, eps, ep_cfg))
+    }
+
+    /// Connect every endpoint to a NIC (all or none), record them, and make the run directory.
+    async fn attach(&mut self, ctx: &NetCtx, eps: &[Endpoint], ep_cfg: &EndpointConfig) -> Result<Vec<Attached>> {
+        let attached = network::attach_all(ctx, eps, ep_cfg).await?;
+        self.state.endpoints = attached.iter().map(|a| a.state.clone()).collect();
+        let run_dir = self.cfg.runtime.run_dir.join(self.id);
+        self.state.run_dir = Some(run_dir.clone());
+        self.state.save(self.bundle)?;
+        let io = |source| Error::Io { what: "making the run directory", path: run_dir.clone(), source };
+        std::fs::create_dir_all(&run_dir).map_err(io)?;
+        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+        Ok(attached)
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.cfg.runtime.run_dir.join(self.id)
+    }
+
+    /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded.
+    async fn boot_vm(&mut self, attached: Vec<Attached>) -> Result<(Vm, Vec<(String, PciPath)>)> {
+        let spec = VmSpec {
+            config: self.cfg.hypervisor.qemu.clone(),
+            run_dir: self.run_dir(),
+            agent: AgentChannel::Serial { socket: self.run_dir().join("agent.sock") },
+            log: self.log.clone(),
+        };
+        let (vm, paths) = Vm::start(spec, attached.into_iter().map(|a| a.nic).collect()).await?;
+        self.state.qemu_pid = Some(vm.pid());
+        self.state.save(self.bundle)?;
+        Ok((vm, paths))
+    }
+
+    async fn connect_agent(&self) -> Result<AgentClient> {
+        let addr: AgentAddr = format!("unix://{}", self.run_dir().join("agent.sock").display()).parse()?;
+        let agent = AgentClient::connect(&addr, AGENT_TIMEOUT).await?;
+        if !agent.check().await? {
+            return Err(Error::AgentNotServing);
+        }
+        Ok(agent)
+    }
+}
+
+/// Interfaces, then routes, then neighbours, then CreateSandbox with hostname and DNS.
+async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetwork) -> Result<()> {
+    let mut ifaces = agent_client::interfaces(&g.links);
+    for (iface, path) in ifaces.iter_mut().zip(&g.paths) {
+        if let Some(p) = path {
+            iface.device_path = p.to_string();
+        }
+        iface.queues = g.queues as u32;
+        agent.update_interface(&pb::Interface::from(&*iface), NIC_WAIT).await?;
+    }
+    let ours = |dev: &network::IfName| g.links.iter().any(|l| &l.name == dev);
+    let routes: Vec<network::Route> = g.info.routes.iter().filter(|r| ours(&r.device)).cloned().collect();
+    if !routes.is_empty() {
+        agent.update_routes(agent_client::routes(&routes).iter().map(pb::Route::from).collect(), false).await?;
+    }
+    let neigh: Vec<network::Neighbor> = g.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
+    if !neigh.is_empty() {
+        agent.add_arp_neighbors(agent_client::neighbors(&neigh).iter().map(pb::ARPNeighbor::from).collect()).await?;
+    }
+    let req = CreateSandboxRequest {
+        hostname: net.hostname.clone(),
+        dns: net.dns.clone(),
+        sandbox_id: id.to_owned(),
+        ..Default::default()
+    };
+    agent.create_sandbox(&req).await?;
+    Ok(())
+}
