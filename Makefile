@@ -23,14 +23,15 @@ test: deps guest-image
 bench: deps guest-image
 	$(CARGO) bench -p tests
 	$(CARGO) bench -p shim --bench sandbox
+	$(CARGO) build --release -p kata-runtime
 	$(CARGO) bench -p shim --bench mgmt
 
 demo: deps guest-image
-	$(CARGO) build --release -p shim
+	$(CARGO) build --release -p shim -p kata-runtime
 	./scripts/demo.sh
 
 demo-network: deps
-	$(CARGO) build --release -p shim -p tests --bins
+	$(CARGO) build --release -p kata-runtime -p tests --bins
 	./target/release/net-demo
 
 install: build guest-image

@@ -58,8 +58,9 @@ impl Vm {
         spec.config.validate()?;
         let cfg = &spec.config;
         let accel = {
-            let (choice, path, machine) = (cfg.accelerator, cfg.path.clone(), cfg.machine_type);
-            tokio::task::spawn_blocking(move || Accel::resolve(choice, &path, machine))
+            let (choice, path, machine, kernel) =
+                (cfg.accelerator, cfg.path.clone(), cfg.machine_type, cfg.kernel.clone());
+            tokio::task::spawn_blocking(move || Accel::resolve(choice, &path, machine, &kernel))
                 .await
                 .map_err(|e| Error::Unsupported(format!("accelerator probe failed: {e}")))?
         };

@@ -78,6 +78,8 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("link br0 has kind \"bridge\""), "{err}");
+    // The shim's FAILED_PRECONDITION, as containerd's errdefs names it (INTERNAL was "unknown").
+    assert!(err.trim_end().ends_with(": failed precondition"), "{err}");
     assert_eq!(cni.pod.snapshot(), before);
     assert!(!qemu_running_in(&c.run_dir()));
     let _ = c.ctr(&["container", "rm", "sb3"]);
@@ -90,6 +92,7 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `bogus_key`"), "{err}");
+    assert!(err.trim_end().ends_with(": invalid argument"), "INVALID_ARGUMENT: {err}");
     assert_eq!(cni.pod.snapshot(), before);
     let _ = c.ctr(&["container", "rm", "sb4"]);
 }
