@@ -16,15 +16,7 @@ pub mod output;
 pub mod paths;
 
 /// Code generated from `protos/netmgmt.proto` at build time.
-#[allow(
-    clippy::all,
-    unused,
-    nonstandard_style,
-    missing_debug_implementations,
-    unused_qualifications,
-    non_camel_case_types,
-    unreachable_pub
-)]
+#[allow(clippy::all, unused, nonstandard_style, missing_debug_implementations)]
 pub mod protocols {
     /// The agent protocol's `types` package, which `netmgmt.proto` imports.
     pub mod types {

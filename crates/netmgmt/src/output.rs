@@ -229,13 +229,11 @@ mod tests {
 
     #[test]
     fn list_outputs_and_null() {
-        let i = mg::Interface {
-            name: "eth-test".into(),
-            hwAddr: "02:42:20:6f:a3:69".into(),
-            IPAddresses: vec![address(&"172.16.0.3/16".parse().unwrap())],
-            mtu: 1500,
-            ..Default::default()
-        };
+        let mut i = mg::Interface::new();
+        i.name = "eth-test".into();
+        i.hwAddr = "02:42:20:6f:a3:69".into();
+        i.IPAddresses.push(address(&"172.16.0.3/16".parse().unwrap()));
+        i.mtu = 1500;
         let l = [ListedIface::from(&i)];
         assert_eq!(
             list_json(&l).unwrap(),

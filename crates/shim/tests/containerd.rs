@@ -70,31 +70,27 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
 fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
     let c = start_containerd("bad");
     let cni = CniPod::new();
-    // A link the runtime cannot attach: a bridge with an address.
+    // `ctr run` of `id` fails with `want` and the code containerd's errdefs names after it (the
+    // shim's INTERNAL would read "unknown"); the pod namespace is unchanged, no QEMU runs.
+    let refused = |id: &str, want: &str, code: &str| {
+        let before = cni.pod.snapshot();
+        let out = c.run(id, &cni.pod.path(), &[]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(err.trim_end().ends_with(&format!(": {code}")), "{code}: {err}");
+        assert_eq!(cni.pod.snapshot(), before);
+        assert!(!qemu_running_in(&c.run_dir()));
+        let _ = c.ctr(&["container", "rm", id]);
+    };
+    // A link the runtime cannot attach (a bridge with an address): FAILED_PRECONDITION.
     cni.pod.ip(&["link", "add", "br0", "type", "bridge"]);
     cni.pod.ip(&["addr", "add", "192.168.50.1/24", "dev", "br0"]);
-    let before = cni.pod.snapshot();
-    let out = c.run("sb3", &cni.pod.path(), &[]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("link br0 has kind \"bridge\""), "{err}");
-    // The shim's FAILED_PRECONDITION, as containerd's errdefs names it (INTERNAL was "unknown").
-    assert!(err.trim_end().ends_with(": failed precondition"), "{err}");
-    assert_eq!(cni.pod.snapshot(), before);
-    assert!(!qemu_running_in(&c.run_dir()));
-    let _ = c.ctr(&["container", "rm", "sb3"]);
-
-    // An unknown key in the configuration.
+    refused("sb3", "link br0 has kind \"bridge\"", "failed precondition");
+    // An unknown key in the configuration: INVALID_ARGUMENT.
     std::fs::write(c.dir.0.join("configuration.toml"), format!("{}bogus_key = 1\n", kata_conf(&c.run_dir()))).unwrap();
     cni.pod.ip(&["link", "del", "br0"]);
-    let before = cni.pod.snapshot();
-    let out = c.run("sb4", &cni.pod.path(), &[]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field `bogus_key`"), "{err}");
-    assert!(err.trim_end().ends_with(": invalid argument"), "INVALID_ARGUMENT: {err}");
-    assert_eq!(cni.pod.snapshot(), before);
-    let _ = c.ctr(&["container", "rm", "sb4"]);
+    refused("sb4", "unknown field `bogus_key`", "invalid argument");
 }
 
 #[test]
