@@ -57,39 +57,91 @@ async fn existing_macvtap_link_carries_ping_through_its_tap_device_fds() {
     assert_eq!(pod.snapshot(), before, "nothing was made, nothing is removed");
 }
 
+/// A directory removed on drop.
+struct Cleanup(std::path::PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `<dir>/vhostuser_10.90.0.5/vhu.sock` as a listening socket (both directories made 0755).
+fn vhost_user_socket_in(dir: &std::path::Path) -> (std::os::unix::net::UnixListener, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let sock_dir = dir.join("vhostuser_10.90.0.5");
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    for d in [dir, sock_dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sock = sock_dir.join("vhu.sock");
+    (std::os::unix::net::UnixListener::bind(&sock).unwrap(), sock)
+}
+
 #[tokio::test]
 async fn a_link_with_a_vhost_user_socket_becomes_a_vhost_user_endpoint() {
     require_root_and_tools(&["ip"]);
     let pod = TestNs::new("vhu");
     pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "p0"]);
     pod.ip(&["addr", "add", "10.90.0.5/24", "dev", "eth0"]);
-    let dir = std::env::temp_dir().join(format!("knt-vhu-{}", std::process::id()));
-    let sock_dir = dir.join("vhostuser_10.90.0.5");
-    std::fs::create_dir_all(&sock_dir).unwrap();
-    let _listener = std::os::unix::net::UnixListener::bind(sock_dir.join("vhu.sock")).unwrap();
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    // Under /run: every directory above is root's and only root's to change.
+    let dir = std::path::PathBuf::from(format!("/run/knt-vhu-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
+    let (_listener, sock) = vhost_user_socket_in(&dir);
 
-    let cfg = EndpointConfig { vhost_user_dir: dir.clone(), ..EndpointConfig::default() };
+    let cfg = EndpointConfig { vhost_user_dir: Some(dir.clone()), ..EndpointConfig::default() };
     let ctx = NetCtx::open(pod.netns(), quiet_logger()).unwrap();
     let eps = Endpoint::from_scan(&ctx.scan().await.unwrap(), &cfg).unwrap();
     let ep = eps.iter().find(|e| e.link_name().as_str() == "eth0").unwrap();
     assert!(matches!(ep, Endpoint::VhostUser(_)), "{ep:?}");
     let a = ep.attach(&ctx, &cfg).await.unwrap();
     match a.nic.backend {
-        NicBackend::VhostUser { socket } => assert_eq!(socket, sock_dir.join("vhu.sock")),
+        NicBackend::VhostUser { socket } => assert_eq!(socket, sock),
         other => panic!("{other:?}"),
     }
-    // A plain file there is not a socket: the link is an ordinary veth again.
-    std::fs::remove_file(sock_dir.join("vhu.sock")).unwrap();
-    std::fs::write(sock_dir.join("vhu.sock"), b"").unwrap();
-    let eps = Endpoint::from_scan(&ctx.scan().await.unwrap(), &cfg).unwrap();
+    // Discovery is off by default: the same link is an ordinary veth.
+    let eps = Endpoint::from_scan(&ctx.scan().await.unwrap(), &EndpointConfig::default()).unwrap();
     assert!(matches!(eps.iter().find(|e| e.link_name().as_str() == "eth0").unwrap(), Endpoint::Veth(_)));
+    // A plain file there is not a socket: refused, naming the path.
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, b"").unwrap();
+    let e = Endpoint::from_scan(&ctx.scan().await.unwrap(), &cfg).unwrap_err().to_string();
+    assert!(e.contains("vhu.sock") && e.contains("is not a socket"), "{e}");
+}
+
+#[tokio::test]
+async fn a_vhost_user_socket_another_user_could_have_placed_is_refused_naming_the_check() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root_and_tools(&["ip"]);
+    let pod = TestNs::new("vhx");
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "p0"]);
+    pod.ip(&["addr", "add", "10.90.0.5/24", "dev", "eth0"]);
+    let ctx = NetCtx::open(pod.netns(), quiet_logger()).unwrap();
+    let info = ctx.scan().await.unwrap();
+    let refused = |dir: &std::path::Path| {
+        let cfg = EndpointConfig { vhost_user_dir: Some(dir.to_owned()), ..EndpointConfig::default() };
+        Endpoint::from_scan(&info, &cfg).unwrap_err().to_string()
+    };
+    // Under /tmp, which every user can write to.
+    let tmp = std::env::temp_dir().join(format!("knt-vhx-{}", std::process::id()));
+    let _c1 = Cleanup(tmp.clone());
+    let (_l1, _) = vhost_user_socket_in(&tmp);
+    let e = refused(&tmp);
+    assert!(e.starts_with("/tmp: writable by group or others (mode 1777)"), "{e}");
+    // Under /run, but the socket's directory is writable by others, then owned by a user.
+    let run = std::path::PathBuf::from(format!("/run/knt-vhx-{}", std::process::id()));
+    let _c2 = Cleanup(run.clone());
+    let (_l2, sock) = vhost_user_socket_in(&run);
+    let sock_dir = sock.parent().unwrap();
+    std::fs::set_permissions(sock_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = refused(&run);
+    assert!(e.contains("vhostuser_10.90.0.5: writable by group or others (mode 777)"), "{e}");
+    std::fs::set_permissions(sock_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&sock, Some(65534), None).unwrap();
+    let e = refused(&run);
+    assert!(e.contains("vhu.sock: owned by uid 65534, not root"), "{e}");
+    std::os::unix::fs::chown(&sock, Some(0), None).unwrap();
+    let ok = EndpointConfig { vhost_user_dir: Some(run.clone()), ..EndpointConfig::default() };
+    assert!(Endpoint::from_scan(&info, &ok).is_ok(), "root's again: accepted");
 }
 
 #[tokio::test]

@@ -46,6 +46,10 @@ pub struct QemuConfig {
     pub accelerator: AccelChoice,
     /// Free slots kept for hotplugged NICs.
     pub hotplug_slots: u32,
+    /// Look for DPDK/OVS vhost-user sockets of the pod's links (kata's key; off by default).
+    pub enable_vhost_user_store: bool,
+    /// Where they are: `<path>/vhostuser_<pod IPv4>/vhu.sock`; every part must be root's.
+    pub vhost_user_store_path: PathBuf,
 }
 
 impl Default for QemuConfig {
@@ -62,6 +66,8 @@ impl Default for QemuConfig {
             enable_template: false,
             accelerator: AccelChoice::Auto,
             hotplug_slots: 8,
+            enable_vhost_user_store: false,
+            vhost_user_store_path: PathBuf::from("/var/run/kata-containers/vhost-user"),
         }
     }
 }
@@ -103,6 +109,9 @@ impl QemuConfig {
                 key: "hotplug_slots",
                 why: format!("{} is more than the {max_slots} this machine type offers", self.hotplug_slots),
             });
+        }
+        if !self.vhost_user_store_path.is_absolute() {
+            return Err(Error::Config { key: "vhost_user_store_path", why: "must be an absolute path".into() });
         }
         if self.kernel_params.contains(['\n', '\0']) {
             return Err(Error::Config { key: "kernel_params", why: "must be one line".into() });

@@ -24,8 +24,14 @@ pub enum DocError {
     TooManyAddresses(usize),
     #[error("IPAddresses[0].address: {0:?} is not an IP address")]
     Address(String),
-    #[error("IPAddresses[0].mask: {0:?} is not a prefix length for that address")]
+    #[error("IPAddresses[0].mask: {0:?} is not a prefix length for that address (1-32 for IPv4, 1-128 for IPv6, digits only)")]
     Mask(String),
+    #[error("IPAddresses[0].address: {addr} is {why}, not a unicast host address")]
+    Unusable { addr: IpAddr, why: &'static str },
+    #[error("gateway: {addr} is {why}, not a unicast host address")]
+    UnusableGateway { addr: IpAddr, why: &'static str },
+    #[error("gateway: {gateway} is not of the same family as dest {dest}")]
+    MixedFamilies { dest: IpNet, gateway: IpAddr },
     #[error("hwAddr: {0:?} is not a unicast MAC address")]
     Mac(String),
     #[error("mtu: {0} is outside [46, 9600]")]
@@ -36,6 +42,8 @@ pub enum DocError {
     SocketName(String),
     #[error("vhostUserSocket: {0:?} does not exist or is not a socket")]
     SocketMissing(String),
+    #[error("vhostUserSocket: refused: {0}")]
+    SocketUntrusted(String),
     #[error("queues: {0} is more than 16")]
     Queues(u32),
     #[error("name: required")]
@@ -124,6 +132,30 @@ pub struct IfaceRequest {
     pub queues: u32,
 }
 
+/// A number written with ASCII digits only (no sign, no space), at most 3 of them.
+fn digits(s: &str) -> Option<u32> {
+    (!s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+}
+
+/// Why `ip` cannot be an interface's (or a gateway's) address, if it cannot.
+fn not_a_host(ip: &IpAddr) -> Option<&'static str> {
+    match ip {
+        ip if ip.is_unspecified() => Some("unspecified"),
+        ip if ip.is_multicast() => Some("multicast"),
+        ip if ip.is_loopback() => Some("loopback"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the limited broadcast address"),
+        _ => None,
+    }
+}
+
+/// `ip/prefix` with a prefix of digits only, in range for the family.
+fn dest_net(d: &str) -> Option<IpNet> {
+    let (ip, prefix) = d.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let prefix = digits(prefix)?;
+    IpNet::new(ip, u8::try_from(prefix).ok()?).ok()
+}
+
 /// `device` and `name`: starts with a letter; letters, digits, `_`, `-`, `.`; at most 15.
 fn check_name(field: &'static str, v: &str) -> Result<(), DocError> {
     let ok_chars = v.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -153,8 +185,12 @@ impl IfaceDoc {
             None => None,
             Some(a) => {
                 let ip: IpAddr = a.address.parse().map_err(|_| DocError::Address(a.address.clone()))?;
-                let prefix: u8 = a.mask.parse().map_err(|_| DocError::Mask(a.mask.clone()))?;
-                Some(IpNet::new(ip, prefix).map_err(|_| DocError::Mask(a.mask.clone()))?)
+                if let Some(why) = not_a_host(&ip) {
+                    return Err(DocError::Unusable { addr: ip, why });
+                }
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let prefix = digits(&a.mask).filter(|p| (1..=max).contains(p)).ok_or_else(|| DocError::Mask(a.mask.clone()))?;
+                Some(IpNet::new(ip, prefix as u8).map_err(|_| DocError::Mask(a.mask.clone()))?)
             }
         };
         let mac: MacAddr = self.hw_addr.parse().map_err(|_| DocError::Mac(self.hw_addr.clone()))?;
@@ -191,13 +227,15 @@ impl IfaceDoc {
 }
 
 impl IfaceRequest {
-    /// The checks that look at the host: the vhost-user socket must exist and be a socket.
+    /// The checks that look at the host: the vhost-user socket must exist, be a socket, and be
+    /// root's in directories only root can change (`network::trust`).
     pub fn check_host(&self) -> Result<(), DocError> {
         if let Some(s) = &self.vhost_user_socket {
             let is_socket = std::fs::metadata(s).map(|m| m.file_type().is_socket()).unwrap_or(false);
             if !is_socket {
                 return Err(DocError::SocketMissing(s.clone()));
             }
+            network::trust::check_root_socket(Path::new(s)).map_err(|e| DocError::SocketUntrusted(e.to_string()))?;
         }
         Ok(())
     }
@@ -234,7 +272,7 @@ impl RouteDoc {
         let dest = match self.dest.as_str() {
             "" => return Err(DocError::DestMissing),
             "default" => None,
-            d if d.contains('/') => Some(d.parse::<IpNet>().map_err(|_| DocError::Dest(d.to_owned()))?),
+            d if d.contains('/') => Some(dest_net(d).ok_or_else(|| DocError::Dest(d.to_owned()))?),
             d => Some(IpNet::from(d.parse::<IpAddr>().map_err(|_| DocError::Dest(d.to_owned()))?)),
         };
         let gateway = match self.gateway.as_str() {
@@ -243,6 +281,14 @@ impl RouteDoc {
         };
         if dest.is_none() && gateway.is_none() && for_add {
             return Err(DocError::DefaultWithoutGateway);
+        }
+        if let Some(g) = gateway {
+            if let Some(why) = not_a_host(&g) {
+                return Err(DocError::UnusableGateway { addr: g, why });
+            }
+            if let Some(d) = dest.filter(|d| d.addr().is_ipv4() != g.is_ipv4()) {
+                return Err(DocError::MixedFamilies { dest: d, gateway: g });
+            }
         }
         let device = match self.device.as_str() {
             "" if for_add => return Err(DocError::DeviceMissing),
@@ -307,11 +353,35 @@ mod tests {
             (with(&|d| d.ip_addresses[0].address = "172.16.0.300".into()), "IPAddresses[0].address"),
             (with(&|d| d.vhost_user_socket = Some("/run/ovs/1bad".into())), "vhostUserSocket"),
             (with(&|d| d.vhost_user_socket = Some(format!("/{}/sock", "a".repeat(130)))), "vhostUserSocket"),
+            (with(&|d| d.hw_addr = "+2:42:20:6f:a3:69".into()), "hwAddr"),
+            (with(&|d| d.ip_addresses[0].mask = "+16".into()), "IPAddresses[0].mask"),
+            (with(&|d| d.ip_addresses[0].mask = " 16".into()), "IPAddresses[0].mask"),
+            (with(&|d| d.ip_addresses[0].mask = "0".into()), "IPAddresses[0].mask"),
+            (with(&|d| d.ip_addresses[0].address = "0.0.0.0".into()), "IPAddresses[0].address"),
+            (with(&|d| d.ip_addresses[0].address = "224.0.0.5".into()), "IPAddresses[0].address"),
+            (with(&|d| d.ip_addresses[0].address = "127.0.0.2".into()), "IPAddresses[0].address"),
+            (with(&|d| d.ip_addresses[0].address = "255.255.255.255".into()), "IPAddresses[0].address"),
+            (with(&|d| d.ip_addresses[0].address = "::".into()), "IPAddresses[0].address"),
+            (with(&|d| d.ip_addresses[0].address = "ff02::1".into()), "IPAddresses[0].address"),
+            (with(&|d| d.ip_addresses[0].address = "::1".into()), "IPAddresses[0].address"),
         ];
         for (err, field) in cases {
             assert!(err.to_string().starts_with(field), "{field}: {err}");
         }
         assert_eq!(with(&|d| d.mtu = 45), DocError::Mtu(45));
+        assert_eq!(
+            with(&|d| d.ip_addresses[0].address = "224.0.0.5".into()).to_string(),
+            "IPAddresses[0].address: 224.0.0.5 is multicast, not a unicast host address"
+        );
+        let v6 = |addr: &str, mask: &str| {
+            let mut d = base.clone();
+            d.vhost_user_socket = None;
+            d.ip_addresses[0] = AddrDoc { address: addr.into(), mask: mask.into() };
+            d.validate()
+        };
+        assert!(v6("fd00::3", "128").is_ok());
+        assert_eq!(v6("fd00::3", "129"), Err(DocError::Mask("129".into())));
+        assert_eq!(v6("172.16.0.3", "32").map(|r| r.address.unwrap().prefix_len()), Ok(32));
         let mut ok = base.clone();
         ok.mtu = 46;
         ok.vhost_user_socket = None;
@@ -352,6 +422,16 @@ mod tests {
             ok(r#"{"dest":"177.17.0.0/33","device":"eth0"}"#, true),
             Err(DocError::Dest("177.17.0.0/33".into()))
         );
+        assert_eq!(
+            ok(r#"{"dest":"177.17.0.0/+24","device":"eth0"}"#, true),
+            Err(DocError::Dest("177.17.0.0/+24".into()))
+        );
+        let mixed = ok(r#"{"dest":"fd00::/64","gateway":"172.16.0.1","device":"eth0"}"#, true).unwrap_err();
+        assert_eq!(mixed.to_string(), "gateway: 172.16.0.1 is not of the same family as dest fd00::/64");
+        assert!(matches!(
+            ok(r#"{"dest":"default","gateway":"224.0.0.1","device":"eth0"}"#, true),
+            Err(DocError::UnusableGateway { .. })
+        ));
         assert_eq!(ok(r#"{"dest":"default","gateway":"x","device":"eth0"}"#, true), Err(DocError::Gateway("x".into())));
         assert!(matches!(
             ok(r#"{"dest":"10.0.0.0/8","device":"netport_test_1234"}"#, true),

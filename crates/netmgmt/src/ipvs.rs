@@ -141,8 +141,9 @@ const COMMANDS: [&str; 9] = [
 ];
 
 fn number(option: &str, v: &str, range: std::ops::RangeInclusive<u32>) -> Result<u32, IpvsError> {
+    // Digits only: `parse` alone would take a sign ("+5").
     match v.parse::<u32>() {
-        Ok(n) if range.contains(&n) => Ok(n),
+        Ok(n) if range.contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
         _ => Err(syntax(format!("{option}: {v:?} is not a number in {}..={}", range.start(), range.end()))),
     }
 }
@@ -625,6 +626,7 @@ mod tests {
             ("--add-service --fwmark-service 1", "not allowed"),
             ("--add-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --gatewaying", "not allowed"),
             ("--add-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --weight 70000", "--weight"),
+            ("--add-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --weight +5", "--weight"),
             ("--add-server --tcp-service 172.17.0.7:80 --real-server [fd00::4]:80", "family"),
             ("--add-server --tcp-service 172.17.0.7:80", "needs --real-server"),
             ("--add-service --tcp-service 172.17.0.7:80 --weight 1", "does not apply"),

@@ -73,6 +73,8 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    #[error("{}: {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
     #[error("bad value from the kernel for {dev}: {what}")]
     Kernel { dev: String, what: String },
 }

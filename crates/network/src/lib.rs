@@ -10,6 +10,7 @@ pub mod nic_fds;
 pub mod nl;
 pub mod rollback;
 pub mod scan;
+pub mod trust;
 pub mod types;
 
 pub use endpoint::{attach_all, detach_all, Attached, Endpoint, EndpointConfig, EndpointState};

@@ -90,7 +90,8 @@ impl FromStr for MacAddr {
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
             let p = parts.next().ok_or_else(err)?;
-            if p.len() != 2 {
+            // Two hex digits: `from_str_radix` alone would take a sign ("+2").
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *byte = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -139,7 +140,13 @@ impl FromStr for PciPath {
         let err = || ParseError::PciPath(s.to_owned());
         let slots = s
             .split('/')
-            .map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).map_err(|_| err()) } else { Err(err()) })
+            .map(|p| {
+                if p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    u8::from_str_radix(p, 16).map_err(|_| err())
+                } else {
+                    Err(err())
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Self::new(slots).map_err(|_| err())
     }
@@ -224,6 +231,10 @@ mod tests {
 
     #[test]
     fn mac_round_trip_and_rejects() {
+        for signed in ["+2:42:20:6f:a3:69", "02:42:20:6f:a3:-9", "02:42:20:6f:a3: 9"] {
+            assert!(signed.parse::<MacAddr>().is_err(), "{signed}");
+        }
+        assert!("+1/02".parse::<PciPath>().is_err());
         let m: MacAddr = "02:42:20:6F:a3:69".parse().unwrap();
         assert_eq!(m.to_string(), "02:42:20:6f:a3:69");
         assert!(m.is_unicast());

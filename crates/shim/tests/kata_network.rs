@@ -70,6 +70,8 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     assert_eq!(cli.ok(&["kata-network", "list-ifaces", id], None), "null");
     let routes_before = cli.ok(&["kata-network", "list-routes", id], None);
 
+    let vhu = cli.scratch.join("vhost-user2");
+    let _vhu = std::os::unix::net::UnixListener::bind(&vhu).unwrap();
     // Bad input: refused with the field named, and nothing changes anywhere.
     let mut bad: Vec<(String, &str)> = vec![
         (with(IFACE, |v| v["name"] = "eth-test-too-long".into()), "name"),
@@ -93,6 +95,16 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
         (with(IFACE, |v| v["name"] = "eth0".into()), "name: eth0 is already in the sandbox"),
         (with(IFACE, |v| v["hwAddr"] = tests::POD_MAC.into()), "hwAddr"),
         ("{not json".to_owned(), "key must be a string"),
+        // Addresses must be usable unicast host addresses; numbers and MAC octets digits only.
+        (with(IFACE, |v| v["IPAddresses"][0]["address"] = "224.0.0.9".into()), "224.0.0.9 is multicast"),
+        (with(IFACE, |v| v["IPAddresses"][0]["address"] = "0.0.0.0".into()), "0.0.0.0 is unspecified"),
+        (with(IFACE, |v| v["IPAddresses"][0]["address"] = "127.0.0.9".into()), "127.0.0.9 is loopback"),
+        (with(IFACE, |v| v["IPAddresses"][0]["address"] = "255.255.255.255".into()), "limited broadcast"),
+        (with(IFACE, |v| v["IPAddresses"][0]["mask"] = "+16".into()), "IPAddresses[0].mask"),
+        (with(IFACE, |v| v["IPAddresses"][0]["mask"] = "0".into()), "IPAddresses[0].mask"),
+        (with(IFACE, |v| v["hwAddr"] = "+2:42:20:6f:a3:69".into()), "hwAddr"),
+        // A vhost-user socket in a directory every user can write to (the scratch dir is in /tmp).
+        (with(IFACE, |v| v["vhostUserSocket"] = vhu.to_str().unwrap().into()), "vhostUserSocket: refused: /tmp: writable"),
     ];
     for (doc, want) in bad.drain(..) {
         assert_refused(cli.doc("add-iface", id, &doc), want);
@@ -113,8 +125,14 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     });
     assert_refused(cli.doc("add-iface", id, &low_mtu), "mtu: the new TAP tap-new refused MTU 46");
     assert_refused(cli.doc("add-iface", id, &with(IFACE, |v| v["mtu"] = 46.into())), "the VM refused: mtu");
-    for route in [r#"{"dest":"default","device":"eth0"}"#, r#"{"dest":"10.0.0.0/33","device":"eth0"}"#] {
-        assert_refused(cli.doc("add-route", id, route), if route.contains("33") { "dest" } else { "gateway" });
+    for (route, want) in [
+        (r#"{"dest":"default","device":"eth0"}"#, "gateway"),
+        (r#"{"dest":"10.0.0.0/33","device":"eth0"}"#, "dest"),
+        (r#"{"dest":"10.0.0.0/+8","device":"eth0"}"#, "dest"),
+        (r#"{"dest":"fd00::/64","gateway":"10.88.0.1","device":"eth0"}"#, "not of the same family"),
+        (r#"{"dest":"default","gateway":"224.0.0.1","device":"eth0"}"#, "gateway: 224.0.0.1 is multicast"),
+    ] {
+        assert_refused(cli.doc("add-route", id, route), want);
     }
     assert_refused(cli.doc("add-route", id, r#"{"dest":"10.1.0.0/16","device":"nosuchdev"}"#), "nosuchdev");
     assert_refused(cli.doc("del-route", id, r#"{"dest":"10.123.0.0/16"}"#), "no route");

@@ -38,13 +38,15 @@ pub struct EndpointConfig {
     pub queues: usize,
     /// Use `/dev/vhost-net` when the host has it.
     pub vhost_net: bool,
-    /// Where DPDK/OVS leave vhost-user sockets: `<dir>/vhostuser_<ipv4>/vhu.sock`.
-    pub vhost_user_dir: PathBuf,
+    /// Where DPDK/OVS leave vhost-user sockets, `<dir>/vhostuser_<ipv4>/vhu.sock`; `None` (the
+    /// default) turns the discovery off. A socket found there must pass
+    /// [`trust::check_root_socket`](crate::trust::check_root_socket), or the scan fails.
+    pub vhost_user_dir: Option<PathBuf>,
 }
 
 impl Default for EndpointConfig {
     fn default() -> Self {
-        Self { model: NetworkModel::TcFilter, queues: 1, vhost_net: true, vhost_user_dir: PathBuf::from("/tmp") }
+        Self { model: NetworkModel::TcFilter, queues: 1, vhost_net: true, vhost_user_dir: None }
     }
 }
 
@@ -146,7 +148,7 @@ impl Endpoint {
     /// kernel makes in every namespace.
     pub fn from_link(n: usize, link: &Link, info: &NetworkInfo, cfg: &EndpointConfig) -> Result<Option<Self>> {
         let id = format!("network-{n}");
-        if let Some(socket) = vhost_user_socket(&cfg.vhost_user_dir, link) {
+        if let Some(socket) = vhost_user_socket(cfg.vhost_user_dir.as_deref(), link)? {
             return Ok(Some(Endpoint::VhostUser(VhostUserEndpoint { id, link: link.clone(), socket })));
         }
         let vm_dev: IfName = format!("tap{n}_kata").parse().map_err(|_| Error::Kernel {
@@ -273,12 +275,16 @@ async fn attach_bridged(
 }
 
 /// The vhost-user socket DPDK/OVS made for this link, found by the link's IPv4 address.
-fn vhost_user_socket(dir: &Path, link: &Link) -> Option<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    link.addresses.iter().filter(|a| a.addr().is_ipv4()).find_map(|a| {
+fn vhost_user_socket(dir: Option<&Path>, link: &Link) -> Result<Option<PathBuf>> {
+    let Some(dir) = dir else { return Ok(None) };
+    for a in link.addresses.iter().filter(|a| a.addr().is_ipv4()) {
         let p = dir.join(format!("vhostuser_{}", a.addr())).join("vhu.sock");
-        std::fs::metadata(&p).ok().filter(|m| m.file_type().is_socket()).map(|_| p)
-    })
+        if std::fs::symlink_metadata(&p).is_ok() {
+            crate::trust::check_root_socket(&p)?;
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
 }
 
 /// Detach a whole sandbox: the link-side changes of every endpoint first, then every device

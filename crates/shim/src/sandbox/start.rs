@@ -112,11 +112,12 @@ impl Start<'_> {
     /// The namespace's links, addresses, routes and neighbours, and an endpoint per link.
     async fn scan(&self, ctx: &NetCtx) -> Result<(NetworkInfo, Vec<Endpoint>, EndpointConfig)> {
         let info = ctx.scan().await?;
+        let qemu = &self.cfg.hypervisor.qemu;
         let ep_cfg = EndpointConfig {
             model: self.cfg.runtime.internetworking_model,
             queues: self.cfg.queues(),
             vhost_net: !self.cfg.hypervisor.qemu.disable_vhost_net,
-            ..EndpointConfig::default()
+            vhost_user_dir: qemu.enable_vhost_user_store.then(|| qemu.vhost_user_store_path.clone()),
         };
         let eps = Endpoint::from_scan(&info, &ep_cfg)?;
         Ok((info, eps, ep_cfg))
