@@ -115,6 +115,10 @@ impl TestNs {
             .map(|l| {
                 let mut v = keep(l, &["ifname", "address", "mtu", "flags", "link_type"]);
                 v["kind"] = l.pointer("/linkinfo/info_kind").cloned().unwrap_or(Value::Null);
+                // A TAP's features (pi, vnet_hdr, multi_queue, persist): attaching changes them.
+                if v["kind"] == "tun" {
+                    v["tun"] = l.pointer("/linkinfo/info_data").cloned().unwrap_or(Value::Null);
+                }
                 v
             })
             .collect();

@@ -104,9 +104,9 @@ async fn tap_macvlan_macvtap_and_tun_scan_to_their_kinds() {
         ("mvt0".to_owned(), LinkKind::Macvtap),
         ("p0".to_owned(), LinkKind::Veth),
         ("p1".to_owned(), LinkKind::Veth),
-        ("tap-a".to_owned(), LinkKind::Tuntap { tap: true, multi_queue: true }),
-        ("tap-b".to_owned(), LinkKind::Tuntap { tap: true, multi_queue: false }),
-        ("tun-a".to_owned(), LinkKind::Tuntap { tap: false, multi_queue: false }),
+        ("tap-a".to_owned(), LinkKind::Tuntap { tap: true, multi_queue: true, pi: false, vnet_hdr: false }),
+        ("tap-b".to_owned(), LinkKind::Tuntap { tap: true, multi_queue: false, pi: false, vnet_hdr: false }),
+        ("tun-a".to_owned(), LinkKind::Tuntap { tap: false, multi_queue: false, pi: false, vnet_hdr: false }),
     ];
     assert_eq!(kinds, want);
     for l in &info.links {

@@ -189,7 +189,8 @@ impl IfaceDoc {
                     return Err(DocError::Unusable { addr: ip, why });
                 }
                 let max = if ip.is_ipv4() { 32 } else { 128 };
-                let prefix = digits(&a.mask).filter(|p| (1..=max).contains(p)).ok_or_else(|| DocError::Mask(a.mask.clone()))?;
+                let prefix =
+                    digits(&a.mask).filter(|p| (1..=max).contains(p)).ok_or_else(|| DocError::Mask(a.mask.clone()))?;
                 Some(IpNet::new(ip, prefix as u8).map_err(|_| DocError::Mask(a.mask.clone()))?)
             }
         };

@@ -7,6 +7,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::netns::{NetNs, NsWorker};
 use crate::types::IfName;
@@ -22,31 +24,69 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
+/// The features of a TAP device that attaching a queue sets (`TUN_FEATURES` in the kernel): each
+/// TUNSETIFF on an existing TAP replaces them with the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapFlags {
+    /// Packet information header (`IFF_NO_PI` off).
+    pub pi: bool,
+    pub vnet_hdr: bool,
+    pub multi_queue: bool,
+}
+
+impl TapFlags {
+    /// What the VM's NIC needs: no PI header, a virtio-net header.
+    pub fn for_vm(multi_queue: bool) -> Self {
+        Self { pi: false, vnet_hdr: true, multi_queue }
+    }
+
+    fn bits(self) -> libc::c_int {
+        let mut flags = libc::IFF_TAP;
+        if !self.pi {
+            flags |= libc::IFF_NO_PI;
+        }
+        if self.vnet_hdr {
+            flags |= libc::IFF_VNET_HDR;
+        }
+        if self.multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        flags
+    }
+}
+
+/// Attach one fd to the TAP `name` with `flags`, in the calling thread's namespace.
+fn attach_tap(name: &IfName, flags: TapFlags) -> io::Result<OwnedFd> {
+    let mut ifr = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: flags.bits() as libc::c_short, _pad: [0; 22] };
+    // IfName guarantees at most 15 bytes, so the name stays NUL-terminated.
+    ifr.name[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
+    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(TUN_DEVICE)?;
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `ifr` is one, properly sized, and
+    // outlives the call. `f` is an open /dev/net/tun fd.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut IfReqFlags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(f))
+}
+
+/// Give the TAP `name` (in the worker's namespace) its features back: attach once with them and
+/// let go. Nothing to do when the TAP is gone.
+pub fn restore_tap_flags_in(ns: &NsWorker, name: &IfName, flags: TapFlags) -> Result<()> {
+    let n = name.clone();
+    match ns.run(move || attach_tap(&n, flags).map(drop))? {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        other => other.map_err(Error::io("restore the flags of", name.as_str())),
+    }
+}
+
 /// Open `queues` queues of the TAP `name` in the calling thread's namespace, creating a
 /// non-persistent TAP when none exists (it vanishes with its last fd). Flags are those QEMU
 /// expects: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, plus IFF_MULTI_QUEUE when `multi_queue`.
 ///
 /// Call it on a thread inside the target namespace ([`NetNs::run`]).
 pub fn open_tap_queues(name: &IfName, queues: usize, multi_queue: bool) -> io::Result<Vec<OwnedFd>> {
-    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    if multi_queue {
-        flags |= libc::IFF_MULTI_QUEUE;
-    }
-    let mut ifr = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: flags as libc::c_short, _pad: [0; 22] };
-    // IfName guarantees at most 15 bytes, so the name stays NUL-terminated.
-    ifr.name[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
-    (0..queues.max(1))
-        .map(|_| {
-            let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(TUN_DEVICE)?;
-            // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `ifr` is one, properly sized,
-            // and outlives the call. `f` is an open /dev/net/tun fd.
-            let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut IfReqFlags) };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(OwnedFd::from(f))
-        })
-        .collect()
+    (0..queues.max(1)).map(|_| attach_tap(name, TapFlags::for_vm(multi_queue))).collect()
 }
 
 /// Open queues of an existing TAP inside the worker's namespace; the error names the device.

@@ -4,32 +4,55 @@
 //! state, tear down what an earlier process created.
 
 use ipnet::IpNet;
-use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::nic::{NicConfig, NicHotplug};
+use crate::nic_fds::TapFlags;
 use crate::nl;
 use crate::scan::{Neighbor, Route};
 use crate::types::{IfName, MacAddr, PciPath};
+use crate::NetCtx;
 
 /// One step that reverses one change in the namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "undo")]
 pub enum Undo {
-    DeleteLink { name: IfName },
-    DeleteIngress { name: IfName },
-    SetMac { name: IfName, mac: MacAddr },
-    AddAddresses { name: IfName, addresses: Vec<IpNet> },
-    AddRoutes { name: IfName, routes: Vec<Route> },
-    AddNeighbors { name: IfName, neighbors: Vec<Neighbor> },
+    DeleteLink {
+        name: IfName,
+    },
+    DeleteIngress {
+        name: IfName,
+    },
+    SetMac {
+        name: IfName,
+        mac: MacAddr,
+    },
+    AddAddresses {
+        name: IfName,
+        addresses: Vec<IpNet>,
+    },
+    AddRoutes {
+        name: IfName,
+        routes: Vec<Route>,
+    },
+    AddNeighbors {
+        name: IfName,
+        neighbors: Vec<Neighbor>,
+    },
+    /// Give an operator's TAP back the features it had (attaching with other flags changes them).
+    RestoreTapFlags {
+        name: IfName,
+        flags: TapFlags,
+    },
 }
 
 impl Undo {
     /// Carry the step out. Undoing something already undone succeeds.
-    pub async fn run(&self, handle: &Handle) -> Result<()> {
+    pub async fn run(&self, ctx: &NetCtx) -> Result<()> {
+        let handle = &ctx.handle;
         match self {
             Undo::DeleteLink { name } => nl::delete_link(handle, name.as_str()).await,
             Undo::DeleteIngress { name } => nl::del_ingress(handle, name.as_str()).await,
@@ -49,15 +72,16 @@ impl Undo {
                 let index = nl::require_link(handle, name.as_str()).await?;
                 nl::replace_neighbors(handle, index, name.as_str(), neighbors).await
             }
+            Undo::RestoreTapFlags { name, flags } => crate::nic_fds::restore_tap_flags_in(&ctx.worker, name, *flags),
         }
     }
 }
 
 /// Run steps in the given order; every step is tried, and the first error is returned.
-pub async fn run_all(handle: &Handle, steps: &[Undo]) -> Result<()> {
+pub async fn run_all(ctx: &NetCtx, steps: &[Undo]) -> Result<()> {
     let mut first = Ok(());
     for step in steps {
-        if let Err(e) = step.run(handle).await {
+        if let Err(e) = step.run(ctx).await {
             if first.is_ok() {
                 first = Err(e);
             }
@@ -96,21 +120,21 @@ impl NicHotplug for NoNics {
 /// undone by one guard, in order.
 #[derive(Debug)]
 pub struct Rollback<H: NicHotplug + 'static = NoNics> {
-    handle: Handle,
+    ctx: NetCtx,
     nics: Option<Arc<H>>,
     steps: Vec<Step>,
 }
 
 impl Rollback {
-    pub fn new(handle: &Handle) -> Self {
-        Self { handle: handle.clone(), nics: None, steps: Vec::new() }
+    pub fn new(ctx: &NetCtx) -> Self {
+        Self { ctx: ctx.clone(), nics: None, steps: Vec::new() }
     }
 }
 
 impl<H: NicHotplug + 'static> Rollback<H> {
     /// A rollback that may also plug NICs into `vm`.
-    pub fn with_nics(handle: &Handle, vm: Arc<H>) -> Self {
-        Self { handle: handle.clone(), nics: Some(vm), steps: Vec::new() }
+    pub fn with_nics(ctx: &NetCtx, vm: Arc<H>) -> Self {
+        Self { ctx: ctx.clone(), nics: Some(vm), steps: Vec::new() }
     }
 
     pub fn push(&mut self, step: Undo) {
@@ -135,15 +159,15 @@ impl<H: NicHotplug + 'static> Rollback<H> {
     /// returned (a NIC the VM would not give back is [`Error::Unplug`]).
     pub async fn undo(mut self) -> Result<()> {
         let steps: Vec<Step> = self.steps.drain(..).rev().collect();
-        run_steps(&self.handle, self.nics.as_deref(), steps).await
+        run_steps(&self.ctx, self.nics.as_deref(), steps).await
     }
 }
 
-async fn run_steps<H: NicHotplug>(handle: &Handle, nics: Option<&H>, steps: Vec<Step>) -> Result<()> {
+async fn run_steps<H: NicHotplug>(ctx: &NetCtx, nics: Option<&H>, steps: Vec<Step>) -> Result<()> {
     let mut first = Ok(());
     for step in steps {
         let res = match (&step, nics) {
-            (Step::Net(u), _) => u.run(handle).await,
+            (Step::Net(u), _) => u.run(ctx).await,
             (Step::Nic(id), Some(vm)) => {
                 vm.remove_nic(id).await.map_err(|e| Error::Unplug { id: id.clone(), source: Box::new(e) })
             }
@@ -164,11 +188,11 @@ impl<H: NicHotplug + 'static> Drop for Rollback<H> {
             return;
         }
         let steps: Vec<Step> = self.steps.drain(..).rev().collect();
-        let handle = self.handle.clone();
+        let ctx = self.ctx.clone();
         let nics = self.nics.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = run_steps(&handle, nics.as_deref(), steps).await;
+                let _ = run_steps(&ctx, nics.as_deref(), steps).await;
             });
         }
     }

@@ -33,10 +33,15 @@ use crate::types::{IfName, MacAddr};
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum LinkKind {
     Veth,
-    /// A tun/tap device; `tap` is false for layer-3 tun mode.
+    /// A tun/tap device; `tap` is false for layer-3 tun mode. `pi` and `vnet_hdr` are the
+    /// features it has now (the last queue attached set them).
     Tuntap {
         tap: bool,
         multi_queue: bool,
+        #[serde(default)]
+        pi: bool,
+        #[serde(default)]
+        vnet_hdr: bool,
     },
     Macvlan,
     Macvtap,
@@ -137,6 +142,8 @@ pub fn is_runtime_device(name: &str) -> bool {
 }
 
 const IFLA_TUN_TYPE: u16 = 3;
+const IFLA_TUN_PI: u16 = 4;
+const IFLA_TUN_VNET_HDR: u16 = 5;
 const IFLA_TUN_MULTI_QUEUE: u16 = 7;
 const IFF_TAP: u8 = 2;
 const RT_TABLE_MAIN: u32 = 254;
@@ -192,7 +199,7 @@ fn parse_link(msg: &LinkMessage) -> Option<Result<Link>> {
     let mut mac = None;
     let mut mtu = 0;
     let mut kind = None;
-    let mut tun = (false, false);
+    let mut tun = (false, false, false, false);
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
@@ -209,6 +216,8 @@ fn parse_link(msg: &LinkMessage) -> Option<Result<Link>> {
                                 match (nla.kind(), v.first()) {
                                     (IFLA_TUN_TYPE, Some(t)) => tun.0 = *t == IFF_TAP,
                                     (IFLA_TUN_MULTI_QUEUE, Some(m)) => tun.1 = *m != 0,
+                                    (IFLA_TUN_PI, Some(p)) => tun.2 = *p != 0,
+                                    (IFLA_TUN_VNET_HDR, Some(v)) => tun.3 = *v != 0,
                                     _ => {}
                                 }
                             }
@@ -223,7 +232,7 @@ fn parse_link(msg: &LinkMessage) -> Option<Result<Link>> {
     let name = name?;
     let kind = match kind {
         Some(InfoKind::Veth) => LinkKind::Veth,
-        Some(InfoKind::Tun) => LinkKind::Tuntap { tap: tun.0, multi_queue: tun.1 },
+        Some(InfoKind::Tun) => LinkKind::Tuntap { tap: tun.0, multi_queue: tun.1, pi: tun.2, vnet_hdr: tun.3 },
         Some(InfoKind::MacVlan) => LinkKind::Macvlan,
         Some(InfoKind::MacVtap) => LinkKind::Macvtap,
         Some(InfoKind::IpVlan) => LinkKind::Ipvlan,
@@ -361,7 +370,10 @@ mod tests {
 
     #[test]
     fn type_names() {
-        assert_eq!(LinkKind::Tuntap { tap: true, multi_queue: false }.type_name(), "tuntap");
+        assert_eq!(
+            LinkKind::Tuntap { tap: true, multi_queue: false, pi: false, vnet_hdr: false }.type_name(),
+            "tuntap"
+        );
         assert_eq!(LinkKind::Other { name: "dummy".into() }.type_name(), "dummy");
     }
 }

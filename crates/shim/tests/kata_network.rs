@@ -104,7 +104,10 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
         (with(IFACE, |v| v["IPAddresses"][0]["mask"] = "0".into()), "IPAddresses[0].mask"),
         (with(IFACE, |v| v["hwAddr"] = "+2:42:20:6f:a3:69".into()), "hwAddr"),
         // A vhost-user socket in a directory every user can write to (the scratch dir is in /tmp).
-        (with(IFACE, |v| v["vhostUserSocket"] = vhu.to_str().unwrap().into()), "vhostUserSocket: refused: /tmp: writable"),
+        (
+            with(IFACE, |v| v["vhostUserSocket"] = vhu.to_str().unwrap().into()),
+            "vhostUserSocket: refused: /tmp: writable",
+        ),
     ];
     for (doc, want) in bad.drain(..) {
         assert_refused(cli.doc("add-iface", id, &doc), want);

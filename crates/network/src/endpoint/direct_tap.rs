@@ -5,6 +5,7 @@ use crate::endpoint::{Attached, EndpointConfig, EndpointState};
 use crate::error::{Error, Result};
 use crate::nic::NicHotplug;
 use crate::nic::{NicBackend, NicConfig};
+use crate::nic_fds::TapFlags;
 use crate::nl;
 use crate::rollback::{Rollback, Undo};
 use crate::scan::{Link, LinkKind};
@@ -65,6 +66,8 @@ pub struct OperatorTap {
     pub queues: usize,
     /// The runtime made the TAP (its removal is registered on the rollback).
     pub created: bool,
+    /// The operator's TAP had other features: what to give it back once the NIC is gone.
+    pub restore: Option<TapFlags>,
 }
 
 impl OperatorTapRequest {
@@ -82,14 +85,21 @@ impl OperatorTapRequest {
     pub async fn open<H: NicHotplug>(&self, ctx: &NetCtx, rb: &mut Rollback<H>) -> Result<OperatorTap> {
         let dev = &self.device;
         let info = ctx.scan().await?;
-        let (fds, queues, created) = match info.link(dev.as_str()) {
+        let (fds, queues, restore) = match info.link(dev.as_str()) {
             Some(link) => {
-                let multi_queue = match &link.kind {
-                    LinkKind::Tuntap { tap: true, multi_queue } => *multi_queue,
+                let had = match &link.kind {
+                    LinkKind::Tuntap { tap: true, multi_queue, pi, vnet_hdr } => {
+                        TapFlags { pi: *pi, vnet_hdr: *vnet_hdr, multi_queue: *multi_queue }
+                    }
                     other => return Err(Error::NotATap { dev: dev.to_string(), kind: other.type_name().to_owned() }),
                 };
-                let queues = self.queues_for(multi_queue)?;
-                (nic_fds::open_tap_queues_in(&ctx.worker, dev, queues, multi_queue)?, queues, false)
+                let queues = self.queues_for(had.multi_queue)?;
+                // Opening the queues gives the TAP the VM's features: it gets its own back when
+                // the NIC is gone (undo here; del-iface for a NIC that stayed).
+                if had != TapFlags::for_vm(had.multi_queue) {
+                    rb.push(Undo::RestoreTapFlags { name: dev.clone(), flags: had });
+                }
+                (nic_fds::open_tap_queues_in(&ctx.worker, dev, queues, had.multi_queue)?, queues, Some(had))
             }
             None => {
                 // The scan leaves out the runtime's own devices: `create_tap_in` refuses a name
@@ -100,10 +110,16 @@ impl OperatorTapRequest {
                 nl::set_runtime_dev_up(&ctx.handle, index, dev.as_str(), self.mtu)
                     .await
                     .map_err(|e| Error::TapMtu { dev: dev.to_string(), mtu: self.mtu, source: Box::new(e) })?;
-                (fds, queues, true)
+                (fds, queues, None)
             }
         };
         let vhost = nic_fds::open_vhost_net(queues, self.vhost_net)?;
-        Ok(OperatorTap { backend: NicBackend::Tap { device: dev.clone(), queues: fds, vhost }, queues, created })
+        let created = restore.is_none();
+        Ok(OperatorTap {
+            backend: NicBackend::Tap { device: dev.clone(), queues: fds, vhost },
+            queues,
+            created,
+            restore: restore.filter(|had| *had != TapFlags::for_vm(had.multi_queue)),
+        })
     }
 }

@@ -131,7 +131,7 @@ impl EndpointState {
 
     /// Remove what the attach made. Safe to repeat; every step is tried.
     pub async fn detach(&self, ctx: &NetCtx) -> Result<()> {
-        rollback::run_all(&ctx.handle, &self.teardown()).await
+        rollback::run_all(ctx, &self.teardown()).await
     }
 }
 
@@ -170,7 +170,7 @@ impl Endpoint {
             LinkKind::Tuntap { tap: false, .. } => {
                 return Err(Error::Unsupported { name: link.name.to_string(), what: "a tun (layer 3) device" })
             }
-            LinkKind::Tuntap { tap: true, multi_queue } => match cfg.model {
+            LinkKind::Tuntap { tap: true, multi_queue, .. } => match cfg.model {
                 NetworkModel::None => Endpoint::DirectTap(DirectTapEndpoint::existing(id, link, *multi_queue)?),
                 _ => Endpoint::BridgedTap(BridgedTapEndpoint { id, bridged: bridged() }),
             },
@@ -246,7 +246,7 @@ async fn attach_bridged(
 ) -> Result<Attached> {
     let guest_mac =
         b.link.mac.ok_or_else(|| Error::Kernel { dev: b.link.name.to_string(), what: "no MAC address".into() })?;
-    let mut rb = Rollback::new(&ctx.handle);
+    let mut rb = Rollback::new(ctx);
     let res = async {
         let connected = b.connect(ctx, cfg.queues, &mut rb).await?;
         let vhost = fds::open_vhost_net(cfg.queues, cfg.vhost_net)?;
@@ -300,13 +300,13 @@ pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
     };
     let steps: Vec<Vec<Undo>> = states.iter().map(EndpointState::teardown).collect();
     for s in steps.iter().flatten().filter(|u| matches!(u, Undo::DeleteIngress { .. })) {
-        keep(s.run(&ctx.handle).await);
+        keep(s.run(ctx).await);
     }
     if steps.iter().flatten().any(|u| matches!(u, Undo::DeleteLink { .. })) {
         keep(crate::nl::delete_group(&ctx.handle, crate::nl::RUNTIME_LINK_GROUP).await);
     }
     for s in steps.iter().flatten().filter(|u| !matches!(u, Undo::DeleteIngress { .. })) {
-        keep(s.run(&ctx.handle).await);
+        keep(s.run(ctx).await);
     }
     first
 }

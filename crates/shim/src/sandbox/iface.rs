@@ -8,6 +8,7 @@ use netmgmt::doc::IfaceRequest;
 use netmgmt::mg;
 use netmgmt::output::{address, pci_addr};
 use network::endpoint::{EndpointState, OperatorTap, OperatorTapRequest};
+use network::nic_fds::TapFlags;
 use network::{IfName, MacAddr, NicBackend, NicConfig, PciPath, Rollback};
 
 use super::{Ops, Sandbox, NIC_WAIT};
@@ -26,10 +27,12 @@ pub struct Added {
     pub pci: PciPath,
     /// The runtime made the TAP (it did not exist) and removes it on del-iface.
     pub created: bool,
+    /// The operator's TAP's own features, given back on del-iface.
+    pub restore: Option<TapFlags>,
 }
 
 impl Added {
-    fn new(req: &IfaceRequest, device: IfName, pci: PciPath, created: bool) -> Self {
+    fn new(req: &IfaceRequest, device: IfName, pci: PciPath, host: &OperatorTap) -> Self {
         Added {
             id: format!("hp-{}", req.name),
             device,
@@ -38,7 +41,8 @@ impl Added {
             mtu: req.mtu,
             address: req.address,
             pci,
-            created,
+            created: host.created,
+            restore: host.restore,
         }
     }
 
@@ -102,11 +106,8 @@ impl Sandbox {
         rb: &mut Rollback<hypervisor::Vm>,
     ) -> Result<OperatorTap> {
         if let Some(socket) = &req.vhost_user_socket {
-            return Ok(OperatorTap {
-                backend: NicBackend::VhostUser { socket: socket.into() },
-                queues: 1,
-                created: false,
-            });
+            let backend = NicBackend::VhostUser { socket: socket.into() };
+            return Ok(OperatorTap { backend, queues: 1, created: false, restore: None });
         }
         let tap = OperatorTapRequest {
             device: device.clone(),
@@ -137,7 +138,7 @@ impl Sandbox {
         req.check_host()?;
         let mut ops = self.ops.lock().await;
         let device = self.check_new_iface(&req, &ops).await?;
-        let mut rb = Rollback::with_nics(&self.ctx.handle, self.vm.clone());
+        let mut rb = Rollback::with_nics(&self.ctx, self.vm.clone());
         let mut plugged: Option<Added> = None;
         let res = self.plug(&req, &device, &mut ops, &mut rb, &mut plugged).await;
         match res {
@@ -161,13 +162,14 @@ impl Sandbox {
         rb: &mut Rollback<hypervisor::Vm>,
         plugged: &mut Option<Added>,
     ) -> Result<()> {
-        let host = self.host_side(req, device, rb).await?;
+        let mut host = self.host_side(req, device, rb).await?;
         if host.created {
             self.record_created(ops, device).await?;
         }
-        let nic = NicConfig { id: format!("hp-{}", req.name), guest_mac: req.mac, mtu: req.mtu, backend: host.backend };
+        let backend = std::mem::replace(&mut host.backend, NicBackend::VhostUser { socket: Default::default() });
+        let nic = NicConfig { id: format!("hp-{}", req.name), guest_mac: req.mac, mtu: req.mtu, backend };
         let pci = rb.hotplug(nic).await?;
-        let added = plugged.insert(Added::new(req, device.clone(), pci, host.created));
+        let added = plugged.insert(Added::new(req, device.clone(), pci, &host));
         self.agent.update_interface(&added.guest_interface(host.queues), NIC_WAIT).await?;
         Ok(())
     }
@@ -215,6 +217,9 @@ impl Sandbox {
         if a.created {
             let _ = network::nl::delete_link(&self.ctx.handle, a.device.as_str()).await;
             self.forget_created(&mut ops, &a.device);
+        }
+        if let Some(flags) = a.restore {
+            network::nic_fds::restore_tap_flags_in(&self.ctx.worker, &a.device, flags)?;
         }
         slog::info!(self.log, "interface removed"; "name" => name, "device" => a.device.as_str());
         Ok(())
