@@ -129,6 +129,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// As it may reach a terminal: what the guest said (IPVS output, its refusals) carries no
+    /// control character; the error stays one line.
+    pub fn printable(self) -> Self {
+        Self {
+            stdout: netmgmt::output::printable(&self.stdout, true),
+            error: self.error.map(|e| netmgmt::output::printable(&e, false)),
+        }
+    }
+
     fn ok(stdout: String) -> Self {
         Self { stdout, error: None }
     }
@@ -306,4 +315,20 @@ async fn del_iface(a: &DocArgs) -> Outcome {
 /// One line for standard error: the error and its causes.
 pub fn one_line(e: &anyhow::Error) -> String {
     e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_reaches_the_terminal_has_no_control_characters() {
+        let out = Outcome {
+            stdout: "IP Virtual Server\n\x1b]2;pwned\x07TCP 10.0.0.1:80".into(),
+            error: Some("the VM refused: bad\nthing\x1b[31m".into()),
+        }
+        .printable();
+        assert_eq!(out.stdout, "IP Virtual Server\n?]2;pwned?TCP 10.0.0.1:80");
+        assert_eq!(out.error.as_deref(), Some("the VM refused: bad thing?[31m"));
+    }
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = rt.block_on(cli::run(cli));
+    let out = rt.block_on(cli::run(cli)).printable();
     if !out.stdout.is_empty() {
         println!("{}", out.stdout);
     }

@@ -183,6 +183,21 @@ impl From<&mg::Route> for RouteOut {
     }
 }
 
+/// Text from the guest (a command's output, a refusal) made safe for the operator's terminal:
+/// control characters (escape sequences, carriage returns, ...) become `?`; newlines stay only
+/// where `multi_line` (a listing), else they become spaces.
+pub fn printable(text: &str, multi_line: bool) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' if multi_line => '\n',
+            '\n' => ' ',
+            '\t' => '\t',
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect()
+}
+
 /// JSON, or `null` for an empty list (list commands).
 pub fn list_json<T: Serialize>(v: &[T]) -> serde_json::Result<String> {
     if v.is_empty() {
@@ -245,6 +260,13 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"[{"dest":"default","gateway":"172.16.0.1","device":"eth-test"}]"#
         );
+    }
+
+    #[test]
+    fn guest_text_reaches_the_terminal_without_control_characters() {
+        let evil = "IP Virtual Server\x1b]0;owned\x07\r\n-> 10.0.0.1:80\x1b[2J\u{9b}31m";
+        assert_eq!(printable(evil, true), "IP Virtual Server?]0;owned??\n-> 10.0.0.1:80?[2J?31m");
+        assert_eq!(printable("refused:\nline two\x1b[1m", false), "refused: line two?[1m");
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} {} is not one the shim made: left alone", path.display())]
+    Confined { what: &'static str, path: PathBuf },
+    #[error("sandbox id {0:?}: only letters, digits, '_', '-' and '.' (not first), at most 128")]
+    InvalidId(String),
     #[error("management server on {}: {why}", path.display())]
     MgmtServer { path: PathBuf, why: String },
     /// An operation failed and undoing it failed too: both messages, and what is left.
@@ -72,7 +76,9 @@ impl Error {
     pub fn code(&self) -> Code {
         use network::Error as N;
         match self {
-            Error::Config(_) | Error::BadConfig(_) | Error::Bundle { .. } | Error::Doc(_) => Code::INVALID_ARGUMENT,
+            Error::Config(_) | Error::BadConfig(_) | Error::InvalidId(_) | Error::Bundle { .. } | Error::Doc(_) => {
+                Code::INVALID_ARGUMENT
+            }
             Error::NoNetns | Error::AgentNotServing => Code::FAILED_PRECONDITION,
             Error::NotSandbox => Code::UNIMPLEMENTED,
             Error::Network(e) => match e {
@@ -100,7 +106,9 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::UndoFailed { code, .. } => *code,
-            Error::Io { .. } | Error::SaveState { .. } | Error::MgmtServer { .. } => Code::INTERNAL,
+            Error::Io { .. } | Error::SaveState { .. } | Error::MgmtServer { .. } | Error::Confined { .. } => {
+                Code::INTERNAL
+            }
         }
     }
 }
@@ -112,7 +120,7 @@ pub fn message(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(Error::Agent(agent_client::Error::Rpc { source: ttrpc::Error::RpcStatus(s), .. })) =
         e.downcast_ref::<Error>()
     {
-        return format!("the VM refused: {}", s.message());
+        return format!("the VM refused: {}", netmgmt::output::printable(s.message(), false));
     }
     let mut msg = e.to_string();
     let mut cur = e.source();

@@ -80,6 +80,7 @@ impl std::fmt::Debug for KataTask {
 impl Task for KataTask {
     async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
         let config = self.config.as_ref().map_err(|e| Error::BadConfig(e.clone()))?;
+        netmgmt::paths::check_sandbox_id(&req.id).map_err(|_| Error::InvalidId(req.id.clone()))?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map_err(|source| Error::Bundle { path: bundle.clone(), source })?;
@@ -95,7 +96,7 @@ impl Task for KataTask {
             Ok(m) => m,
             Err(e) => {
                 let _ = sb.vm.stop(Duration::from_secs(1)).await;
-                let _ = sb.state().await.teardown(&log).await;
+                let _ = sb.state().await.teardown(&log, Some(&config.runtime.run_dir)).await;
                 SandboxState::forget(&bundle);
                 return Err(e.into());
             }
@@ -213,7 +214,8 @@ impl Task for KataTask {
         }
         if let Some(sb) = entry.sandbox {
             let _ = sb.vm.stop(Duration::from_secs(5)).await;
-            sb.state().await.teardown(&self.log).await?;
+            let run_root = self.config.as_ref().ok().map(|c| c.runtime.run_dir.as_path());
+            sb.state().await.teardown(&self.log, run_root).await?;
             SandboxState::forget(&entry.bundle);
         }
         let (code, at) = entry.exit.unwrap_or((0, now()));
@@ -287,7 +289,9 @@ impl Shim for KataShim {
         let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         match SandboxState::load(Path::new(&bundle)) {
             Ok(Some(state)) => {
-                if let Err(e) = state.teardown(&log).await {
+                let config = Config::load().ok();
+                let run_root = config.as_ref().map(|(c, _)| c.runtime.run_dir.as_path());
+                if let Err(e) = state.teardown(&log, run_root).await {
                     slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
                 }
                 SandboxState::forget(&bundle);

@@ -96,16 +96,25 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
 #[test]
 fn without_a_namespace_path_the_shim_makes_its_own_and_removes_it() {
     let c = start_containerd("ownns");
-    // No --with-ns: the spec's network namespace has no path.
-    let out = c.ctr(&["run", "-d", "--runtime", "io.containerd.kata.v2", tests::containerd::IMAGE, "sb5"]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
-    let ns = Path::new("/run/netns/kata-net-sb5");
-    assert!(ns.exists(), "the shim created its namespace");
-    assert!(qemu_running_in(&c.run_dir()));
-    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", "sb5"]).status.success());
-    wait_until(Duration::from_secs(20), "task stopped", || c.task_status("sb5") == "STOPPED");
-    assert!(c.ctr(&["task", "rm", "sb5"]).status.success());
-    assert!(c.ctr(&["container", "rm", "sb5"]).status.success());
-    assert!(!ns.exists(), "the shim removed the namespace it created");
+    // No --with-ns: the spec's network namespace has no path. Two ids that share their first 32
+    // characters each get their own namespace (named from the whole id).
+    let pid = std::process::id();
+    let ids = [format!("sb5-{pid:0>10}-0123456789abcdefgh-one"), format!("sb5-{pid:0>10}-0123456789abcdefgh-two")];
+    assert_eq!(ids[0][..32], ids[1][..32]);
+    for id in &ids {
+        let out = c.ctr(&["run", "-d", "--runtime", "io.containerd.kata.v2", tests::containerd::IMAGE, id]);
+        assert!(out.status.success(), "ctr run {id}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ns: Vec<std::path::PathBuf> =
+        ids.iter().map(|id| Path::new("/run/netns").join(format!("kata-net-{id}"))).collect();
+    assert!(ns.iter().all(|n| n.exists()), "the shim created a namespace for each: {ns:?}");
+    for (id, n) in ids.iter().zip(&ns) {
+        assert!(qemu_running_in(&c.run_dir().join(id)));
+        assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+        wait_until(Duration::from_secs(20), "task stopped", || c.task_status(id) == "STOPPED");
+        assert!(c.ctr(&["task", "rm", id]).status.success());
+        assert!(c.ctr(&["container", "rm", id]).status.success());
+        assert!(!n.exists(), "the shim removed the namespace it created");
+    }
     assert!(!qemu_running_in(&c.run_dir()));
 }

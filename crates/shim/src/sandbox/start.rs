@@ -25,7 +25,7 @@ pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log
     match s.run(net).await {
         Ok(sb) => Ok(sb),
         Err(e) => {
-            let _ = s.state.teardown(log).await;
+            let _ = s.state.teardown(log, Some(&cfg.runtime.run_dir)).await;
             SandboxState::forget(bundle);
             Err(e)
         }
@@ -98,11 +98,24 @@ impl Start<'_> {
             Some(p) => NetNs::from_user_path(p)?,
             None if self.cfg.runtime.disable_new_netns => return Err(Error::NoNetns),
             None => {
-                let name = format!("kata-net-{}", &self.id[..self.id.len().min(32)]);
-                self.state.netns = Some(Path::new(network::netns::NETNS_RUN_DIR).join(&name));
-                self.state.netns_created = true;
+                // Intent, then result: a namespace that was there already is never recorded.
+                let path = super::state::own_netns_path(self.id);
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                self.state.netns = Some(path);
+                self.state.netns_intent = true;
                 self.state.save(self.bundle)?;
-                NetNs::create(&name)?
+                match NetNs::create(&name) {
+                    Ok(ns) => {
+                        self.state.netns_created = true;
+                        self.state.save(self.bundle)?;
+                        ns
+                    }
+                    Err(e) => {
+                        self.state.netns = None;
+                        self.state.netns_intent = false;
+                        return Err(e.into());
+                    }
+                }
             }
         };
         self.state.netns = Some(ns.path().to_owned());

@@ -2,7 +2,7 @@
 //! that makes something, so the `delete` subcommand (run by containerd in the bundle after a shim
 //! crash) finds and removes it: QEMU, every runtime-made device, the namespace if the shim made it.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use network::endpoint::EndpointState;
@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub const STATE_FILE: &str = "kata-net-state.json";
+/// The name of a namespace the shim makes is this and the sandbox's whole id.
+pub const OWN_NETNS_PREFIX: &str = "kata-net-";
+
+/// The namespace the shim makes for sandbox `id` (a name no other sandbox can have).
+pub fn own_netns_path(id: &str) -> PathBuf {
+    Path::new(network::netns::NETNS_RUN_DIR).join(format!("{OWN_NETNS_PREFIX}{id}"))
+}
 
 /// What the shim made for a sandbox, as persisted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +27,10 @@ pub struct SandboxState {
     pub netns: Option<PathBuf>,
     /// The shim created the namespace and removes it.
     pub netns_created: bool,
+    /// The shim was about to create its namespace (a crash may have come before it recorded
+    /// `netns_created`): `delete` removes it if it is there.
+    #[serde(default)]
+    pub netns_intent: bool,
     pub endpoints: Vec<EndpointState>,
     pub qemu_pid: Option<u32>,
     pub run_dir: Option<PathBuf>,
@@ -53,12 +64,35 @@ impl SandboxState {
         let _ = std::fs::remove_file(bundle.join(STATE_FILE));
     }
 
+    /// The run directory, if it is one the shim may remove: `<run_root>/<id>` (the configured
+    /// `run_dir` when known), absolute, without `.` or `..`, named by a valid id.
+    fn confined_run_dir(&self, run_root: Option<&Path>) -> Option<&Path> {
+        let d = self.run_dir.as_deref()?;
+        let plain = d.is_absolute() && d.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        let named = netmgmt::paths::check_sandbox_id(&self.id).is_ok() && d.file_name() == Some(self.id.as_ref());
+        let under = run_root.is_none_or(|root| d.parent() == Some(root));
+        (plain && named && under).then_some(d)
+    }
+
+    /// The namespace, if the shim made it (or was making it) and may remove it: exactly
+    /// [`own_netns_path`] of this sandbox's id.
+    fn own_netns(&self) -> Option<&Path> {
+        let ns = self.netns.as_deref().filter(|_| self.netns_created || self.netns_intent)?;
+        (netmgmt::paths::check_sandbox_id(&self.id).is_ok() && ns == own_netns_path(&self.id)).then_some(ns)
+    }
+
     /// Remove everything recorded: QEMU, runtime-made devices, the shim's namespace, the run
-    /// directory. Every step is tried; the first error is returned.
-    pub async fn teardown(&self, log: &slog::Logger) -> Result<()> {
+    /// directory. Paths are confined first: a run directory other than `<run_root>/<id>` and a
+    /// namespace other than the shim's own (`kata-net-*`) are left alone and reported. Every
+    /// step is tried; the first error is returned.
+    pub async fn teardown(&self, log: &slog::Logger, run_root: Option<&Path>) -> Result<()> {
         let mut first: Result<()> = Ok(());
+        let run_dir = self.confined_run_dir(run_root);
+        if let (Some(d), None) = (&self.run_dir, run_dir) {
+            first = Err(Error::Confined { what: "run directory", path: d.clone() });
+        }
         if let Some(pid) = self.qemu_pid {
-            kill_qemu(pid, self.run_dir.as_deref()).await;
+            kill_qemu(pid, run_dir).await;
         }
         if let Some(ns) = &self.netns {
             if ns.exists() {
@@ -70,16 +104,21 @@ impl SandboxState {
                     first = Err(e.into());
                 }
             }
-            if self.netns_created {
-                if let Err(e) = NetNs::new(ns).remove() {
-                    if first.is_ok() {
-                        first = Err(e.into());
-                    }
-                }
+            let removed = match (self.netns_created || self.netns_intent, self.own_netns()) {
+                (false, _) => Ok(()),
+                (true, Some(own)) if own.exists() => NetNs::new(own).remove().map_err(Error::from),
+                (true, Some(_)) => Ok(()),
+                (true, None) => Err(Error::Confined { what: "network namespace", path: ns.clone() }),
+            };
+            if let (Err(e), true) = (removed, first.is_ok()) {
+                first = Err(e);
             }
         }
-        if let Some(d) = &self.run_dir {
+        if let Some(d) = run_dir {
             let _ = std::fs::remove_dir_all(d);
+        }
+        if let Err(e) = &first {
+            slog::error!(log, "teardown incomplete"; "sandbox_id" => &self.id, "error" => crate::error::message(e));
         }
         slog::info!(log, "sandbox torn down"; "sandbox_id" => &self.id, "endpoints" => self.endpoints.len());
         first

@@ -1,0 +1,51 @@
+//! What a state file may make `delete` remove: only the sandbox's own run directory and the
+//! namespace the shim made for it. A state file that names anything else (edited, corrupted, or
+//! from another sandbox) leaves it alone and says so.
+
+use std::path::Path;
+
+use shim::sandbox::SandboxState;
+use tests::{quiet_logger, require_root_and_tools, TestNs};
+
+#[tokio::test]
+async fn teardown_removes_only_the_sandboxs_own_paths() {
+    require_root_and_tools(&["ip"]);
+    let root = std::env::temp_dir().join(format!("knt-confine-{}", std::process::id()));
+    let victim = root.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&root);
+    let other_ns = TestNs::new("victim");
+    let log = quiet_logger();
+
+    // A run directory not named for the sandbox, a namespace the shim did not make.
+    let forged = SandboxState {
+        id: "sb".into(),
+        netns: Some(other_ns.path().into()),
+        netns_created: true,
+        run_dir: Some(victim.clone()),
+        ..Default::default()
+    };
+    let e = forged.teardown(&log, Some(&root)).await.unwrap_err().to_string();
+    assert!(e.contains("is not one the shim made"), "{e}");
+    assert!(victim.exists(), "another directory is left alone");
+    assert!(Path::new(&other_ns.path()).exists(), "another namespace is left alone");
+    // `..` and a run directory outside the configured one are refused too.
+    for d in [root.join("x/../sb"), std::env::temp_dir().join("sb")] {
+        let s = SandboxState { id: "sb".into(), run_dir: Some(d), ..Default::default() };
+        assert!(s.teardown(&log, Some(&root)).await.is_err());
+    }
+    assert!(victim.exists());
+
+    // The sandbox's own run directory goes.
+    let own = root.join("sb");
+    std::fs::create_dir_all(own.join("sub")).unwrap();
+    let s = SandboxState { id: "sb".into(), run_dir: Some(own.clone()), ..Default::default() };
+    s.teardown(&log, Some(&root)).await.unwrap();
+    assert!(!own.exists());
+}
