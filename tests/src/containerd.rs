@@ -65,8 +65,9 @@ impl Containerd {
         self.dir.0.join("run")
     }
 
+    /// `ctr` against this containerd; a call that hangs is ended after 3 minutes (and fails).
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr").arg("-a").arg(self.sock()).args(args).output().unwrap()
+        Command::new("timeout").args(["180", "ctr", "-a"]).arg(self.sock()).args(args).output().unwrap()
     }
 
     /// `ctr run -d` of the sandbox in `netns`.

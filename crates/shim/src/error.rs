@@ -24,6 +24,9 @@ pub enum Error {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    /// The DNS the spec gives cannot be used (the message names the annotation or file).
+    #[error("{0}")]
+    Dns(String),
     #[error("the spec names no network namespace and disable_new_netns is set")]
     NoNetns,
     #[error("only the sandbox (pause) container runs in this shim")]
@@ -76,9 +79,12 @@ impl Error {
     pub fn code(&self) -> Code {
         use network::Error as N;
         match self {
-            Error::Config(_) | Error::BadConfig(_) | Error::InvalidId(_) | Error::Bundle { .. } | Error::Doc(_) => {
-                Code::INVALID_ARGUMENT
-            }
+            Error::Config(_)
+            | Error::BadConfig(_)
+            | Error::InvalidId(_)
+            | Error::Dns(_)
+            | Error::Bundle { .. }
+            | Error::Doc(_) => Code::INVALID_ARGUMENT,
             Error::NoNetns | Error::AgentNotServing => Code::FAILED_PRECONDITION,
             Error::NotSandbox => Code::UNIMPLEMENTED,
             Error::Network(e) => match e {

@@ -88,7 +88,9 @@ impl Task for KataTask {
         if kind.as_deref().is_some_and(|k| k != "sandbox") {
             return Err(Error::NotSandbox.into());
         }
-        let net = SpecNetwork::from_spec(&spec);
+        let net = tokio::task::spawn_blocking(move || SpecNetwork::from_spec(&spec))
+            .await
+            .map_err(|e| Error::Dns(format!("reading the spec's DNS: {e}")))??;
         let log = self.log.new(slog::o!("sandbox_id" => req.id.clone()));
         slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
         let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, config, &log).await?);

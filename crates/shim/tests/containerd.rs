@@ -91,6 +91,28 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
     std::fs::write(c.dir.0.join("configuration.toml"), format!("{}bogus_key = 1\n", kata_conf(&c.run_dir()))).unwrap();
     cni.pod.ip(&["link", "del", "br0"]);
     refused("sb4", "unknown field `bogus_key`", "invalid argument");
+    std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&c.run_dir())).unwrap();
+
+    // A resolv.conf mount that is no regular file, or too large: refused at once, before
+    // anything is made (a FIFO used to hang Create; /dev/zero would never end).
+    let fifo = c.dir.0.join("resolv.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let big = c.dir.0.join("resolv.big");
+    std::fs::write(&big, "nameserver 10.88.0.1\n".repeat(4000)).unwrap();
+    for (id, src, want) in [
+        ("sb6", fifo.as_path(), "not a regular file"),
+        ("sb7", Path::new("/dev/zero"), "not a regular file"),
+        ("sb8", big.as_path(), "larger than 65536 bytes"),
+    ] {
+        let mount = format!("type=bind,src={},dst=/etc/resolv.conf,options=rbind:ro", src.display());
+        let before = cni.pod.snapshot();
+        let out = c.run(id, &cni.pod.path(), &["--mount", &mount]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{id}: {err}");
+        assert!(err.trim_end().ends_with(": invalid argument"), "{err}");
+        assert_eq!(cni.pod.snapshot(), before);
+        let _ = c.ctr(&["container", "rm", id]);
+    }
 }
 
 #[test]

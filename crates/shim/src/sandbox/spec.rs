@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
+
 pub const DNS_ANNOTATION: &str = "io.katacontainers.sandbox_dns";
 
 /// The namespace, hostname and DNS lines a sandbox's spec gives.
@@ -12,8 +14,14 @@ pub struct SpecNetwork {
     pub dns: Vec<String>,
 }
 
+/// The most DNS text read from the annotation or the resolv.conf file (glibc reads far less).
+pub const MAX_DNS_BYTES: u64 = 64 << 10;
+
 impl SpecNetwork {
-    pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Self {
+    /// Read what the spec says. The resolv.conf file is read with a bound and only when it is a
+    /// regular file (a FIFO would block, `/dev/zero` would never end); call it off the async
+    /// workers (it reads a file).
+    pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<Self> {
         use oci_spec::runtime::LinuxNamespaceType;
         let netns = spec
             .linux()
@@ -21,22 +29,46 @@ impl SpecNetwork {
             .and_then(|l| l.namespaces().as_ref())
             .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
             .and_then(|n| n.path().clone());
-        let mut dns: Vec<String> = Vec::new();
-        if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(DNS_ANNOTATION)) {
-            dns = v.split(['\n', ',']).map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-        } else if let Some(m) =
-            spec.mounts().as_ref().and_then(|ms| ms.iter().find(|m| m.destination() == Path::new("/etc/resolv.conf")))
-        {
-            if let Some(src) = m.source() {
-                dns = std::fs::read_to_string(src)
-                    .unwrap_or_default()
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
+        let text = if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(DNS_ANNOTATION)) {
+            if v.len() as u64 > MAX_DNS_BYTES {
+                return Err(Error::Dns(format!("annotation {DNS_ANNOTATION}: larger than {MAX_DNS_BYTES} bytes")));
             }
-        }
-        Self { netns, hostname: spec.hostname().clone().unwrap_or_default().chars().take(64).collect(), dns }
+            v.replace(',', "\n")
+        } else if let Some(src) = spec
+            .mounts()
+            .as_ref()
+            .and_then(|ms| ms.iter().find(|m| m.destination() == Path::new("/etc/resolv.conf")))
+            .and_then(|m| m.source().clone())
+        {
+            read_resolv_conf(&src)?
+        } else {
+            String::new()
+        };
+        let dns =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        Ok(Self { netns, hostname: spec.hostname().clone().unwrap_or_default().chars().take(64).collect(), dns })
     }
+}
+
+/// The file mounted at `/etc/resolv.conf`: a regular file of at most [`MAX_DNS_BYTES`].
+fn read_resolv_conf(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |why: String| Error::Dns(format!("resolv.conf mount {}: {why}", path.display()));
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_DNS_BYTES {
+        return Err(bad(format!("larger than {MAX_DNS_BYTES} bytes")));
+    }
+    let mut text = String::new();
+    f.take(MAX_DNS_BYTES).read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
+    Ok(text)
 }
