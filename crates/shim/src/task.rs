@@ -47,20 +47,74 @@ struct Entry {
     exit: Option<(u32, Timestamp)>,
 }
 
+/// Publishes the Task service's events to containerd.
+#[derive(Clone)]
+struct Events {
+    publisher: Arc<RemotePublisher>,
+    namespace: String,
+}
+
+impl Events {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let _ = self.publisher.publish(ttrpc::context::Context::default(), topic, &self.namespace, event).await;
+    }
+}
+
+/// The exit code containerd gets for QEMU's exit status (`signal: 9 ...` → 137).
+fn exit_code(status: &str) -> u32 {
+    let number = |prefix: &str| {
+        status.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u32>().ok())
+    };
+    match (number("signal: "), number("exit status: ")) {
+        (Some(sig), _) => 128 + sig,
+        (None, Some(code)) => code,
+        (None, None) => 255,
+    }
+}
+
+/// When QEMU exits on its own (crashed, killed from outside), the task has exited: record it
+/// (Wait and State see it) and tell containerd with TaskExit, once. A Kill records its exit
+/// first, so this then stays quiet.
+fn watch_exit(entries: Arc<Mutex<HashMap<String, Entry>>>, events: Events, id: String, sb: Arc<sandbox::Sandbox>) {
+    tokio::spawn(async move {
+        let status = sb.vm.wait().await;
+        let pid = sb.vm.pid();
+        let code = {
+            let mut e = entries.lock().await;
+            let Some(entry) = e.get_mut(&id) else { return };
+            if entry.exit.is_some() {
+                return;
+            }
+            let code = exit_code(&status);
+            entry.exit = Some((code, now()));
+            code
+        };
+        slog::warn!(sb.log, "QEMU exited on its own"; "sandbox_id" => &id, "status" => &status);
+        let exit = TaskExit {
+            container_id: id.clone(),
+            id,
+            pid,
+            exit_status: code,
+            exited_at: MessageField::some(now()),
+            ..Default::default()
+        };
+        events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit)).await;
+    });
+}
+
 /// The Task service of one shim (one sandbox).
 pub struct KataTask {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
     /// The configuration, or why it was refused (Create reports it).
     config: Result<Config, String>,
-    publisher: RemotePublisher,
-    namespace: String,
+    events: Events,
     exit: Arc<ExitSignal>,
     log: slog::Logger,
 }
 
 impl KataTask {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let _ = self.publisher.publish(ttrpc::context::Context::default(), topic, &self.namespace, event).await;
+        self.events.publish(topic, event).await;
     }
 
     async fn pid_of(&self, id: &str) -> ttrpc::Result<u32> {
@@ -72,7 +126,18 @@ impl KataTask {
 
 impl std::fmt::Debug for KataTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KataTask").field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("KataTask").field("namespace", &self.events.namespace).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exit_codes_as_containerd_expects_them() {
+        assert_eq!(super::exit_code("signal: 9 (SIGKILL)"), 137);
+        assert_eq!(super::exit_code("exit status: 1"), 1);
+        assert_eq!(super::exit_code("exit status: 0"), 0);
+        assert_eq!(super::exit_code("unknown"), 255);
     }
 }
 
@@ -106,8 +171,9 @@ impl Task for KataTask {
         let pid = sb.vm.pid();
         self.entries.lock().await.insert(
             req.id.clone(),
-            Entry { bundle: bundle.clone(), sandbox: Some(sb), mgmt: Some(mgmt), started: false, exit: None },
+            Entry { bundle: bundle.clone(), sandbox: Some(sb.clone()), mgmt: Some(mgmt), started: false, exit: None },
         );
+        watch_exit(self.entries.clone(), self.events.clone(), req.id.clone(), sb);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -163,8 +229,7 @@ impl Task for KataTask {
                 let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
                 if entry.exit.is_none() {
                     if let Some(st) = entry.sandbox.as_ref().and_then(|s| s.vm.exit_status()) {
-                        let code = if st.contains("signal") { 137 } else { 0 };
-                        entry.exit = Some((code, now()));
+                        entry.exit = Some((exit_code(&st), now()));
                     }
                 }
                 if let Some((code, at)) = &entry.exit {
@@ -324,10 +389,9 @@ impl Shim for KataShim {
             slog::error!(log, "bad configuration"; "error" => e);
         }
         KataTask {
-            entries: Mutex::new(HashMap::new()),
+            entries: Arc::new(Mutex::new(HashMap::new())),
             config,
-            publisher,
-            namespace: self.namespace.clone(),
+            events: Events { publisher: Arc::new(publisher), namespace: self.namespace.clone() },
             exit: self.exit.clone(),
             log,
         }

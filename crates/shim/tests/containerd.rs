@@ -140,3 +140,37 @@ fn without_a_namespace_path_the_shim_makes_its_own_and_removes_it() {
     }
     assert!(!qemu_running_in(&c.run_dir()));
 }
+
+#[test]
+fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
+    use std::io::{BufRead, BufReader};
+    let c = start_containerd("qdie");
+    let cni = CniPod::new();
+    let before = cni.pod.snapshot();
+    let out = c.run("sb9", &cni.pod.path(), &[]);
+    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    // containerd's event stream, as kubelet's CRI plugin follows it.
+    let mut events = std::process::Command::new("timeout")
+        .args(["60", "ctr", "-a"])
+        .arg(c.sock())
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("sb9")).expect("the sandbox's QEMU");
+    tests::run(&["kill", "-9", &qemu.to_string()]);
+    let exit = BufReader::new(events.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("/tasks/exit") && l.contains("sb9"));
+    let _ = events.kill();
+    let _ = events.wait();
+    let exit = exit.expect("a TaskExit event for sb9 within 60 s");
+    assert!(exit.contains("137"), "exit status of a SIGKILLed QEMU: {exit}");
+    assert_eq!(c.task_status("sb9"), "STOPPED");
+    assert!(c.ctr(&["task", "rm", "sb9"]).status.success());
+    assert!(c.ctr(&["container", "rm", "sb9"]).status.success());
+    assert_eq!(cni.pod.snapshot(), before);
+    assert!(!c.run_dir().join("sb9").exists());
+}
