@@ -33,7 +33,16 @@ impl Containerd {
         std::fs::write(dir.0.join("configuration.toml"), kata_conf).unwrap();
         let shim_dir = shim_bin.parent().unwrap().to_owned();
         let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
+        let mut cmd = Command::new("containerd");
+        // The soft fd limit of a login shell or a systemd service without LimitNOFILE (1024):
+        // containerd passes it on to the shims, so every test's StartVM runs under it.
+        // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                crate::vm::limit_fds_to_1024().map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .arg("--config")
             .arg(dir.0.join("containerd.toml"))
             .env("PATH", path)

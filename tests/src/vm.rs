@@ -69,3 +69,11 @@ pub fn fds_pointing_at(pid: u32, target: &str) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Lower the soft `RLIMIT_NOFILE` of the calling process to 1024 (the hard limit stays): what a
+/// shim started from a login shell or by containerd 2.x gets. QEMU must start under it.
+pub fn limit_fds_to_1024() -> nix::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard)
+}

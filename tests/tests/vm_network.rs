@@ -41,6 +41,8 @@ async fn agent(dir: &Scratch) -> AgentClient {
 }
 
 fn spec(dir: &Scratch, factory: bool) -> VmSpec {
+    // QEMU starts under the soft fd limit most shims get.
+    tests::vm::limit_fds_to_1024().unwrap();
     let mut config = qemu_config(2);
     config.enable_template = factory;
     VmSpec {

@@ -121,19 +121,26 @@ pub fn build(
 
 /// Install the fd map in a command: each fd becomes its number, without close-on-exec; all
 /// other fds from 3 up are closed before exec.
+///
+/// Works under any `RLIMIT_NOFILE`: sources are first moved just above the target range (the
+/// lowest free numbers there, so a soft limit of 1024 is no obstacle), and where the kernel lacks
+/// `close_range` (before 5.9) the rest are closed one by one up to the limit read before the fork.
 pub fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) {
     let map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     let mut temps: Vec<RawFd> = vec![-1; map.len()];
-    let first_free = 3 + map.len() as libc::c_uint;
+    let first_free = 3 + map.len() as libc::c_int;
+    let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(1 << 20) as libc::c_int)
+        .unwrap_or(1 << 16);
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe system calls (fcntl, dup2, close, close_range) on memory allocated
     // before the fork; it does not allocate.
     unsafe {
         cmd.pre_exec(move || {
-            // Move every source out of the target range first, so that a source numbered like a
+            // Move every source above the target range first, so that a source numbered like a
             // target is not overwritten before it is used.
             for (i, (src, _)) in map.iter().enumerate() {
-                let t = libc::fcntl(*src, libc::F_DUPFD, 1024);
+                let t = libc::fcntl(*src, libc::F_DUPFD, first_free);
                 if t < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -144,8 +151,13 @@ pub fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) 
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if libc::syscall(libc::SYS_close_range, first_free, libc::c_uint::MAX, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            if libc::syscall(libc::SYS_close_range, first_free as libc::c_uint, libc::c_uint::MAX, 0) < 0 {
+                if *libc::__errno_location() != libc::ENOSYS {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for fd in first_free..max_fd {
+                    libc::close(fd);
+                }
             }
             Ok(())
         });
