@@ -34,12 +34,14 @@ impl Containerd {
         let shim_dir = shim_bin.parent().unwrap().to_owned();
         let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
         let mut cmd = Command::new("containerd");
-        // The soft fd limit of a login shell or a systemd service without LimitNOFILE (1024):
-        // containerd passes it on to the shims, so every test's StartVM runs under it.
+        // The fd limit of a login shell or a systemd service without LimitNOFILE (1024). As a hard
+        // limit too: containerd (Go) raises its soft limit to the hard one and its children
+        // inherit that, so only then does every test's shim run StartVM under 1024.
         // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                crate::vm::limit_fds_to_1024().map_err(std::io::Error::from)
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
+                    .map_err(std::io::Error::from)
             });
         }
         let child = cmd
