@@ -49,3 +49,29 @@ async fn teardown_removes_only_the_sandboxs_own_paths() {
     s.teardown(&log, Some(&root)).await.unwrap();
     assert!(!own.exists());
 }
+
+#[tokio::test]
+async fn teardown_refuses_a_namespace_path_that_now_points_at_another_namespace() {
+    require_root_and_tools(&["ip"]);
+    let pod = TestNs::new("idpod");
+    let other = TestNs::new("idother");
+    // A device the state says the runtime made, in both namespaces.
+    for ns in [&pod, &other] {
+        ns.ip(&["tuntap", "add", "dev", "made0", "mode", "tap"]);
+    }
+    let state = |path: String| SandboxState {
+        id: "sb".into(),
+        netns: Some(path.into()),
+        netns_id: shim::sandbox::netns_identity(Path::new(&pod.path())),
+        endpoints: vec![network::endpoint::EndpointState::DirectTap { link: "made0".parse().unwrap(), created: true }],
+        ..Default::default()
+    };
+    let log = quiet_logger();
+    // The path now leads to another namespace (as /proc/<pid>/ns/net does once the pid is reused).
+    let e = state(other.path()).teardown(&log, None).await.unwrap_err().to_string();
+    assert!(e.contains("another one now"), "{e}");
+    assert!(tests::try_run(&["ip", "-n", &other.name, "link", "show", "made0"]), "the other namespace is untouched");
+    // The recorded namespace itself: torn down.
+    state(pod.path()).teardown(&log, None).await.unwrap();
+    assert!(!tests::try_run(&["ip", "-n", &pod.name, "link", "show", "made0"]));
+}

@@ -21,7 +21,7 @@ use network::NetCtx;
 pub use iface::Added;
 pub use spec::{SpecNetwork, DNS_ANNOTATION};
 pub use start::start;
-pub use state::{SandboxState, STATE_FILE};
+pub use state::{netns_identity, SandboxState, STATE_FILE};
 
 /// How long the guest may take to show a NIC at its PCI path.
 pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);

@@ -119,6 +119,7 @@ impl Start<'_> {
             }
         };
         self.state.netns = Some(ns.path().to_owned());
+        self.state.netns_id = super::state::netns_identity(ns.path());
         Ok(NetCtx::open(ns, self.log.clone())?)
     }
 

@@ -31,6 +31,10 @@ pub struct SandboxState {
     /// `netns_created`): `delete` removes it if it is there.
     #[serde(default)]
     pub netns_intent: bool,
+    /// The namespace's identity (device, inode of its nsfs file) when the sandbox started: a
+    /// path like `/proc/<pid>/ns/net` may point at another namespace later (the pid reused).
+    #[serde(default)]
+    pub netns_id: Option<(u64, u64)>,
     pub endpoints: Vec<EndpointState>,
     pub qemu_pid: Option<u32>,
     pub run_dir: Option<PathBuf>,
@@ -95,22 +99,15 @@ impl SandboxState {
             kill_qemu(pid, run_dir).await;
         }
         if let Some(ns) = &self.netns {
-            if ns.exists() {
-                let detached = match NetCtx::open(NetNs::new(ns), log.clone()) {
-                    Ok(ctx) => network::detach_all(&ctx, &self.endpoints).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = detached {
-                    first = Err(e.into());
-                }
-            }
-            let removed = match (self.netns_created || self.netns_intent, self.own_netns()) {
-                (false, _) => Ok(()),
-                (true, Some(own)) if own.exists() => NetNs::new(own).remove().map_err(Error::from),
-                (true, Some(_)) => Ok(()),
-                (true, None) => Err(Error::Confined { what: "network namespace", path: ns.clone() }),
+            let same = match (self.netns_id, netns_identity(ns)) {
+                (Some(recorded), Some(now)) => recorded == now,
+                _ => true,
             };
-            if let (Err(e), true) = (removed, first.is_ok()) {
+            let res = match same {
+                true => self.detach_and_remove_netns(ns, log).await,
+                false => Err(Error::Confined { what: "network namespace (another one now)", path: ns.clone() }),
+            };
+            if let (Err(e), true) = (res, first.is_ok()) {
                 first = Err(e);
             }
         }
@@ -123,6 +120,32 @@ impl SandboxState {
         slog::info!(log, "sandbox torn down"; "sandbox_id" => &self.id, "endpoints" => self.endpoints.len());
         first
     }
+}
+
+impl SandboxState {
+    /// Detach the endpoints in `ns` and remove it if it is the shim's own. Both are tried.
+    async fn detach_and_remove_netns(&self, ns: &Path, log: &slog::Logger) -> Result<()> {
+        let detached = match ns.exists() {
+            true => match NetCtx::open(NetNs::new(ns), log.clone()) {
+                Ok(ctx) => network::detach_all(&ctx, &self.endpoints).await.map_err(Error::from),
+                Err(e) => Err(e.into()),
+            },
+            false => Ok(()),
+        };
+        let removed = match (self.netns_created || self.netns_intent, self.own_netns()) {
+            (false, _) => Ok(()),
+            (true, Some(own)) if own.exists() => NetNs::new(own).remove().map_err(Error::from),
+            (true, Some(_)) => Ok(()),
+            (true, None) => Err(Error::Confined { what: "network namespace", path: ns.to_owned() }),
+        };
+        detached.and(removed)
+    }
+}
+
+/// The identity of the namespace at `path`: device and inode of the nsfs file it resolves to.
+pub fn netns_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Kill a QEMU recorded by pid, but only if that pid still is our QEMU (its command line names
