@@ -131,7 +131,17 @@ async fn cold_plug_ping_hotplug_unplug_and_refused_device_add() {
     // The freed slot is the next one used.
     let a1 = eth1.attach(&ctx, &cfg()).await.unwrap();
     assert_eq!(vm.add_nic(a1.nic).await.unwrap().to_string(), "10/00");
+    // An unplug whose wait runs out (a loaded guest takes longer) stays pending; the next one
+    // does not send device_del again and finishes it: netdev, fds and slot released.
+    vm.set_unplug_timeout(Duration::from_millis(1));
+    let err = vm.remove_nic("network-1").await.unwrap_err();
+    assert!(matches!(err, hypervisor::Error::Timeout(_)), "{err:?}");
+    vm.set_unplug_timeout(Duration::from_secs(10));
     vm.remove_nic("network-1").await.unwrap();
+    assert!(!info_network(&vm).await.contains("nd-network-1"));
+    assert!(!pci_ids(&vm).await.contains("network-1"));
+    assert_eq!(vm.slots_in_use().await, 0);
+    assert_eq!(fds_pointing_at(vm.pid(), "/dev/net/tun"), 1, "only the cold-plugged NIC's queue is left");
     a1.state.detach(&ctx).await.unwrap();
 
     // A VM that dies is reported.

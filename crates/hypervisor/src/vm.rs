@@ -37,6 +37,8 @@ const UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
 struct Plugged {
     slot: Slot,
     chardev: Option<String>,
+    /// `device_del` was sent and the guest has not let go yet (an earlier unplug timed out).
+    unplug_pending: bool,
 }
 
 /// A running VM.
@@ -49,6 +51,8 @@ pub struct Vm {
     cold: Vec<(String, PciPath)>,
     exited: watch::Receiver<Option<String>>,
     accel: Accel,
+    /// How long an unplug waits for the guest to let go of the device.
+    unplug_timeout: std::sync::Mutex<Duration>,
     log: slog::Logger,
 }
 
@@ -101,6 +105,7 @@ impl Vm {
                         cold,
                         exited,
                         accel,
+                        unplug_timeout: std::sync::Mutex::new(UNPLUG_TIMEOUT),
                         log: spec.log.clone(),
                     });
                 }
@@ -222,7 +227,7 @@ impl Vm {
             Ok(chardev) => {
                 slog::info!(self.log, "NIC hotplugged"; "endpoint" => &nic.id, "pci_path" => %slot.path);
                 let path = slot.path.clone();
-                plugged.insert(nic.id.clone(), Plugged { slot, chardev });
+                plugged.insert(nic.id.clone(), Plugged { slot, chardev, unplug_pending: false });
                 Ok(path)
             }
             Err(e) => {
@@ -287,24 +292,65 @@ impl Vm {
         Ok(names)
     }
 
+    /// How long an unplug waits for the guest (PCIe hotplug in a loaded TCG guest can take
+    /// longer than the default 10 s).
+    pub fn set_unplug_timeout(&self, t: Duration) {
+        *self.unplug_timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    /// Whether QEMU still has the device `id`.
+    async fn device_exists(&self, id: &str) -> Result<bool> {
+        let path = format!("/machine/peripheral/{id}");
+        match self.qmp.execute("qom-get", json!({"path": path, "property": "type"})).await {
+            Ok(_) => Ok(true),
+            Err(Error::Qmp { desc, .. }) if desc.contains("not found") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Unplug a hotplugged NIC: `device_del`, wait (bounded) for the guest to let go
-    /// (`DEVICE_DELETED` for that id), `netdev_del`, free the slot.
+    /// (`DEVICE_DELETED` for that id), `netdev_del`, free the slot. When the wait times out the
+    /// NIC stays known as "unplug pending": a later call does not send `device_del` again; it
+    /// waits for the device to be gone (or finds it gone already) and finishes the job.
     pub async fn unplug_nic(&self, id: &str) -> Result<()> {
         self.ensure_running()?;
         let mut plugged = self.plugged.lock().await;
-        let p = plugged.get(id).ok_or_else(|| Error::UnknownNic(id.to_owned()))?;
+        let p = plugged.get_mut(id).ok_or_else(|| Error::UnknownNic(id.to_owned()))?;
         let mut events = self.qmp.subscribe();
-        self.qmp.execute("device_del", json!({"id": id})).await?;
-        Qmp::wait_event(&mut events, "DEVICE_DELETED", UNPLUG_TIMEOUT, |d| d["device"] == id).await?;
-        self.qmp.execute("netdev_del", json!({"id": netdev_id(id)})).await?;
+        let timeout = *self.unplug_timeout.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = if p.unplug_pending {
+            !self.device_exists(id).await?
+        } else {
+            match self.qmp.execute("device_del", json!({"id": id})).await {
+                Ok(_) => false,
+                Err(Error::Qmp { desc, .. }) if desc.contains("not found") => true,
+                Err(Error::Qmp { desc, .. }) if desc.contains("in the process of unplug") => false,
+                Err(e) => return Err(e),
+            }
+        };
+        p.unplug_pending = !gone;
+        if !gone {
+            let waited = Qmp::wait_event(&mut events, "DEVICE_DELETED", timeout, |d| d["device"] == id).await;
+            if let Err(e) = waited {
+                // The event may have come between two calls: ask QEMU.
+                if self.device_exists(id).await? {
+                    slog::warn!(self.log, "NIC unplug pending"; "endpoint" => id, "waited_ms" => timeout.as_millis() as u64);
+                    return Err(e);
+                }
+            }
+        }
+        let p = plugged.remove(id).expect("present above");
+        // The device is gone: its netdev, chardev and slot go too, whatever else fails.
+        let netdev = self.qmp.execute("netdev_del", json!({"id": netdev_id(id)})).await;
         if let Some(c) = &p.chardev {
             let _ = self.qmp.execute("chardev-remove", json!({"id": c})).await;
         }
-        let index = p.slot.index;
-        plugged.remove(id);
-        self.slots.lock().await.free(index);
+        self.slots.lock().await.free(p.slot.index);
         slog::info!(self.log, "NIC unplugged"; "endpoint" => id);
-        Ok(())
+        match netdev {
+            Err(Error::Qmp { desc, .. }) if desc.contains("not found") => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Slots in use by hotplugged NICs.
