@@ -22,6 +22,7 @@ fn spec(dir: &Scratch, factory: bool, slots: u32) -> VmSpec {
         run_dir: dir.0.clone(),
         agent: AgentChannel::Serial { socket: dir.0.join("agent.sock") },
         log: quiet_logger(),
+        hook: None,
     }
 }
 

@@ -18,14 +18,41 @@ use crate::nic::{netdev_id, Netdev, NicDevice};
 use crate::qmp::Qmp;
 use crate::slots::{Slot, Slots};
 
+/// Called at named steps of the VM's life: `spawned` (with QEMU's pid, right after the spawn,
+/// before anything waits on QEMU) and after each hotplug step (`hotplug:getfd`,
+/// `hotplug:netdev_add`, `hotplug:device_add`, with 0). The owner records what was made there
+/// (QEMU's pid) and tests inject failures; an error fails the step and is undone like any other.
+pub type StepHook = std::sync::Arc<dyn Fn(&str, u32) -> std::io::Result<()> + Send + Sync>;
+
+/// The hook a running VM keeps (printed only as present or not).
+struct Hook(Option<StepHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", if self.0.is_some() { "Some(hook)" } else { "None" })
+    }
+}
+
 /// What to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VmSpec {
     pub config: QemuConfig,
     /// Directory for qmp.sock, console.log and qemu.log; must exist.
     pub run_dir: PathBuf,
     pub agent: AgentChannel,
     pub log: slog::Logger,
+    pub hook: Option<StepHook>,
+}
+
+impl std::fmt::Debug for VmSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmSpec")
+            .field("config", &self.config)
+            .field("run_dir", &self.run_dir)
+            .field("agent", &self.agent)
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long QMP commands, QEMU start-up and a device's removal may take.
@@ -51,6 +78,7 @@ pub struct Vm {
     cold: Vec<(String, PciPath)>,
     exited: watch::Receiver<Option<String>>,
     accel: Accel,
+    hook: Hook,
     /// How long an unplug waits for the guest to let go of the device.
     unplug_timeout: std::sync::Mutex<Duration>,
     log: slog::Logger,
@@ -83,6 +111,12 @@ impl Vm {
         // QEMU has its own copies now.
         drop(cl);
         let pid = child.id().unwrap_or(0);
+        if let Some(hook) = &spec.hook {
+            if let Err(e) = hook("spawned", pid) {
+                let _ = child.kill().await;
+                return Err(Error::Spawn { path: cfg.path.display().to_string(), source: e });
+            }
+        }
         let (tx, exited) = watch::channel(None);
         tokio::spawn(async move {
             let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
@@ -105,6 +139,7 @@ impl Vm {
                         cold,
                         exited,
                         accel,
+                        hook: Hook(spec.hook.clone()),
                         unplug_timeout: std::sync::Mutex::new(UNPLUG_TIMEOUT),
                         log: spec.log.clone(),
                     });
@@ -205,6 +240,16 @@ impl Vm {
 
     async fn undo(&self, steps: Vec<(&'static str, Value)>) {
         for (cmd, args) in steps.into_iter().rev() {
+            if cmd == "device_del" {
+                // The device is gone only when the guest let go; its netdev and slot after that.
+                let id = args["id"].clone();
+                let mut events = self.qmp.subscribe();
+                if self.qmp.execute(cmd, args).await.is_ok() {
+                    let timeout = *self.unplug_timeout.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = Qmp::wait_event(&mut events, "DEVICE_DELETED", timeout, |d| d["device"] == id).await;
+                }
+                continue;
+            }
             let _ = self.qmp.execute(cmd, args).await;
         }
     }
@@ -239,6 +284,14 @@ impl Vm {
         // `nic` (and its fds) is dropped here: QEMU holds its own copies, or none after a rollback.
     }
 
+    /// Run the hook of step `name`; its error fails the step.
+    fn step(&self, name: &str) -> Result<()> {
+        match &self.hook.0 {
+            Some(h) => h(name, 0).map_err(|e| Error::Qmp { command: name.to_owned(), desc: e.to_string() }),
+            None => Ok(()),
+        }
+    }
+
     async fn plug_steps(
         &self,
         nic: &NicConfig,
@@ -268,11 +321,15 @@ impl Vm {
             }
             None => None,
         };
+        self.step("hotplug:getfd")?;
         self.qmp.execute("netdev_add", dev.qmp_netdev()).await?;
         // The netdev took the named fds out of the monitor's table.
         undo.retain(|(c, _)| *c != "closefd");
         undo.push(("netdev_del", json!({"id": dev.netdev_id()})));
+        self.step("hotplug:netdev_add")?;
         self.qmp.execute("device_add", dev.qmp_device()).await?;
+        undo.push(("device_del", json!({"id": nic.id})));
+        self.step("hotplug:device_add")?;
         Ok(chardev)
     }
 

@@ -75,6 +75,9 @@ pub enum Error {
     },
     #[error("{}: {why}", path.display())]
     Untrusted { path: PathBuf, why: String },
+    /// A step its caller refused (a failure injected by a test build, for one).
+    #[error("{0}")]
+    Step(String),
     #[error("bad value from the kernel for {dev}: {what}")]
     Kernel { dev: String, what: String },
 }

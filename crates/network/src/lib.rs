@@ -13,7 +13,7 @@ pub mod scan;
 pub mod trust;
 pub mod types;
 
-pub use endpoint::{attach_all, detach_all, Attached, Endpoint, EndpointConfig, EndpointState};
+pub use endpoint::{attach_all, attach_all_with, detach_all, Attached, Endpoint, EndpointConfig, EndpointState};
 pub use error::{Error, Result};
 pub use model::Connection;
 pub use netns::NetNs;

@@ -48,6 +48,10 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     NotFound(String),
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
+    #[error("the request's deadline passed before the operation could start")]
+    Deadline,
     #[error("{what} {}", path.display())]
     Io {
         what: &'static str,
@@ -110,6 +114,8 @@ impl Error {
                 IpvsError::Limit { .. } => Code::RESOURCE_EXHAUSTED,
             },
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Error::Injected(_) => Code::INTERNAL,
+            Error::Deadline => Code::DEADLINE_EXCEEDED,
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::UndoFailed { code, .. } => *code,
             Error::Io { .. } | Error::SaveState { .. } | Error::MgmtServer { .. } | Error::Confined { .. } => {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod logging;
 pub mod mgmt_server;
 pub mod sandbox;

@@ -1,10 +1,16 @@
 //! The management service's ttrpc glue: each call's request is checked with `netmgmt`'s rules
 //! and handed to the sandbox's operation (`sandbox::{iface, routes, ipvs}`); errors become
-//! statuses in `error.rs`. Served on `<run_dir>/<id>/mgmt.sock`, root's only, by a second ttrpc
+//! statuses in `error.rs`.
+//!
+//! An operation runs in a task of its own, to its end: the ttrpc server drops a handler whose
+//! client went away or whose deadline passed, and that must never cut an operation in the middle
+//! (a NIC plugged but not listed, QEMU holding fds for nothing). The deadline only decides
+//! whether an operation starts: one still waiting for the sandbox's lock when it passes does not. Served on `<run_dir>/<id>/mgmt.sock`, root's only, by a second ttrpc
 //! server of the shim (the containerd-shim crate's own server cannot take another service).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use netmgmt::doc::{DelIfaceDoc, RouteDoc};
 use netmgmt::ipvs::{cleanup_request, IpvsCommand, Restore};
@@ -21,6 +27,24 @@ struct MgmtService {
     sb: Arc<Sandbox>,
 }
 
+/// When the caller stops waiting, if it said.
+fn deadline(ctx: &TtrpcContext) -> Option<Instant> {
+    (ctx.timeout_nano > 0).then(|| Instant::now() + Duration::from_nanos(ctx.timeout_nano as u64))
+}
+
+/// Run `op` on the sandbox in a task of its own; the answer if the caller still waits.
+async fn to_the_end<T, F>(sb: &Arc<Sandbox>, op: impl FnOnce(Arc<Sandbox>) -> F) -> ttrpc::Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let task = tokio::spawn(op(sb.clone()));
+    match task.await {
+        Ok(res) => Ok(res?),
+        Err(e) => Err(Error::NotFound(format!("the operation's task ended: {e}")).into()),
+    }
+}
+
 fn ipvs_reply((output, rules): (String, usize)) -> mg::IpvsReply {
     mg::IpvsReply { output, rules: rules as u32, ..Default::default() }
 }
@@ -31,14 +55,17 @@ fn route_doc(r: mg::Route) -> RouteDoc {
 
 #[async_trait::async_trait]
 impl NetworkManagement for MgmtService {
-    async fn add_interface(&self, _: &TtrpcContext, req: mg::Interface) -> ttrpc::Result<mg::Interface> {
+    async fn add_interface(&self, ctx: &TtrpcContext, req: mg::Interface) -> ttrpc::Result<mg::Interface> {
         let checked = doc_from_pb(&req).validate().map_err(Error::from)?;
-        Ok(self.sb.add_iface(checked).await?.to_pb())
+        let by = deadline(ctx);
+        Ok(to_the_end(&self.sb, move |sb| async move { sb.add_iface(checked, by).await }).await?.to_pb())
     }
 
-    async fn delete_interface(&self, _: &TtrpcContext, req: mg::Interface) -> ttrpc::Result<mg::Interface> {
+    async fn delete_interface(&self, ctx: &TtrpcContext, req: mg::Interface) -> ttrpc::Result<mg::Interface> {
         let doc = DelIfaceDoc { name: req.name, ..Default::default() };
-        self.sb.del_iface(doc.name().map_err(Error::from)?).await?;
+        let name = doc.name().map_err(Error::from)?.to_owned();
+        let by = deadline(ctx);
+        to_the_end(&self.sb, move |sb| async move { sb.del_iface(&name, by).await }).await?;
         Ok(mg::Interface::default())
     }
 
@@ -46,33 +73,40 @@ impl NetworkManagement for MgmtService {
         Ok(mg::Interfaces { interfaces: self.sb.list_ifaces().await?, ..Default::default() })
     }
 
-    async fn add_route(&self, _: &TtrpcContext, req: mg::Route) -> ttrpc::Result<mg::Routes> {
+    async fn add_route(&self, ctx: &TtrpcContext, req: mg::Route) -> ttrpc::Result<mg::Routes> {
         let r = route_doc(req).validate(true).map_err(Error::from)?;
-        Ok(mg::Routes { routes: self.sb.add_route(r).await?, ..Default::default() })
+        let by = deadline(ctx);
+        let routes = to_the_end(&self.sb, move |sb| async move { sb.add_route(r, by).await }).await?;
+        Ok(mg::Routes { routes, ..Default::default() })
     }
 
-    async fn delete_route(&self, _: &TtrpcContext, req: mg::Route) -> ttrpc::Result<mg::Routes> {
+    async fn delete_route(&self, ctx: &TtrpcContext, req: mg::Route) -> ttrpc::Result<mg::Routes> {
         let r = route_doc(req).validate(false).map_err(Error::from)?;
-        Ok(mg::Routes { routes: self.sb.del_route(r).await?, ..Default::default() })
+        let by = deadline(ctx);
+        let routes = to_the_end(&self.sb, move |sb| async move { sb.del_route(r, by).await }).await?;
+        Ok(mg::Routes { routes, ..Default::default() })
     }
 
     async fn list_routes(&self, _: &TtrpcContext, _: mg::Nothing) -> ttrpc::Result<mg::Routes> {
         Ok(mg::Routes { routes: self.sb.list_routes().await?, ..Default::default() })
     }
 
-    async fn ipvsadm(&self, _: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
+    async fn ipvsadm(&self, ctx: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
         let cmd = IpvsCommand::parse(&req.parameters).map_err(Error::from)?;
-        Ok(ipvs_reply(self.sb.ipvsadm(cmd).await?))
+        let by = deadline(ctx);
+        Ok(ipvs_reply(to_the_end(&self.sb, move |sb| async move { sb.ipvsadm(cmd, by).await }).await?))
     }
 
-    async fn ipvs_restore(&self, _: &TtrpcContext, req: mg::IpvsRestoreRequest) -> ttrpc::Result<mg::IpvsReply> {
+    async fn ipvs_restore(&self, ctx: &TtrpcContext, req: mg::IpvsRestoreRequest) -> ttrpc::Result<mg::IpvsReply> {
         let restore = Restore::parse(&req.rules).map_err(Error::from)?;
-        Ok(ipvs_reply(self.sb.ipvs_restore(restore).await?))
+        let by = deadline(ctx);
+        Ok(ipvs_reply(to_the_end(&self.sb, move |sb| async move { sb.ipvs_restore(restore, by).await }).await?))
     }
 
-    async fn conntrack_cleanup(&self, _: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
+    async fn conntrack_cleanup(&self, ctx: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
         let request = cleanup_request(&req.parameters).map_err(Error::from)?;
-        Ok(ipvs_reply(self.sb.conntrack_cleanup(request).await?))
+        let by = deadline(ctx);
+        Ok(ipvs_reply(to_the_end(&self.sb, move |sb| async move { sb.conntrack_cleanup(request, by).await }).await?))
     }
 }
 

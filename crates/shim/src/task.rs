@@ -102,6 +102,30 @@ fn watch_exit(entries: Arc<Mutex<HashMap<String, Entry>>>, events: Events, id: S
     });
 }
 
+/// What a sandbox may have made, found by its tags rather than a state file: the run directory
+/// `<run_root>/<id>` (and any QEMU whose command line names it), the runtime's link group in the
+/// spec's namespace, the shim's own namespace `kata-net-<id>`. `None` for an id that is no
+/// valid sandbox id.
+fn tagged_state(id: &str, bundle: &Path, run_root: Option<&Path>) -> Option<SandboxState> {
+    netmgmt::paths::check_sandbox_id(id).ok()?;
+    let spec_netns = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|spec| SpecNetwork::from_spec(&spec).ok())
+        .and_then(|net| net.netns);
+    let own = sandbox::own_netns_path(id);
+    let (netns, intent) = match spec_netns {
+        Some(p) => (Some(p), false),
+        None => (own.exists().then_some(own), true),
+    };
+    Some(SandboxState {
+        id: id.to_owned(),
+        netns,
+        netns_intent: intent,
+        run_dir: run_root.map(|r| r.join(id)),
+        ..Default::default()
+    })
+}
+
 /// The Task service of one shim (one sandbox).
 pub struct KataTask {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
@@ -127,17 +151,6 @@ impl KataTask {
 impl std::fmt::Debug for KataTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KataTask").field("namespace", &self.events.namespace).finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exit_codes_as_containerd_expects_them() {
-        assert_eq!(super::exit_code("signal: 9 (SIGKILL)"), 137);
-        assert_eq!(super::exit_code("exit status: 1"), 1);
-        assert_eq!(super::exit_code("exit status: 0"), 0);
-        assert_eq!(super::exit_code("unknown"), 255);
     }
 }
 
@@ -351,21 +364,27 @@ impl Shim for KataShim {
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<containerd_shim::api::DeleteResponse> {
         // Run by containerd in the bundle after the shim is gone (e.g. killed): remove what the
-        // persisted state records.
+        // persisted state records, and what is tagged as the sandbox's when there is no state
+        // (a crash before the first record) or it cannot be read.
         let log = crate::logging::stderr_logger();
         let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        match SandboxState::load(Path::new(&bundle)) {
-            Ok(Some(state)) => {
-                let config = Config::load().ok();
-                let run_root = config.as_ref().map(|(c, _)| c.runtime.run_dir.as_path());
-                if let Err(e) = state.teardown(&log, run_root).await {
-                    slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
-                }
-                SandboxState::forget(&bundle);
+        let config = Config::load().ok().map(|(c, _)| c);
+        let run_root = config.as_ref().map(|c| c.runtime.run_dir.clone());
+        let state = match SandboxState::load(&bundle) {
+            Ok(Some(state)) => Some(state),
+            Ok(None) => tagged_state(&self.id, &bundle, run_root.as_deref()),
+            Err(e) => {
+                slog::error!(log, "the sandbox state cannot be read: removing what is tagged as the sandbox's";
+                    "sandbox_id" => &self.id, "error" => crate::error::message(&e));
+                tagged_state(&self.id, &bundle, run_root.as_deref())
             }
-            Ok(None) => {}
-            Err(e) => slog::error!(log, "cannot read the sandbox state"; "error" => crate::error::message(&e)),
+        };
+        if let Some(state) = state {
+            if let Err(e) = state.teardown(&log, run_root.as_deref()).await {
+                slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
+            }
         }
+        SandboxState::forget(&bundle);
         Ok(containerd_shim::api::DeleteResponse {
             exit_status: 137,
             exited_at: MessageField::some(now()),
@@ -395,5 +414,16 @@ impl Shim for KataShim {
             exit: self.exit.clone(),
             log,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exit_codes_as_containerd_expects_them() {
+        assert_eq!(super::exit_code("signal: 9 (SIGKILL)"), 137);
+        assert_eq!(super::exit_code("exit status: 1"), 1);
+        assert_eq!(super::exit_code("exit status: 0"), 0);
+        assert_eq!(super::exit_code("unknown"), 255);
     }
 }

@@ -221,6 +221,28 @@ impl Endpoint {
         }
     }
 
+    /// What [`Endpoint::attach`] will record, known before it makes anything (`None` for a
+    /// kind whose attach is refused, or a link without a MAC).
+    pub fn planned_state(&self) -> Option<EndpointState> {
+        let bridged = |b: &Bridged, state: fn(IfName, Connection) -> EndpointState| {
+            b.planned_connection().map(|c| state(b.link.name.clone(), c))
+        };
+        match self {
+            Endpoint::Veth(e) => bridged(&e.bridged, |link, connection| EndpointState::Veth { link, connection }),
+            Endpoint::BridgedTap(e) => {
+                bridged(&e.bridged, |link, connection| EndpointState::BridgedTap { link, connection })
+            }
+            Endpoint::Macvlan(e) => bridged(&e.bridged, |link, connection| EndpointState::Macvlan { link, connection }),
+            Endpoint::Ipvlan(e) => bridged(&e.bridged, |link, connection| EndpointState::Ipvlan { link, connection }),
+            Endpoint::DirectTap(e) => Some(EndpointState::DirectTap { link: e.name.clone(), created: false }),
+            Endpoint::Macvtap(e) => Some(EndpointState::Macvtap { link: e.link.name.clone() }),
+            Endpoint::VhostUser(e) => {
+                Some(EndpointState::VhostUser { link: e.link.name.clone(), socket: e.socket.clone() })
+            }
+            Endpoint::Physical(_) => None,
+        }
+    }
+
     /// Connect the link to a VM NIC. On error nothing the attach made is left behind.
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
         match self {
@@ -313,10 +335,26 @@ pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
 
 /// Attach every endpoint; when one fails, the ones attached before it are detached again.
 pub async fn attach_all(ctx: &NetCtx, eps: &[Endpoint], cfg: &EndpointConfig) -> Result<Vec<Attached>> {
+    attach_all_with(ctx, eps, cfg, |_, _| Ok(())).await
+}
+
+/// [`attach_all`], calling `after(i, attached)` after the `i`th endpoint is attached; its error
+/// fails the whole attach like any other (everything attached so far is detached).
+pub async fn attach_all_with(
+    ctx: &NetCtx,
+    eps: &[Endpoint],
+    cfg: &EndpointConfig,
+    mut after: impl FnMut(usize, &Attached) -> Result<()>,
+) -> Result<Vec<Attached>> {
     let mut done: Vec<Attached> = Vec::with_capacity(eps.len());
-    for ep in eps {
-        match ep.attach(ctx, cfg).await {
-            Ok(a) => done.push(a),
+    for (i, ep) in eps.iter().enumerate() {
+        let attached = ep.attach(ctx, cfg).await.and_then(|a| {
+            let checked = after(i, &a);
+            done.push(a);
+            checked
+        });
+        match attached {
+            Ok(()) => {}
             Err(e) => {
                 let states: Vec<EndpointState> = done.into_iter().map(|a| a.state).collect();
                 // The attach error is what the caller needs; the undo is best effort.

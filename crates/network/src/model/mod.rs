@@ -74,6 +74,26 @@ pub struct Connected {
 }
 
 impl Bridged {
+    /// The connection [`Bridged::connect`] will record, known before anything is made, so that
+    /// it can be recorded first (its teardown steps undo a half-made connection too: each step
+    /// succeeds when there is nothing to undo). `None` when the link has no MAC (the attach
+    /// fails before making anything).
+    pub fn planned_connection(&self) -> Option<Connection> {
+        let (link, vm_dev) = (self.link.name.clone(), self.vm_dev.clone());
+        Some(match self.model {
+            NetworkModel::TcFilter => Connection::TcFilter { link, tap: vm_dev },
+            NetworkModel::Macvtap => Connection::Macvtap {
+                link,
+                macvtap: vm_dev,
+                link_mac: self.link.mac?,
+                addresses: self.link.addresses.clone(),
+                routes: self.routes.clone(),
+                neighbors: self.neighbors.clone(),
+            },
+            NetworkModel::None => Connection::Tap { tap: vm_dev },
+        })
+    }
+
     /// Join the link to a new VM-side device by the model; undo steps go onto `rb`.
     pub async fn connect(&self, ctx: &NetCtx, queues: usize, rb: &mut Rollback) -> Result<Connected> {
         match self.model {

@@ -3,6 +3,8 @@
 //! one `network::Rollback`: each step registers its undo before the next one runs, and a later
 //! failure (the guest refusing the configuration) undoes them all, newest first.
 
+use std::time::Instant;
+
 use ipnet::IpNet;
 use netmgmt::doc::IfaceRequest;
 use netmgmt::mg;
@@ -13,6 +15,7 @@ use network::{IfName, MacAddr, NicBackend, NicConfig, PciPath, Rollback};
 
 use super::{Ops, Sandbox, NIC_WAIT};
 use crate::error::{Error, Result};
+use crate::failpoint;
 
 /// A NIC plugged in with add-iface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,9 +137,9 @@ impl Sandbox {
     }
 
     /// add-iface: check, open or make the TAP, hotplug, configure in the guest; undo on failure.
-    pub async fn add_iface(&self, req: IfaceRequest) -> Result<Added> {
+    pub async fn add_iface(&self, req: IfaceRequest, deadline: Option<Instant>) -> Result<Added> {
         req.check_host()?;
-        let mut ops = self.ops.lock().await;
+        let mut ops = self.ops_by(deadline).await?;
         let device = self.check_new_iface(&req, &ops).await?;
         let mut rb = Rollback::with_nics(&self.ctx, self.vm.clone());
         let mut plugged: Option<Added> = None;
@@ -166,11 +169,14 @@ impl Sandbox {
         if host.created {
             self.record_created(ops, device).await?;
         }
+        failpoint::hit("add-iface:host")?;
         let backend = std::mem::replace(&mut host.backend, NicBackend::VhostUser { socket: Default::default() });
         let nic = NicConfig { id: format!("hp-{}", req.name), guest_mac: req.mac, mtu: req.mtu, backend };
         let pci = rb.hotplug(nic).await?;
         let added = plugged.insert(Added::new(req, device.clone(), pci, &host));
+        failpoint::hit("add-iface:hotplugged")?;
         self.agent.update_interface(&added.guest_interface(host.queues), NIC_WAIT).await?;
+        failpoint::hit("add-iface:configured")?;
         Ok(())
     }
 
@@ -206,12 +212,13 @@ impl Sandbox {
     }
 
     /// del-iface: unplug the NIC added as `name`; remove its TAP if the runtime made it.
-    pub async fn del_iface(&self, name: &str) -> Result<()> {
-        let mut ops = self.ops.lock().await;
+    pub async fn del_iface(&self, name: &str, deadline: Option<Instant>) -> Result<()> {
+        let mut ops = self.ops_by(deadline).await?;
         let pos = ops.added.iter().position(|a| a.name == name).ok_or_else(|| {
             Error::NotFound(format!("name: no interface {name} was added to this sandbox with add-iface"))
         })?;
         let a = ops.added[pos].clone();
+        failpoint::hit("del-iface:found")?;
         self.vm.unplug_nic(&a.id).await?;
         ops.added.remove(pos);
         if a.created {

@@ -1,35 +1,74 @@
 //! IPVS rules in a running sandbox's VM (`kata-ipvs`): every command is checked against the
-//! sandbox's rule table before the VM sees it.
+//! sandbox's rule table before the VM sees it. The table and the guest's rules never drift: when
+//! a call to the guest fails (refused, timed out, the connection lost) the table is counted
+//! again from the guest's own `ipvsadm -S -n`, and a restore that failed is cleared in the guest.
+
+use std::time::Instant;
 
 use netmgmt::ipvs::{IpvsCommand, IpvsError, Restore};
 
-use super::Sandbox;
+use super::{Ops, Sandbox};
 use crate::error::Result;
+use crate::failpoint;
 
 impl Sandbox {
     /// One ipvsadm command; the guest's output and the rules held afterwards.
-    pub async fn ipvsadm(&self, cmd: IpvsCommand) -> Result<(String, usize)> {
-        let mut ops = self.ops.lock().await;
+    pub async fn ipvsadm(&self, cmd: IpvsCommand, deadline: Option<Instant>) -> Result<(String, usize)> {
+        let mut ops = self.ops_by(deadline).await?;
         ops.ipvs.check(&cmd)?;
-        let out = self.agent.update_ipvs_rule(&cmd.request()).await?;
-        ops.ipvs.apply(&cmd);
-        Ok((out, ops.ipvs.rules()))
+        match self.agent.update_ipvs_rule(&cmd.request()).await {
+            Ok(out) => {
+                ops.ipvs.apply(&cmd);
+                failpoint::hit("ipvs:applied")?;
+                Ok((out, ops.ipvs.rules()))
+            }
+            Err(e) => {
+                self.recount_ipvs(&mut ops).await;
+                Err(e.into())
+            }
+        }
     }
 
-    /// A whole rule file in one request, only into an empty table.
-    pub async fn ipvs_restore(&self, restore: Restore) -> Result<(String, usize)> {
-        let mut ops = self.ops.lock().await;
+    /// A whole rule file in one request, only into an empty table. If the guest fails it (part
+    /// may be loaded), the guest's table is cleared again.
+    pub async fn ipvs_restore(&self, restore: Restore, deadline: Option<Instant>) -> Result<(String, usize)> {
+        let mut ops = self.ops_by(deadline).await?;
         if ops.ipvs.rules() > 0 {
             return Err(IpvsError::NotEmpty(ops.ipvs.rules()).into());
         }
-        let out = self.agent.update_ipvs_rule(&restore.request()).await?;
-        ops.ipvs = restore.table;
+        match self.agent.update_ipvs_rule(&restore.request()).await {
+            Ok(out) => {
+                ops.ipvs = restore.table;
+                Ok((out, ops.ipvs.rules()))
+            }
+            Err(e) => {
+                if let Err(c) = self.agent.update_ipvs_rule(&IpvsCommand::Clear.request()).await {
+                    slog::error!(self.log, "clearing a failed IPVS restore"; "error" => %c);
+                }
+                self.recount_ipvs(&mut ops).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn conntrack_cleanup(&self, request: String, deadline: Option<Instant>) -> Result<(String, usize)> {
+        let ops = self.ops_by(deadline).await?;
+        let out = self.agent.update_ipvs_rule(&request).await?;
         Ok((out, ops.ipvs.rules()))
     }
 
-    pub async fn conntrack_cleanup(&self, request: String) -> Result<(String, usize)> {
-        let ops = self.ops.lock().await;
-        let out = self.agent.update_ipvs_rule(&request).await?;
-        Ok((out, ops.ipvs.rules()))
+    /// The table as the guest has it now (`ipvsadm -S -n`, parsed as a rule file).
+    async fn recount_ipvs(&self, ops: &mut Ops) {
+        let counted = match self.agent.update_ipvs_rule("ipvsadm -S -n").await {
+            Ok(saved) => Restore::parse(&saved).map(|r| r.table).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match counted {
+            Ok(table) => {
+                slog::info!(self.log, "IPVS rules counted again from the guest"; "rules" => table.rules());
+                ops.ipvs = table;
+            }
+            Err(e) => slog::error!(self.log, "IPVS rules could not be counted from the guest"; "error" => e),
+        }
     }
 }

@@ -21,7 +21,7 @@ use network::NetCtx;
 pub use iface::Added;
 pub use spec::{SpecNetwork, DNS_ANNOTATION};
 pub use start::start;
-pub use state::{netns_identity, SandboxState, STATE_FILE};
+pub use state::{netns_identity, own_netns_path, SandboxState, STATE_FILE};
 
 /// How long the guest may take to show a NIC at its PCI path.
 pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);
@@ -52,6 +52,19 @@ pub struct Ops {
 }
 
 impl Sandbox {
+    /// The sandbox's operation lock, for an operation that must be done by `deadline`: one
+    /// whose deadline passed while it waited does not start (it would be cut off halfway).
+    pub async fn ops_by(
+        &self,
+        deadline: Option<std::time::Instant>,
+    ) -> crate::Result<tokio::sync::MutexGuard<'_, Ops>> {
+        let ops = self.ops.lock().await;
+        match deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(crate::Error::Deadline),
+            _ => Ok(ops),
+        }
+    }
+
     /// The persisted state as it is now.
     pub async fn state(&self) -> SandboxState {
         self.ops.lock().await.state.clone()

@@ -16,6 +16,7 @@ use network::{NetCtx, NetNs, NetworkInfo, PciPath};
 use super::{Ops, Sandbox, SandboxState, SpecNetwork, NIC_WAIT};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::failpoint;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -108,6 +109,7 @@ impl Start<'_> {
                     Ok(ns) => {
                         self.state.netns_created = true;
                         self.state.save(self.bundle)?;
+                        failpoint::hit("start:netns")?;
                         ns
                     }
                     Err(e) => {
@@ -137,12 +139,19 @@ impl Start<'_> {
         Ok((info, eps, ep_cfg))
     }
 
-    /// Connect every endpoint to a NIC (all or none), record them, and make the run directory.
+    /// Connect every endpoint to a NIC (all or none), and make the run directory. What each
+    /// endpoint will make is recorded before it is made (its teardown undoes a half-made one),
+    /// then what it made.
     async fn attach(&mut self, ctx: &NetCtx, eps: &[Endpoint], ep_cfg: &EndpointConfig) -> Result<Vec<Attached>> {
-        let attached = network::attach_all(ctx, eps, ep_cfg).await?;
-        self.state.endpoints = attached.iter().map(|a| a.state.clone()).collect();
         let run_dir = self.cfg.runtime.run_dir.join(self.id);
         self.state.run_dir = Some(run_dir.clone());
+        self.state.endpoints = eps.iter().filter_map(Endpoint::planned_state).collect();
+        self.state.save(self.bundle)?;
+        let step = |i: usize, _: &Attached| {
+            failpoint::hit(&format!("start:endpoint:{i}")).map_err(|e| network::Error::Step(e.to_string()))
+        };
+        let attached = network::attach_all_with(ctx, eps, ep_cfg, step).await?;
+        self.state.endpoints = attached.iter().map(|a| a.state.clone()).collect();
         self.state.save(self.bundle)?;
         let io = |source| Error::Io { what: "making the run directory", path: run_dir.clone(), source };
         std::fs::create_dir_all(&run_dir).map_err(io)?;
@@ -154,13 +163,15 @@ impl Start<'_> {
         self.cfg.runtime.run_dir.join(self.id)
     }
 
-    /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded.
+    /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded
+    /// right after the spawn, before anything waits on QEMU.
     async fn boot_vm(&mut self, attached: Vec<Attached>) -> Result<(Vm, Vec<(String, PciPath)>)> {
         let spec = VmSpec {
             config: self.cfg.hypervisor.qemu.clone(),
             run_dir: self.run_dir(),
             agent: AgentChannel::Serial { socket: self.run_dir().join("agent.sock") },
             log: self.log.clone(),
+            hook: Some(vm_hook(self.state.clone(), self.bundle.to_owned())),
         };
         let (vm, paths) = Vm::start(spec, attached.into_iter().map(|a| a.nic).collect()).await?;
         self.state.qemu_pid = Some(vm.pid());
@@ -178,6 +189,21 @@ impl Start<'_> {
     }
 }
 
+/// The VM's step hook: QEMU's pid goes into the state file as soon as QEMU exists; hotplug steps
+/// are failure-injection points.
+fn vm_hook(state: SandboxState, bundle: PathBuf) -> hypervisor::vm::StepHook {
+    let state = std::sync::Mutex::new(state);
+    Arc::new(move |step: &str, pid: u32| {
+        if step == "spawned" {
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.qemu_pid = Some(pid);
+            st.save(&bundle).map_err(|e| std::io::Error::other(crate::error::message(&e)))?;
+            return failpoint::hit("start:qemu:spawned").map_err(std::io::Error::other);
+        }
+        failpoint::hit(step).map_err(std::io::Error::other)
+    })
+}
+
 /// Interfaces, then routes, then neighbours, then CreateSandbox with hostname and DNS.
 async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetwork) -> Result<()> {
     let mut ifaces = agent_client::interfaces(&g.links);
@@ -187,16 +213,19 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
         }
         iface.queues = g.queues as u32;
         agent.update_interface(&pb::Interface::from(&*iface), NIC_WAIT).await?;
+        failpoint::hit(&format!("start:agent:interface:{}", iface.name))?;
     }
     let ours = |dev: &network::IfName| g.links.iter().any(|l| &l.name == dev);
     let routes: Vec<network::Route> = g.info.routes.iter().filter(|r| ours(&r.device)).cloned().collect();
     if !routes.is_empty() {
         agent.update_routes(agent_client::routes(&routes).iter().map(pb::Route::from).collect(), false).await?;
     }
+    failpoint::hit("start:agent:routes")?;
     let neigh: Vec<network::Neighbor> = g.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
     if !neigh.is_empty() {
         agent.add_arp_neighbors(agent_client::neighbors(&neigh).iter().map(pb::ARPNeighbor::from).collect()).await?;
     }
+    failpoint::hit("start:agent:neighbors")?;
     let req = CreateSandboxRequest {
         hostname: net.hostname.clone(),
         dns: net.dns.clone(),
@@ -204,5 +233,6 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
         ..Default::default()
     };
     agent.create_sandbox(&req).await?;
+    failpoint::hit("start:agent:sandbox")?;
     Ok(())
 }

@@ -95,8 +95,12 @@ impl SandboxState {
         if let (Some(d), None) = (&self.run_dir, run_dir) {
             first = Err(Error::Confined { what: "run directory", path: d.clone() });
         }
-        if let Some(pid) = self.qemu_pid {
-            kill_qemu(pid, run_dir).await;
+        // QEMU by its recorded pid, and any QEMU whose command line names the run directory
+        // (one spawned just before a crash, not recorded yet).
+        if let Some(d) = run_dir {
+            for pid in self.qemu_pid.into_iter().chain(qemus_in(d)) {
+                kill_qemu(pid, d).await;
+            }
         }
         if let Some(ns) = &self.netns {
             let same = match (self.netns_id, netns_identity(ns)) {
@@ -127,7 +131,12 @@ impl SandboxState {
     async fn detach_and_remove_netns(&self, ns: &Path, log: &slog::Logger) -> Result<()> {
         let detached = match ns.exists() {
             true => match NetCtx::open(NetNs::new(ns), log.clone()) {
-                Ok(ctx) => network::detach_all(&ctx, &self.endpoints).await.map_err(Error::from),
+                // Every device the runtime made carries its link group: those go even when the
+                // state does not name them (a crash between making and recording).
+                Ok(ctx) => network::detach_all(&ctx, &self.endpoints)
+                    .await
+                    .and(network::nl::delete_group(&ctx.handle, network::nl::RUNTIME_LINK_GROUP).await)
+                    .map_err(Error::from),
                 Err(e) => Err(e.into()),
             },
             false => Ok(()),
@@ -148,15 +157,29 @@ pub fn netns_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Kill a QEMU recorded by pid, but only if that pid still is our QEMU (its command line names
-/// the sandbox's run directory), so a recycled pid is never hit.
-async fn kill_qemu(pid: u32, run_dir: Option<&Path>) {
+/// Whether process `pid` is a QEMU of the run directory `run_dir` (its QMP socket is there).
+fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = run_dir.is_some_and(|d| {
-        let needle = d.to_string_lossy();
-        String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
-    });
-    if !ours {
+    let needle = format!("unix:{},", run_dir.join("qmp.sock").display());
+    cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(needle.as_bytes()))
+}
+
+/// The QEMUs of the run directory `run_dir`, found through /proc.
+fn qemus_in(run_dir: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| is_our_qemu(*pid, run_dir))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kill a QEMU by pid, but only if that pid still is our QEMU (its command line names the
+/// sandbox's run directory), so a recycled pid is never hit.
+async fn kill_qemu(pid: u32, run_dir: &Path) {
+    if !is_our_qemu(pid, run_dir) {
         return;
     }
     let p = nix::unistd::Pid::from_raw(pid as i32);
