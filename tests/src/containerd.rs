@@ -20,6 +20,11 @@ pub struct Containerd {
 impl Containerd {
     /// Start containerd with `kata_conf` as the shim's configuration (`KATA_CONF_FILE`).
     pub fn start(tag: &str, kata_conf: &str, shim_bin: &Path) -> Self {
+        Self::start_with_env(tag, kata_conf, shim_bin, &[])
+    }
+
+    /// [`Containerd::start`], with more environment for containerd and so its shims.
+    pub fn start_with_env(tag: &str, kata_conf: &str, shim_bin: &Path, env: &[(&str, &Path)]) -> Self {
         let dir = Scratch::new(tag);
         let d = dir.0.display().to_string();
         std::fs::write(
@@ -49,6 +54,7 @@ impl Containerd {
             .arg(dir.0.join("containerd.toml"))
             .env("PATH", path)
             .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
             .spawn()

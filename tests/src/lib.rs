@@ -154,8 +154,11 @@ impl TestNs {
         let mut filters = Vec::new();
         for l in &links {
             let dev = l["ifname"].as_str().unwrap();
-            let text = self.tc(&["filter", "show", "dev", dev, "ingress"]);
-            if !text.trim().is_empty() {
+            // A device that went away since the link dump (a teardown in progress) has none;
+            // the next snapshot will not list it.
+            let out = Command::new("tc").args(["-n", &self.name, "filter", "show", "dev", dev, "ingress"]).output();
+            let text = out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
                 filters.push(serde_json::json!({"dev": dev, "filters": text}));
             }
         }

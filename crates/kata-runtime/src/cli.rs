@@ -24,6 +24,7 @@ use serde::Serialize;
 const MAX_INPUT: u64 = 16 << 20;
 /// How long one management call may take (a 20,000-rule restore under TCG takes seconds).
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+const TIMEOUT_ENV: &str = "KATA_RUNTIME_TIMEOUT";
 
 #[derive(Debug, Parser)]
 #[command(name = "kata-runtime", about = "Operator commands for kata sandboxes", version)]
@@ -180,8 +181,19 @@ async fn connect(sandbox: &str) -> anyhow::Result<NetworkManagementClient> {
     Ok(NetworkManagementClient::new(client))
 }
 
+/// How long the command waits for the shim: `KATA_RUNTIME_TIMEOUT` seconds (1 to 3600), else 300.
+/// An operation the shim has started runs to its end either way; one still waiting for the
+/// sandbox when this passes does not start.
+fn call_timeout() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| (1..=3600).contains(s))
+        .map_or(CALL_TIMEOUT, Duration::from_secs)
+}
+
 fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+    ttrpc::context::with_timeout(call_timeout().as_nanos() as i64)
 }
 
 /// A management call's error: the shim's message alone when it sent one.

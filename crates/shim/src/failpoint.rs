@@ -22,36 +22,70 @@ pub const FAILPOINTS_ENV: &str = "KATA_NET_FAILPOINTS";
 #[error("failure injected at step {0}")]
 pub struct Injected(pub String);
 
-/// Pass the step `step`: fail, stall or die here if the failpoint file says so.
-#[cfg(debug_assertions)]
-pub fn hit(step: &str) -> Result<(), Injected> {
-    use std::os::unix::fs::MetadataExt;
-    let Some(path) = std::env::var_os(FAILPOINTS_ENV) else { return Ok(()) };
-    let Ok(meta) = std::fs::metadata(&path) else { return Ok(()) };
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some(step) {
-            continue;
-        }
-        match (words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
-            (Some("fail"), _) => return Err(Injected(step.to_owned())),
-            (Some("stall"), Some(ms)) => std::thread::sleep(std::time::Duration::from_millis(ms)),
-            (Some("kill"), _) => {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+/// What the failpoint file says for a step.
+enum Action {
+    Fail,
+    Stall(std::time::Duration),
+    Kill,
 }
 
-/// Release builds: no failure injection.
+/// The action for `step`, if the file names one.
+#[cfg(debug_assertions)]
+fn action(step: &str) -> Option<Action> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::var_os(FAILPOINTS_ENV)?;
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    text.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if words.next() != Some(step) {
+            return None;
+        }
+        match (words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
+            (Some("fail"), _) => Some(Action::Fail),
+            (Some("stall"), Some(ms)) => Some(Action::Stall(std::time::Duration::from_millis(ms))),
+            (Some("kill"), _) => Some(Action::Kill),
+            _ => None,
+        }
+    })
+}
+
 #[cfg(not(debug_assertions))]
-#[inline(always)]
-pub fn hit(_step: &str) -> Result<(), Injected> {
-    Ok(())
+fn action(_step: &str) -> Option<Action> {
+    None
+}
+
+fn kill_self() {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Pass the step `step`: fail, stall (blocking this thread) or die here if the failpoint file
+/// says so. For steps outside the async runtime's tasks; in them, [`hit_async`].
+pub fn hit(step: &str) -> Result<(), Injected> {
+    match action(step) {
+        Some(Action::Fail) => Err(Injected(step.to_owned())),
+        Some(Action::Stall(d)) => {
+            std::thread::sleep(d);
+            Ok(())
+        }
+        Some(Action::Kill) => {
+            kill_self();
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// [`hit`], stalling without blocking the runtime's thread.
+pub async fn hit_async(step: &str) -> Result<(), Injected> {
+    match action(step) {
+        Some(Action::Stall(d)) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+        _ => hit(step),
+    }
 }

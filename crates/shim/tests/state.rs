@@ -63,7 +63,11 @@ async fn teardown_refuses_a_namespace_path_that_now_points_at_another_namespace(
         id: "sb".into(),
         netns: Some(path.into()),
         netns_id: shim::sandbox::netns_identity(Path::new(&pod.path())),
-        endpoints: vec![network::endpoint::EndpointState::DirectTap { link: "made0".parse().unwrap(), created: true }],
+        endpoints: vec![network::endpoint::EndpointState::DirectTap {
+            link: "made0".parse().unwrap(),
+            created: true,
+            restore: None,
+        }],
         ..Default::default()
     };
     let log = quiet_logger();

@@ -42,7 +42,7 @@ impl DirectTapEndpoint {
                 mtu: self.mtu,
                 backend: NicBackend::Tap { device: self.name.clone(), queues: fds, vhost },
             },
-            state: EndpointState::DirectTap { link: self.name.clone(), created: false },
+            state: EndpointState::DirectTap { link: self.name.clone(), created: false, restore: None },
         })
     }
 }
@@ -80,19 +80,45 @@ impl OperatorTapRequest {
         }
     }
 
-    /// Open the operator's TAP in the namespace, or make it when the namespace has no device of
-    /// that name. One dump finds it; a made TAP's removal goes onto `rb` before the next step.
-    pub async fn open<H: NicHotplug>(&self, ctx: &NetCtx, rb: &mut Rollback<H>) -> Result<OperatorTap> {
+    /// What [`open`](Self::open) will do, found with one dump and changing nothing: open the
+    /// operator's TAP (`Some` of its features now) or make one (`None`: the namespace shows no
+    /// device of that name). The caller records it before the open.
+    pub async fn inspect(&self, ctx: &NetCtx) -> Result<Option<TapFlags>> {
         let dev = &self.device;
         let info = ctx.scan().await?;
-        let (fds, queues, restore) = match info.link(dev.as_str()) {
-            Some(link) => {
-                let had = match &link.kind {
-                    LinkKind::Tuntap { tap: true, multi_queue, pi, vnet_hdr } => {
-                        TapFlags { pi: *pi, vnet_hdr: *vnet_hdr, multi_queue: *multi_queue }
-                    }
-                    other => return Err(Error::NotATap { dev: dev.to_string(), kind: other.type_name().to_owned() }),
-                };
+        match info.link(dev.as_str()) {
+            Some(link) => match &link.kind {
+                LinkKind::Tuntap { tap: true, multi_queue, pi, vnet_hdr } => {
+                    let had = TapFlags { pi: *pi, vnet_hdr: *vnet_hdr, multi_queue: *multi_queue };
+                    self.queues_for(had.multi_queue)?;
+                    Ok(Some(had))
+                }
+                other => Err(Error::NotATap { dev: dev.to_string(), kind: other.type_name().to_owned() }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The state to record for this TAP before [`open`](Self::open) changes anything.
+    pub fn planned_state(&self, had: Option<TapFlags>) -> EndpointState {
+        EndpointState::DirectTap {
+            link: self.device.clone(),
+            created: had.is_none(),
+            restore: had.filter(|h| *h != TapFlags::for_vm(h.multi_queue)),
+        }
+    }
+
+    /// Open the operator's TAP (`had`: its features, from [`inspect`](Self::inspect)), or make
+    /// it. A made TAP's removal, or the features to give back, go onto `rb` before the change.
+    pub async fn open<H: NicHotplug>(
+        &self,
+        ctx: &NetCtx,
+        rb: &mut Rollback<H>,
+        had: Option<TapFlags>,
+    ) -> Result<OperatorTap> {
+        let dev = &self.device;
+        let (fds, queues, restore) = match had {
+            Some(had) => {
                 let queues = self.queues_for(had.multi_queue)?;
                 // Opening the queues gives the TAP the VM's features: it gets its own back when
                 // the NIC is gone (undo here; del-iface for a NIC that stayed).

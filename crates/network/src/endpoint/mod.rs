@@ -73,11 +73,14 @@ pub enum EndpointState {
         link: IfName,
         connection: Connection,
     },
-    /// `created`: the runtime made the TAP and removes it again. (`tap` in earlier state files.)
+    /// `created`: the runtime made the TAP and removes it again; `restore`: the TAP's own
+    /// features, given back when the VM lets go of it. (`tap` in earlier state files.)
     #[serde(alias = "tap")]
     DirectTap {
         link: IfName,
         created: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restore: Option<crate::nic_fds::TapFlags>,
     },
     /// (`tuntap` in earlier state files.)
     #[serde(alias = "tuntap")]
@@ -122,8 +125,11 @@ impl EndpointState {
             | EndpointState::BridgedTap { connection, .. }
             | EndpointState::Macvlan { connection, .. }
             | EndpointState::Ipvlan { connection, .. } => connection.teardown(),
-            EndpointState::DirectTap { link, created: true } => vec![Undo::DeleteLink { name: link.clone() }],
-            EndpointState::DirectTap { created: false, .. }
+            EndpointState::DirectTap { link, created: true, .. } => vec![Undo::DeleteLink { name: link.clone() }],
+            EndpointState::DirectTap { link, created: false, restore: Some(flags) } => {
+                vec![Undo::RestoreTapFlags { name: link.clone(), flags: *flags }]
+            }
+            EndpointState::DirectTap { created: false, restore: None, .. }
             | EndpointState::Macvtap { .. }
             | EndpointState::VhostUser { .. } => Vec::new(),
         }
@@ -234,7 +240,9 @@ impl Endpoint {
             }
             Endpoint::Macvlan(e) => bridged(&e.bridged, |link, connection| EndpointState::Macvlan { link, connection }),
             Endpoint::Ipvlan(e) => bridged(&e.bridged, |link, connection| EndpointState::Ipvlan { link, connection }),
-            Endpoint::DirectTap(e) => Some(EndpointState::DirectTap { link: e.name.clone(), created: false }),
+            Endpoint::DirectTap(e) => {
+                Some(EndpointState::DirectTap { link: e.name.clone(), created: false, restore: None })
+            }
             Endpoint::Macvtap(e) => Some(EndpointState::Macvtap { link: e.link.name.clone() }),
             Endpoint::VhostUser(e) => {
                 Some(EndpointState::VhostUser { link: e.link.name.clone(), socket: e.socket.clone() })
@@ -385,7 +393,7 @@ mod tests {
                 r#"{"kind":"veth","link":"eth0","connection":{"model":"tc_filter","link":"eth0","tap":"tap0_kata"}}"#,
             ),
             (
-                EndpointState::DirectTap { link: name("tap-op"), created: false },
+                EndpointState::DirectTap { link: name("tap-op"), created: false, restore: None },
                 r#"{"kind":"direct_tap","link":"tap-op","created":false}"#,
             ),
             (EndpointState::Macvtap { link: name("mvt0") }, r#"{"kind":"macvtap","link":"mvt0"}"#),
@@ -399,7 +407,7 @@ mod tests {
         let old = r#"{"kind":"tap","link":"tap-op","created":true}"#;
         assert_eq!(
             serde_json::from_str::<EndpointState>(old).unwrap(),
-            EndpointState::DirectTap { link: name("tap-op"), created: true }
+            EndpointState::DirectTap { link: name("tap-op"), created: true, restore: None }
         );
     }
 
@@ -414,10 +422,10 @@ mod tests {
             vec![Undo::DeleteIngress { name: name("tap-cni") }, Undo::DeleteLink { name: name("tap3_kata") }]
         );
         assert_eq!(
-            EndpointState::DirectTap { link: name("tap-x"), created: true }.teardown(),
+            EndpointState::DirectTap { link: name("tap-x"), created: true, restore: None }.teardown(),
             vec![Undo::DeleteLink { name: name("tap-x") }]
         );
-        assert!(EndpointState::DirectTap { link: name("tap-x"), created: false }.teardown().is_empty());
+        assert!(EndpointState::DirectTap { link: name("tap-x"), created: false, restore: None }.teardown().is_empty());
         assert!(EndpointState::VhostUser { link: name("eth0"), socket: "/tmp/s".into() }.teardown().is_empty());
     }
 

@@ -101,11 +101,14 @@ impl Sandbox {
         Ok(device)
     }
 
-    /// The host side: the vhost-user socket, or the operator's TAP opened or made.
+    /// The host side: the vhost-user socket, or the operator's TAP opened or made. What will be
+    /// done to the TAP (made, or its features changed) is recorded before it is done, so a
+    /// crashed shim's `delete` undoes it.
     async fn host_side(
         &self,
         req: &IfaceRequest,
         device: &IfName,
+        ops: &mut Ops,
         rb: &mut Rollback<hypervisor::Vm>,
     ) -> Result<OperatorTap> {
         if let Some(socket) = &req.vhost_user_socket {
@@ -119,20 +122,16 @@ impl Sandbox {
             mtu: req.mtu,
             vhost_net: self.vhost_net,
         };
-        Ok(tap.open(&self.ctx, rb).await?)
+        let had = tap.inspect(&self.ctx).await?;
+        ops.state.endpoints.push(tap.planned_state(had));
+        ops.state.save(&self.bundle)?;
+        Ok(tap.open(&self.ctx, rb, had).await?)
     }
 
-    /// A TAP the runtime made is recorded before the hotplug, so a crashed shim's `delete`
-    /// removes it.
-    async fn record_created(&self, ops: &mut Ops, device: &IfName) -> Result<()> {
-        ops.state.endpoints.push(EndpointState::DirectTap { link: device.clone(), created: true });
-        ops.state.save(&self.bundle)
-    }
-
-    fn forget_created(&self, ops: &mut Ops, device: &IfName) {
-        ops.state
-            .endpoints
-            .retain(|e| !matches!(e, EndpointState::DirectTap { link, created: true } if link == device));
+    /// The record of the operator's TAP `device` goes (its NIC is gone, and so is what the
+    /// runtime did to the TAP).
+    fn forget_tap(&self, ops: &mut Ops, device: &IfName) {
+        ops.state.endpoints.retain(|e| !matches!(e, EndpointState::DirectTap { link, .. } if link == device));
         let _ = ops.state.save(&self.bundle);
     }
 
@@ -165,18 +164,15 @@ impl Sandbox {
         rb: &mut Rollback<hypervisor::Vm>,
         plugged: &mut Option<Added>,
     ) -> Result<()> {
-        let mut host = self.host_side(req, device, rb).await?;
-        if host.created {
-            self.record_created(ops, device).await?;
-        }
-        failpoint::hit("add-iface:host")?;
+        let mut host = self.host_side(req, device, ops, rb).await?;
+        failpoint::hit_async("add-iface:host").await?;
         let backend = std::mem::replace(&mut host.backend, NicBackend::VhostUser { socket: Default::default() });
         let nic = NicConfig { id: format!("hp-{}", req.name), guest_mac: req.mac, mtu: req.mtu, backend };
         let pci = rb.hotplug(nic).await?;
         let added = plugged.insert(Added::new(req, device.clone(), pci, &host));
-        failpoint::hit("add-iface:hotplugged")?;
+        failpoint::hit_async("add-iface:hotplugged").await?;
         self.agent.update_interface(&added.guest_interface(host.queues), NIC_WAIT).await?;
-        failpoint::hit("add-iface:configured")?;
+        failpoint::hit_async("add-iface:configured").await?;
         Ok(())
     }
 
@@ -192,7 +188,7 @@ impl Sandbox {
     ) -> Error {
         match rb.undo().await {
             Ok(()) => {
-                self.forget_created(ops, device);
+                self.forget_tap(ops, device);
                 e
             }
             Err(u) => {
@@ -203,7 +199,7 @@ impl Sandbox {
                         Error::undo_failed(&e, &u, "del-iface removes it")
                     }
                     _ => {
-                        self.forget_created(ops, device);
+                        self.forget_tap(ops, device);
                         Error::undo_failed(&e, &u, "the sandbox's end removes the rest")
                     }
                 }
@@ -218,16 +214,18 @@ impl Sandbox {
             Error::NotFound(format!("name: no interface {name} was added to this sandbox with add-iface"))
         })?;
         let a = ops.added[pos].clone();
-        failpoint::hit("del-iface:found")?;
+        failpoint::hit_async("del-iface:found").await?;
         self.vm.unplug_nic(&a.id).await?;
         ops.added.remove(pos);
         if a.created {
             let _ = network::nl::delete_link(&self.ctx.handle, a.device.as_str()).await;
-            self.forget_created(&mut ops, &a.device);
         }
-        if let Some(flags) = a.restore {
-            network::nic_fds::restore_tap_flags_in(&self.ctx.worker, &a.device, flags)?;
-        }
+        let restored = match a.restore {
+            Some(flags) => network::nic_fds::restore_tap_flags_in(&self.ctx.worker, &a.device, flags),
+            None => Ok(()),
+        };
+        self.forget_tap(&mut ops, &a.device);
+        restored?;
         slog::info!(self.log, "interface removed"; "name" => name, "device" => a.device.as_str());
         Ok(())
     }

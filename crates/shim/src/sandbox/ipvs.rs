@@ -19,7 +19,7 @@ impl Sandbox {
         match self.agent.update_ipvs_rule(&cmd.request()).await {
             Ok(out) => {
                 ops.ipvs.apply(&cmd);
-                failpoint::hit("ipvs:applied")?;
+                failpoint::hit_async("ipvs:applied").await?;
                 Ok((out, ops.ipvs.rules()))
             }
             Err(e) => {

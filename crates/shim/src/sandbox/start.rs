@@ -213,19 +213,19 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
         }
         iface.queues = g.queues as u32;
         agent.update_interface(&pb::Interface::from(&*iface), NIC_WAIT).await?;
-        failpoint::hit(&format!("start:agent:interface:{}", iface.name))?;
+        failpoint::hit_async(&format!("start:agent:interface:{}", iface.name)).await?;
     }
     let ours = |dev: &network::IfName| g.links.iter().any(|l| &l.name == dev);
     let routes: Vec<network::Route> = g.info.routes.iter().filter(|r| ours(&r.device)).cloned().collect();
     if !routes.is_empty() {
         agent.update_routes(agent_client::routes(&routes).iter().map(pb::Route::from).collect(), false).await?;
     }
-    failpoint::hit("start:agent:routes")?;
+    failpoint::hit_async("start:agent:routes").await?;
     let neigh: Vec<network::Neighbor> = g.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
     if !neigh.is_empty() {
         agent.add_arp_neighbors(agent_client::neighbors(&neigh).iter().map(pb::ARPNeighbor::from).collect()).await?;
     }
-    failpoint::hit("start:agent:neighbors")?;
+    failpoint::hit_async("start:agent:neighbors").await?;
     let req = CreateSandboxRequest {
         hostname: net.hostname.clone(),
         dns: net.dns.clone(),
@@ -233,6 +233,6 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
         ..Default::default()
     };
     agent.create_sandbox(&req).await?;
-    failpoint::hit("start:agent:sandbox")?;
+    failpoint::hit_async("start:agent:sandbox").await?;
     Ok(())
 }

@@ -1,0 +1,279 @@
+//! Failure injection through real containerd: at every named step of StartVM (cold plug and
+//! factory mode) and of the operator's operations, a failure leaves the namespace, QEMU, the run
+//! directory and the state file as they were, and a SIGKILL of the shim there, followed by
+//! containerd's `delete`, leaves nothing either. Also: an operator command killed halfway does
+//! not cut the operation, and a deadline that passed while waiting for the sandbox refuses to
+//! start one. The shim reads its failpoints from the file `KATA_NET_FAILPOINTS` names (debug
+//! builds only).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tests::cli::KataRuntime;
+use tests::containerd::{kata_conf, qemu_running_in, wait_until, Containerd};
+use tests::CniPod;
+
+struct Harness {
+    c: Containerd,
+    failpoints: PathBuf,
+    _scratch: tests::vm::Scratch,
+}
+
+impl Harness {
+    fn new(tag: &str) -> Self {
+        tests::require_root_and_tools(&["containerd", "ctr", "qemu-system-x86_64", "ip", "tc", "ping"]);
+        let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
+        let scratch = tests::vm::Scratch::new(&format!("{tag}-fp"));
+        let failpoints = scratch.0.join("failpoints");
+        std::fs::write(&failpoints, "").unwrap();
+        let c = Containerd::start_with_env(tag, "", shim, &[("KATA_NET_FAILPOINTS", &failpoints)]);
+        std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&c.run_dir())).unwrap();
+        Self { c, failpoints, _scratch: scratch }
+    }
+
+    fn set(&self, text: &str) {
+        std::fs::write(&self.failpoints, text).unwrap();
+    }
+
+    fn factory(&self, on: bool) {
+        let conf = kata_conf(&self.c.run_dir()).replace("[runtime]", &format!("enable_template = {on}\n[runtime]"));
+        std::fs::write(self.c.dir.0.join("configuration.toml"), conf).unwrap();
+    }
+
+    /// No state file anywhere in containerd's bundles.
+    fn no_state_file(&self) -> bool {
+        let out = std::process::Command::new("find")
+            .arg(self.c.dir.0.join("state"))
+            .args(["-name", "kata-net-state.json"])
+            .output()
+            .unwrap();
+        out.stdout.is_empty()
+    }
+
+    /// Nothing of sandbox `id` is left: no QEMU, no run directory, no state file, the pod's
+    /// namespace as it was (or, without one, no namespace of the shim's).
+    /// `in_pod`: the sandbox ran in the test's pod namespace, which the caller checks (unless
+    /// `pod` gives the snapshot to compare), else in a namespace of the shim's own.
+    fn nothing_left(&self, id: &str, pod: Option<(&CniPod, &serde_json::Value)>, in_pod: bool) -> bool {
+        let ns_ok = match pod {
+            Some((cni, before)) => cni.pod.snapshot() == *before,
+            None => in_pod || !Path::new("/run/netns").join(format!("kata-net-{id}")).exists(),
+        };
+        ns_ok && !qemu_running_in(&self.c.run_dir()) && !self.c.run_dir().join(id).exists() && self.no_state_file()
+    }
+
+    fn run(&self, id: &str, pod: Option<&CniPod>) -> std::process::Output {
+        match pod {
+            Some(cni) => self.c.run(id, &cni.pod.path(), &[]),
+            None => self.c.ctr(&["run", "-d", "--runtime", "io.containerd.kata.v2", tests::containerd::IMAGE, id]),
+        }
+    }
+}
+
+/// StartVM: every step, failed and killed.
+#[test]
+fn every_start_step_failed_or_killed_leaves_nothing() {
+    let h = Harness::new("fpstart");
+    let cni = CniPod::new();
+    let before = cni.pod.snapshot();
+    let steps: Vec<(&str, bool, bool)> = vec![
+        // (step, in the CNI pod (else the shim's own namespace), factory mode)
+        ("start:netns", false, false),
+        ("start:endpoint:0", true, false),
+        ("start:qemu:spawned", true, false),
+        ("hotplug:getfd", true, true),
+        ("hotplug:netdev_add", true, true),
+        ("hotplug:device_add", true, true),
+        ("start:agent:interface:eth0", true, false),
+        ("start:agent:routes", true, false),
+        ("start:agent:neighbors", true, false),
+        ("start:agent:sandbox", true, false),
+    ];
+    let mut covered = 0;
+    for (n, (step, in_pod, factory)) in steps.iter().enumerate() {
+        h.factory(*factory);
+        let pod = in_pod.then_some(&cni);
+        let snap = in_pod.then_some((&cni, &before));
+        for action in ["fail", "kill"] {
+            let id = format!("fp{n}{}", &action[..1]);
+            h.set(&format!("{step} {action}\n"));
+            let out = h.run(&id, pod);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{step} {action}: ctr run succeeded");
+            if action == "fail" {
+                assert!(err.contains(&format!("failure injected at step {step}")), "{step}: {err}");
+                assert!(h.nothing_left(&id, snap, false), "{step} fail: something is left");
+            } else {
+                // containerd notices the dead shim and runs its `delete` in the bundle.
+                wait_until(Duration::from_secs(60), &format!("{step} kill: cleaned by delete"), || {
+                    h.nothing_left(&id, snap, false)
+                });
+            }
+            let _ = h.c.ctr(&["container", "rm", &id]);
+            covered += 1;
+        }
+    }
+    h.set("");
+    eprintln!("failure injection: {covered} StartVM step/action pairs covered ({} steps)", steps.len());
+    assert_eq!(covered, 2 * steps.len());
+}
+
+/// The operator's add-iface and del-iface: every step, failed and killed.
+#[test]
+fn every_operator_step_failed_or_killed_leaves_nothing() {
+    let h = Harness::new("fpop");
+    let cni = CniPod::new();
+    // The operator's TAP, made once the sandbox runs (a TAP there at start is one of the pod's).
+    let add_tap = || {
+        cni.pod.ip(&["tuntap", "add", "dev", "tap-op", "mode", "tap"]);
+        cni.pod.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.tap-op.disable_ipv6=1"]);
+        cni.pod.snapshot()
+    };
+    let cli = KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: h.c.dir.0.join("configuration.toml") };
+    let doc = r#"{"device":"tap-op","name":"eth-op","IPAddresses":[{"address":"172.18.0.3","mask":"24"}],"hwAddr":"02:42:20:6f:b3:01","mtu":1500}"#;
+    let steps = [
+        "add-iface:host",
+        "hotplug:getfd",
+        "hotplug:netdev_add",
+        "hotplug:device_add",
+        "add-iface:hotplugged",
+        "add-iface:configured",
+        "del-iface:found",
+    ];
+    let mut covered = 0;
+    // Failed: one sandbox for all.
+    h.set("");
+    let id = "fpopfail";
+    assert!(h.run(id, Some(&cni)).status.success());
+    let before = add_tap();
+    let settled = |what: &str| wait_until(Duration::from_secs(10), what, || cni.pod.snapshot() == before);
+    let qemu = tests::containerd::qemu_pid_in(&h.c.run_dir().join(id)).unwrap();
+    let tun_fds = || tests::vm::fds_pointing_at(qemu, "/dev/net/tun");
+    let base_fds = tun_fds();
+    for step in steps {
+        if step == "del-iface:found" {
+            h.set("");
+            assert_eq!(cli.run(&["kata-network", "add-iface", id, "-"], Some(doc)).2, 0);
+        }
+        h.set(&format!("{step} fail\n"));
+        let verb = if step.starts_with("del-iface") { "del-iface" } else { "add-iface" };
+        let (out, err, code) = cli.run(&["kata-network", verb, id, "-"], Some(doc));
+        assert_ne!(code, 0, "{step}: {out}");
+        assert!(err.contains(&format!("failure injected at step {step}")), "{step}: {err}");
+        h.set("");
+        if verb == "del-iface" {
+            // Refused before anything: still listed; then removed for real.
+            assert!(cli.ok(&["kata-network", "list-ifaces", id], None).contains("eth-op"));
+            assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
+        }
+        assert_eq!(cli.ok(&["kata-network", "list-ifaces", id], None), "null", "{step}");
+        wait_until(Duration::from_secs(10), "QEMU let go of the TAP", || tun_fds() == base_fds);
+        settled(&format!("{step} fail: the TAP and the namespace are as they were"));
+        covered += 1;
+    }
+    assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+    wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(id) == "STOPPED");
+    assert!(h.c.ctr(&["task", "rm", id]).status.success());
+    assert!(h.c.ctr(&["container", "rm", id]).status.success());
+    cni.pod.ip(&["link", "del", "tap-op"]);
+    // Killed: a sandbox each; containerd's delete removes everything, and gives the operator's
+    // TAP its own features back.
+    let cni_only = cni.pod.snapshot();
+    let tap_as_made = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&cni.pod.ip(&["-j", "-d", "link", "show", "tap-op"])).unwrap_or_default();
+        v.pointer("/0/linkinfo/info_data/vnet_hdr") == Some(&serde_json::Value::Bool(false))
+    };
+    for (n, step) in steps.iter().enumerate() {
+        let id = format!("fpopkill{n}");
+        h.set("");
+        assert!(h.run(&id, Some(&cni)).status.success());
+        add_tap();
+        if *step == "del-iface:found" {
+            assert_eq!(cli.run(&["kata-network", "add-iface", &id, "-"], Some(doc)).2, 0);
+        }
+        h.set(&format!("{step} kill\n"));
+        let verb = if step.starts_with("del-iface") { "del-iface" } else { "add-iface" };
+        let (_, _, code) = cli.run(&["kata-network", verb, &id, "-"], Some(doc));
+        assert_ne!(code, 0, "{step} kill");
+        wait_until(Duration::from_secs(60), &format!("{step} kill: cleaned by delete"), || {
+            h.nothing_left(&id, None, true) && tap_as_made()
+        });
+        let _ = h.c.ctr(&["container", "rm", &id]);
+        cni.pod.ip(&["link", "del", "tap-op"]);
+        assert_eq!(cni.pod.snapshot(), cni_only, "{step} kill: the namespace is as CNI left it");
+        covered += 1;
+    }
+    h.set("");
+    eprintln!("failure injection: {covered} operator step/action pairs covered ({} steps)", steps.len());
+    assert_eq!(covered, 2 * steps.len());
+}
+
+/// A killed operator command does not cut its operation; a deadline that passes while the
+/// operation waits for the sandbox keeps it from starting.
+#[test]
+fn an_interrupted_command_never_leaves_half_an_operation() {
+    let h = Harness::new("fpcancel");
+    let cni = CniPod::new();
+    let id = "fpcancel";
+    assert!(h.run(id, Some(&cni)).status.success());
+    cni.pod.ip(&["tuntap", "add", "dev", "tap-op", "mode", "tap"]);
+    cni.pod.ip(&["tuntap", "add", "dev", "tap-two", "mode", "tap"]);
+    let cli = KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: h.c.dir.0.join("configuration.toml") };
+    let doc = r#"{"device":"tap-op","name":"eth-op","hwAddr":"02:42:20:6f:b3:01","mtu":1500}"#;
+    let doc2 = r#"{"device":"tap-two","name":"eth-two","hwAddr":"02:42:20:6f:b3:02","mtu":1500}"#;
+
+    // The CLI is killed while the NIC is plugged but not yet configured in the guest.
+    h.set("add-iface:hotplugged stall 3000\n");
+    let mut child = std::process::Command::new(&cli.bin)
+        .args(["kata-network", "add-iface", id, "-"])
+        .env("KATA_CONF_FILE", &cli.conf)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The operation went on to its end: the NIC is configured and listed, so del-iface works.
+    wait_until(Duration::from_secs(20), "the add-iface finished without its client", || {
+        cli.run(&["kata-network", "list-ifaces", id], None).0.contains("eth-op")
+    });
+    h.set("");
+    assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
+
+    // A second command whose deadline (2 s) passes while the first holds the sandbox (4 s):
+    // refused, and it never starts.
+    h.set("add-iface:host stall 4000\n");
+    let first = {
+        let (bin, conf) = (cli.bin.clone(), cli.conf.clone());
+        std::thread::spawn(move || KataRuntime { bin, conf }.run(&["kata-network", "add-iface", id, "-"], Some(doc)))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let second = std::process::Command::new(&cli.bin)
+        .args(["kata-network", "add-iface", id, "-"])
+        .env("KATA_CONF_FILE", &cli.conf)
+        .env("KATA_RUNTIME_TIMEOUT", "2")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = second;
+    second.stdin.take().unwrap().write_all(doc2.as_bytes()).unwrap();
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the second command times out");
+    assert_eq!(first.join().unwrap().2, 0, "the first finishes");
+    h.set("");
+    std::thread::sleep(Duration::from_secs(1));
+    let listed = cli.ok(&["kata-network", "list-ifaces", id], None);
+    assert!(listed.contains("eth-op") && !listed.contains("eth-two"), "the late one never started: {listed}");
+    assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
+    assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+    wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(id) == "STOPPED");
+    assert!(h.c.ctr(&["task", "rm", id]).status.success());
+    assert!(h.c.ctr(&["container", "rm", id]).status.success());
+}
