@@ -12,7 +12,7 @@
 //! `start:agent:sandbox`; every NIC hotplug (factory mode at start, add-iface later):
 //! `hotplug:getfd`, `hotplug:netdev_add`, `hotplug:device_add`; the operator's operations:
 //! `add-iface:host`, `add-iface:hotplugged`, `add-iface:configured`, `del-iface:found`,
-//! `ipvs:applied`.
+//! `ipvs:applied`, `ipvs:restored`.
 
 /// The environment variable naming the failpoint file.
 pub const FAILPOINTS_ENV: &str = "KATA_NET_FAILPOINTS";

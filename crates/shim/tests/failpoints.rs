@@ -277,3 +277,49 @@ fn an_interrupted_command_never_leaves_half_an_operation() {
     assert!(h.c.ctr(&["task", "rm", id]).status.success());
     assert!(h.c.ctr(&["container", "rm", id]).status.success());
 }
+
+/// The shim's IPVS table and the guest's never drift: a call that fails after the guest applied
+/// it is counted again from the guest; a restore that fails is cleared in the guest.
+#[test]
+fn ipvs_rules_never_drift_from_the_guests() {
+    let h = Harness::new("fpipvs");
+    let cni = CniPod::new();
+    let id = "fpipvs";
+    assert!(h.run(id, Some(&cni)).status.success());
+    let cli = KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: h.c.dir.0.join("configuration.toml") };
+    let ipvsadm = |p: &str| cli.run(&["kata-ipvs", "ipvsadm", "--parameters", p, id], None);
+    let services = |list: &str| list.lines().filter(|l| l.starts_with("TCP ")).count();
+    let servers = |list: &str| {
+        list.lines().filter(|l| l.trim_start().starts_with("-> ") && !l.contains("RemoteAddress")).count()
+    };
+
+    // The guest applies the service, the call then fails: the shim knows the service anyway.
+    h.set("ipvs:applied fail\n");
+    let (_, err, code) = ipvsadm("--add-service --tcp-service 10.9.0.1:80 --scheduler rr");
+    assert_ne!(code, 0);
+    assert!(err.contains("failure injected at step ipvs:applied"), "{err}");
+    h.set("");
+    let (_, err, code) = ipvsadm("--add-server --tcp-service 10.9.0.1:80 --real-server 10.9.9.9:80 --masquerading");
+    assert_eq!(code, 0, "the recounted table has the service: {err}");
+    let (list, _, _) = ipvsadm("--list");
+    assert_eq!((services(&list), servers(&list)), (1, 1), "{list}");
+
+    // A restore that fails after the guest loaded it: the guest is cleared, the table empty.
+    assert_eq!(ipvsadm("--clear").2, 0);
+    h.set("ipvs:restored fail\n");
+    let rules = "-A -t 10.8.0.1:80 -s rr\n-a -t 10.8.0.1:80 -r 10.8.9.9:80 -m -w 1\n-A -t 10.8.0.2:80 -s rr\n";
+    let (_, err, code) = cli.run(&["kata-ipvs", "ipvsadm", "--restore", "-", id], Some(rules));
+    assert_ne!(code, 0);
+    assert!(err.contains("failure injected at step ipvs:restored"), "{err}");
+    h.set("");
+    let (list, _, _) = ipvsadm("--list");
+    assert_eq!(services(&list), 0, "the guest holds nothing of the failed restore: {list}");
+    let (_, err, code) = cli.run(&["kata-ipvs", "ipvsadm", "--restore", "-", id], Some(rules));
+    assert_eq!(code, 0, "the table is empty, so a restore is accepted: {err}");
+    let (list, _, _) = ipvsadm("--list");
+    assert_eq!((services(&list), servers(&list)), (2, 1), "{list}");
+    assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+    wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(id) == "STOPPED");
+    assert!(h.c.ctr(&["task", "rm", id]).status.success());
+    assert!(h.c.ctr(&["container", "rm", id]).status.success());
+}

@@ -8,23 +8,32 @@ use std::time::Instant;
 use netmgmt::ipvs::{IpvsCommand, IpvsError, Restore};
 
 use super::{Ops, Sandbox};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::failpoint;
+
+/// The guest call's result, then the failure-injection point `step` (a test build can make a
+/// call that succeeded look failed, as a timeout after the guest applied it would).
+async fn after_step(sent: Result<String>, step: &str) -> Result<String> {
+    let out = sent?;
+    failpoint::hit_async(step).await?;
+    Ok(out)
+}
 
 impl Sandbox {
     /// One ipvsadm command; the guest's output and the rules held afterwards.
     pub async fn ipvsadm(&self, cmd: IpvsCommand, deadline: Option<Instant>) -> Result<(String, usize)> {
         let mut ops = self.ops_by(deadline).await?;
         ops.ipvs.check(&cmd)?;
-        match self.agent.update_ipvs_rule(&cmd.request()).await {
+        let sent = self.agent.update_ipvs_rule(&cmd.request()).await.map_err(Error::from);
+        match after_step(sent, "ipvs:applied").await {
             Ok(out) => {
                 ops.ipvs.apply(&cmd);
-                failpoint::hit_async("ipvs:applied").await?;
                 Ok((out, ops.ipvs.rules()))
             }
             Err(e) => {
+                // Applied or not (a timeout does not say): what the guest has is the truth.
                 self.recount_ipvs(&mut ops).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -36,17 +45,19 @@ impl Sandbox {
         if ops.ipvs.rules() > 0 {
             return Err(IpvsError::NotEmpty(ops.ipvs.rules()).into());
         }
-        match self.agent.update_ipvs_rule(&restore.request()).await {
+        let sent = self.agent.update_ipvs_rule(&restore.request()).await.map_err(Error::from);
+        match after_step(sent, "ipvs:restored").await {
             Ok(out) => {
                 ops.ipvs = restore.table;
                 Ok((out, ops.ipvs.rules()))
             }
             Err(e) => {
+                // Part of the file may be loaded: the table was empty, so it is emptied again.
                 if let Err(c) = self.agent.update_ipvs_rule(&IpvsCommand::Clear.request()).await {
                     slog::error!(self.log, "clearing a failed IPVS restore"; "error" => %c);
                 }
                 self.recount_ipvs(&mut ops).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
