@@ -128,12 +128,45 @@ pub async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to: u32) 
         .traffic_filter(from as i32)
         .add()
         .parent(INGRESS_HANDLE)
+        .priority(RUNTIME_FILTER_PRIORITY)
         .protocol((libc::ETH_P_ALL as u16).to_be())
         .redirect(to)
         .map_err(Error::netlink("build redirect filter on", from_name))?
         .execute()
         .await
         .map_err(Error::netlink("add redirect filter on", from_name))
+}
+
+/// The priority (`pref`) of the runtime's redirect filters: its tag, as the link group is its
+/// devices' (a qdisc has no group).
+pub const RUNTIME_FILTER_PRIORITY: u16 = 0x6b61;
+
+/// Remove the ingress qdisc of every link that holds one of the runtime's redirect filters (the
+/// tc filter model makes its own ingress qdisc and refuses a link that has one): what `delete`
+/// finds of the model without a state file.
+pub async fn delete_tagged_ingress(handle: &Handle) -> Result<()> {
+    let links: Vec<LinkMessage> =
+        handle.link().get().execute().try_collect().await.map_err(Error::netlink("list links of", "the namespace"))?;
+    for link in links {
+        let index = link.header.index;
+        let filters: Vec<_> = match handle.traffic_filter(index as i32).get().ingress().execute().try_collect().await {
+            Ok(f) => f,
+            Err(_) => continue,
+        };
+        let ours = filters.iter().any(|f| (f.header.info >> 16) as u16 == RUNTIME_FILTER_PRIORITY);
+        if ours {
+            let mut req = handle.qdisc().del(index as i32);
+            req.message_mut().header.parent = TcHandle::INGRESS;
+            req.message_mut().header.handle = TcHandle::from(INGRESS_HANDLE);
+            match req.execute().await {
+                Err(e) if !matches!(errno_of(&e), Some(ENOENT | EINVAL | ENODEV)) => {
+                    return Err(Error::netlink("delete the ingress qdisc of link", index.to_string())(e))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Remove these addresses from the link; addresses already gone are fine.

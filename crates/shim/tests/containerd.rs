@@ -64,6 +64,21 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     });
     let _ = c.ctr(&["container", "rm", "sb2"]);
     assert_eq!(cni.pod.snapshot(), before);
+
+    // A state file that cannot be read: delete logs it and removes what is tagged as the
+    // sandbox's (its QEMU by the run directory, the runtime's devices by their link group).
+    let out = c.run("sb2b", &cni.pod.path(), &[]);
+    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    let state = c.dir.0.join("state/io.containerd.runtime.v2.task/default/sb2b/kata-net-state.json");
+    assert!(state.exists(), "{}", state.display());
+    std::fs::write(&state, b"{ not json").unwrap();
+    for pid in tests::run(&["pgrep", "-f", "containerd-shim-kata-v2 .*-id sb2b "]).split_whitespace() {
+        tests::run(&["kill", "-9", pid]);
+    }
+    wait_until(Duration::from_secs(30), "QEMU and devices removed without a readable state", || {
+        !qemu_running_in(&c.run_dir()) && cni.pod.snapshot() == before && !c.run_dir().join("sb2b").exists()
+    });
+    let _ = c.ctr(&["container", "rm", "sb2b"]);
 }
 
 #[test]

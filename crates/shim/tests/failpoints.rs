@@ -289,9 +289,8 @@ fn ipvs_rules_never_drift_from_the_guests() {
     let cli = KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: h.c.dir.0.join("configuration.toml") };
     let ipvsadm = |p: &str| cli.run(&["kata-ipvs", "ipvsadm", "--parameters", p, id], None);
     let services = |list: &str| list.lines().filter(|l| l.starts_with("TCP ")).count();
-    let servers = |list: &str| {
-        list.lines().filter(|l| l.trim_start().starts_with("-> ") && !l.contains("RemoteAddress")).count()
-    };
+    let servers =
+        |list: &str| list.lines().filter(|l| l.trim_start().starts_with("-> ") && !l.contains("RemoteAddress")).count();
 
     // The guest applies the service, the call then fails: the shim knows the service anyway.
     h.set("ipvs:applied fail\n");

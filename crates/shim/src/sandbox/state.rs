@@ -133,8 +133,10 @@ impl SandboxState {
             true => match NetCtx::open(NetNs::new(ns), log.clone()) {
                 // Every device the runtime made carries its link group: those go even when the
                 // state does not name them (a crash between making and recording).
+                // Likewise the runtime's redirect filters, by their priority.
                 Ok(ctx) => network::detach_all(&ctx, &self.endpoints)
                     .await
+                    .and(network::nl::delete_tagged_ingress(&ctx.handle).await)
                     .and(network::nl::delete_group(&ctx.handle, network::nl::RUNTIME_LINK_GROUP).await)
                     .map_err(Error::from),
                 Err(e) => Err(e.into()),
