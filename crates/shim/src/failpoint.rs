@@ -22,7 +22,8 @@ pub const FAILPOINTS_ENV: &str = "KATA_NET_FAILPOINTS";
 #[error("failure injected at step {0}")]
 pub struct Injected(pub String);
 
-/// What the failpoint file says for a step.
+/// What the failpoint file says for a step (never anything in a release build).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 enum Action {
     Fail,
     Stall(std::time::Duration),
