@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use agent_client::{AgentAddr, AgentClient};
-use hypervisor::{AgentChannel, Vm, VmSpec};
+use hypervisor::{Vm, VmSpec};
 use network::endpoint::{Endpoint, EndpointConfig};
 use network::{NetCtx, NicHotplug};
 use tests::vm::{qemu_config, wait_agent_ready, Scratch};
@@ -17,13 +17,7 @@ fn spec(dir: &Scratch, factory: bool, slots: u32) -> VmSpec {
     let mut config = qemu_config(slots);
     config.enable_template = factory;
     config.accelerator = hypervisor::config::AccelChoice::Tcg;
-    VmSpec {
-        config,
-        run_dir: dir.0.clone(),
-        agent: AgentChannel::Serial { socket: dir.0.join("agent.sock") },
-        log: quiet_logger(),
-        hook: None,
-    }
+    tests::vm::vm_spec(dir, config)
 }
 
 async fn connect(dir: &Scratch) -> AgentClient {

@@ -173,6 +173,29 @@ pub fn start_containerd(tag: &str, shim_bin: &Path) -> Containerd {
 }
 
 impl Containerd {
+    /// [`Containerd::run`], which must succeed.
+    pub fn run_ok(&self, id: &str, netns: &str) {
+        let out = self.run(id, netns, &[]);
+        assert!(out.status.success(), "ctr run {id}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Stop sandbox `id` (SIGKILL), and remove its task and container: what an operator does.
+    pub fn remove_sandbox(&self, id: &str) {
+        let out = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        wait_until(Duration::from_secs(20), "task stopped", || self.task_status(id) == "STOPPED");
+        assert!(self.ctr(&["task", "rm", id]).status.success());
+        assert!(self.ctr(&["container", "rm", id]).status.success());
+    }
+
+    /// SIGKILL the shim of sandbox `id` (containerd then runs its `delete`).
+    pub fn kill_shim(&self, id: &str) {
+        let pids = crate::run(&["pgrep", "-f", &format!("containerd-shim-kata-v2 .*-id {id} ")]);
+        for pid in pids.split_whitespace() {
+            crate::run(&["kill", "-9", pid]);
+        }
+    }
+
     /// The pid of the shim serving sandbox `id`.
     pub fn shim_pid(&self, id: &str) -> Option<u32> {
         let _ = &self.shim_dir;

@@ -77,3 +77,14 @@ pub fn limit_fds_to_1024() -> nix::Result<()> {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard)
 }
+
+/// A VM of `config` in `dir`, its agent on virtio-serial, no step hook.
+pub fn vm_spec(dir: &Scratch, config: hypervisor::QemuConfig) -> hypervisor::VmSpec {
+    hypervisor::VmSpec {
+        config,
+        run_dir: dir.0.clone(),
+        agent: hypervisor::AgentChannel::Serial { socket: dir.0.join("agent.sock") },
+        log: crate::quiet_logger(),
+        hook: None,
+    }
+}

@@ -65,6 +65,15 @@ impl Drop for Cleanup {
     }
 }
 
+/// A namespace with a veth `eth0` holding 10.90.0.5/24.
+fn pod_with_eth0(tag: &str) -> TestNs {
+    require_root_and_tools(&["ip"]);
+    let pod = TestNs::new(tag);
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "p0"]);
+    pod.ip(&["addr", "add", "10.90.0.5/24", "dev", "eth0"]);
+    pod
+}
+
 /// `<dir>/vhostuser_10.90.0.5/vhu.sock` as a listening socket (both directories made 0755).
 fn vhost_user_socket_in(dir: &std::path::Path) -> (std::os::unix::net::UnixListener, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
@@ -79,10 +88,7 @@ fn vhost_user_socket_in(dir: &std::path::Path) -> (std::os::unix::net::UnixListe
 
 #[tokio::test]
 async fn a_link_with_a_vhost_user_socket_becomes_a_vhost_user_endpoint() {
-    require_root_and_tools(&["ip"]);
-    let pod = TestNs::new("vhu");
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "p0"]);
-    pod.ip(&["addr", "add", "10.90.0.5/24", "dev", "eth0"]);
+    let pod = pod_with_eth0("vhu");
     // Under /run: every directory above is root's and only root's to change.
     let dir = std::path::PathBuf::from(format!("/run/knt-vhu-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
@@ -111,10 +117,7 @@ async fn a_link_with_a_vhost_user_socket_becomes_a_vhost_user_endpoint() {
 #[tokio::test]
 async fn a_vhost_user_socket_another_user_could_have_placed_is_refused_naming_the_check() {
     use std::os::unix::fs::PermissionsExt;
-    require_root_and_tools(&["ip"]);
-    let pod = TestNs::new("vhx");
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "p0"]);
-    pod.ip(&["addr", "add", "10.90.0.5/24", "dev", "eth0"]);
+    let pod = pod_with_eth0("vhx");
     let ctx = NetCtx::open(pod.netns(), quiet_logger()).unwrap();
     let info = ctx.scan().await.unwrap();
     let refused = |dir: &std::path::Path| {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agent_client::protocols::types::{IPAddress, IPFamily, Interface};
 use agent_client::{AgentAddr, AgentClient};
-use hypervisor::{AgentChannel, Vm, VmSpec};
+use hypervisor::{Vm, VmSpec};
 use network::endpoint::{Endpoint, EndpointConfig};
 use network::{NetCtx, NicHotplug};
 use protobuf::EnumOrUnknown;
@@ -45,13 +45,7 @@ fn spec(dir: &Scratch, factory: bool) -> VmSpec {
     tests::vm::limit_fds_to_1024().unwrap();
     let mut config = qemu_config(2);
     config.enable_template = factory;
-    VmSpec {
-        config,
-        run_dir: dir.0.clone(),
-        agent: AgentChannel::Serial { socket: dir.0.join("agent.sock") },
-        log: quiet_logger(),
-        hook: None,
-    }
+    tests::vm::vm_spec(dir, config)
 }
 
 /// A second link `eth1` in the pod, its peer `veth1` with 10.89.0.1/24 in the peer namespace.

@@ -8,15 +8,21 @@ use tests::containerd::{kata_conf, qemu_running_in, wait_until, Containerd};
 use tests::CniPod;
 use tests::POD_IP;
 
+/// containerd, a CNI-like pod namespace, and the namespace as CNI left it.
+fn start_with_pod(tag: &str) -> (Containerd, CniPod, serde_json::Value) {
+    let c = start_containerd(tag);
+    let cni = CniPod::new();
+    let before = cni.pod.snapshot();
+    (c, cni, before)
+}
+
 fn start_containerd(tag: &str) -> Containerd {
     tests::containerd::start_containerd(tag, Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")))
 }
 
 #[test]
 fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
-    let c = start_containerd("ctr");
-    let cni = CniPod::new();
-    let before = cni.pod.snapshot();
+    let (c, cni, before) = start_with_pod("ctr");
     let dns = "io.katacontainers.sandbox_dns=nameserver 10.96.0.10,search svc.cluster.local";
     let out = c.run("sb1", &cni.pod.path(), &["--annotation", dns]);
     assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
@@ -36,11 +42,7 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
         assert!(console.contains(want), "missing {want:?} in the guest console:\n{console}");
     }
 
-    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "sb1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until(Duration::from_secs(20), "task stopped", || c.task_status("sb1") == "STOPPED");
-    assert!(c.ctr(&["task", "rm", "sb1"]).status.success());
-    assert!(c.ctr(&["container", "rm", "sb1"]).status.success());
+    c.remove_sandbox("sb1");
     assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");
     assert_eq!(cni.pod.snapshot(), before, "TAP, qdiscs and filters are gone; the namespace is as CNI left it");
     assert!(!c.run_dir().join("sb1").exists());
@@ -48,16 +50,10 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
 
 #[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
-    let c = start_containerd("crash");
-    let cni = CniPod::new();
-    let before = cni.pod.snapshot();
-    let out = c.run("sb2", &cni.pod.path(), &[]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    let (c, cni, before) = start_with_pod("crash");
+    c.run_ok("sb2", &cni.pod.path());
     assert!(qemu_running_in(&c.run_dir()));
-    let pids = tests::run(&["pgrep", "-f", "containerd-shim-kata-v2 .*-id sb2 "]);
-    for pid in pids.split_whitespace() {
-        tests::run(&["kill", "-9", pid]);
-    }
+    c.kill_shim("sb2");
     // containerd notices the dead shim and runs `containerd-shim-kata-v2 ... delete` in the bundle.
     wait_until(Duration::from_secs(30), "QEMU and devices removed after the shim died", || {
         !qemu_running_in(&c.run_dir()) && cni.pod.snapshot() == before
@@ -67,14 +63,11 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
 
     // A state file that cannot be read: delete logs it and removes what is tagged as the
     // sandbox's (its QEMU by the run directory, the runtime's devices by their link group).
-    let out = c.run("sb2b", &cni.pod.path(), &[]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    c.run_ok("sb2b", &cni.pod.path());
     let state = c.dir.0.join("state/io.containerd.runtime.v2.task/default/sb2b/kata-net-state.json");
     assert!(state.exists(), "{}", state.display());
     std::fs::write(&state, b"{ not json").unwrap();
-    for pid in tests::run(&["pgrep", "-f", "containerd-shim-kata-v2 .*-id sb2b "]).split_whitespace() {
-        tests::run(&["kill", "-9", pid]);
-    }
+    c.kill_shim("sb2b");
     wait_until(Duration::from_secs(30), "QEMU and devices removed without a readable state", || {
         !qemu_running_in(&c.run_dir()) && cni.pod.snapshot() == before && !c.run_dir().join("sb2b").exists()
     });
@@ -147,10 +140,7 @@ fn without_a_namespace_path_the_shim_makes_its_own_and_removes_it() {
     assert!(ns.iter().all(|n| n.exists()), "the shim created a namespace for each: {ns:?}");
     for (id, n) in ids.iter().zip(&ns) {
         assert!(qemu_running_in(&c.run_dir().join(id)));
-        assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-        wait_until(Duration::from_secs(20), "task stopped", || c.task_status(id) == "STOPPED");
-        assert!(c.ctr(&["task", "rm", id]).status.success());
-        assert!(c.ctr(&["container", "rm", id]).status.success());
+        c.remove_sandbox(id);
         assert!(!n.exists(), "the shim removed the namespace it created");
     }
     assert!(!qemu_running_in(&c.run_dir()));
@@ -159,11 +149,8 @@ fn without_a_namespace_path_the_shim_makes_its_own_and_removes_it() {
 #[test]
 fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
     use std::io::{BufRead, BufReader};
-    let c = start_containerd("qdie");
-    let cni = CniPod::new();
-    let before = cni.pod.snapshot();
-    let out = c.run("sb9", &cni.pod.path(), &[]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    let (c, cni, before) = start_with_pod("qdie");
+    c.run_ok("sb9", &cni.pod.path());
     // containerd's event stream, as kubelet's CRI plugin follows it.
     let mut events = std::process::Command::new("timeout")
         .args(["60", "ctr", "-a"])

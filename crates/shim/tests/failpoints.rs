@@ -31,6 +31,18 @@ impl Harness {
         Self { c, failpoints, _scratch: scratch }
     }
 
+    /// Print how many steps were covered, each failed and killed.
+    fn report(&self, what: &str, covered: usize, steps: usize) {
+        self.set("");
+        eprintln!("failure injection: {covered} {what} step/action pairs covered ({steps} steps)");
+        assert_eq!(covered, 2 * steps);
+    }
+
+    /// A harness and a CNI-like pod namespace.
+    fn with_pod(tag: &str) -> (Self, CniPod) {
+        (Self::new(tag), CniPod::new())
+    }
+
     fn set(&self, text: &str) {
         std::fs::write(&self.failpoints, text).unwrap();
     }
@@ -73,8 +85,7 @@ impl Harness {
 /// StartVM: every step, failed and killed.
 #[test]
 fn every_start_step_failed_or_killed_leaves_nothing() {
-    let h = Harness::new("fpstart");
-    let cni = CniPod::new();
+    let (h, cni) = Harness::with_pod("fpstart");
     let before = cni.pod.snapshot();
     let steps: Vec<(&str, bool, bool)> = vec![
         // (step, in the CNI pod (else the shim's own namespace), factory mode)
@@ -113,16 +124,13 @@ fn every_start_step_failed_or_killed_leaves_nothing() {
             covered += 1;
         }
     }
-    h.set("");
-    eprintln!("failure injection: {covered} StartVM step/action pairs covered ({} steps)", steps.len());
-    assert_eq!(covered, 2 * steps.len());
+    h.report("StartVM", covered, steps.len());
 }
 
 /// The operator's add-iface and del-iface: every step, failed and killed.
 #[test]
 fn every_operator_step_failed_or_killed_leaves_nothing() {
-    let h = Harness::new("fpop");
-    let cni = CniPod::new();
+    let (h, cni) = Harness::with_pod("fpop");
     // The operator's TAP, made once the sandbox runs (a TAP there at start is one of the pod's).
     let add_tap = || {
         cni.pod.ip(&["tuntap", "add", "dev", "tap-op", "mode", "tap"]);
@@ -171,10 +179,7 @@ fn every_operator_step_failed_or_killed_leaves_nothing() {
         settled(&format!("{step} fail: the TAP and the namespace are as they were"));
         covered += 1;
     }
-    assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-    wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(id) == "STOPPED");
-    assert!(h.c.ctr(&["task", "rm", id]).status.success());
-    assert!(h.c.ctr(&["container", "rm", id]).status.success());
+    h.c.remove_sandbox(id);
     cni.pod.ip(&["link", "del", "tap-op"]);
     // Killed: a sandbox each; containerd's delete removes everything, and gives the operator's
     // TAP its own features back.
@@ -204,17 +209,14 @@ fn every_operator_step_failed_or_killed_leaves_nothing() {
         assert_eq!(cni.pod.snapshot(), cni_only, "{step} kill: the namespace is as CNI left it");
         covered += 1;
     }
-    h.set("");
-    eprintln!("failure injection: {covered} operator step/action pairs covered ({} steps)", steps.len());
-    assert_eq!(covered, 2 * steps.len());
+    h.report("operator", covered, steps.len());
 }
 
 /// A killed operator command does not cut its operation; a deadline that passes while the
 /// operation waits for the sandbox keeps it from starting.
 #[test]
 fn an_interrupted_command_never_leaves_half_an_operation() {
-    let h = Harness::new("fpcancel");
-    let cni = CniPod::new();
+    let (h, cni) = Harness::with_pod("fpcancel");
     let id = "fpcancel";
     assert!(h.run(id, Some(&cni)).status.success());
     cni.pod.ip(&["tuntap", "add", "dev", "tap-op", "mode", "tap"]);
@@ -272,18 +274,14 @@ fn an_interrupted_command_never_leaves_half_an_operation() {
     let listed = cli.ok(&["kata-network", "list-ifaces", id], None);
     assert!(listed.contains("eth-op") && !listed.contains("eth-two"), "the late one never started: {listed}");
     assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
-    assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-    wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(id) == "STOPPED");
-    assert!(h.c.ctr(&["task", "rm", id]).status.success());
-    assert!(h.c.ctr(&["container", "rm", id]).status.success());
+    h.c.remove_sandbox(id);
 }
 
 /// The shim's IPVS table and the guest's never drift: a call that fails after the guest applied
 /// it is counted again from the guest; a restore that fails is cleared in the guest.
 #[test]
 fn ipvs_rules_never_drift_from_the_guests() {
-    let h = Harness::new("fpipvs");
-    let cni = CniPod::new();
+    let (h, cni) = Harness::with_pod("fpipvs");
     let id = "fpipvs";
     assert!(h.run(id, Some(&cni)).status.success());
     let cli = KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: h.c.dir.0.join("configuration.toml") };
@@ -317,8 +315,5 @@ fn ipvs_rules_never_drift_from_the_guests() {
     assert_eq!(code, 0, "the table is empty, so a restore is accepted: {err}");
     let (list, _, _) = ipvsadm("--list");
     assert_eq!((services(&list), servers(&list)), (2, 1), "{list}");
-    assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-    wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(id) == "STOPPED");
-    assert!(h.c.ctr(&["task", "rm", id]).status.success());
-    assert!(h.c.ctr(&["container", "rm", id]).status.success());
+    h.c.remove_sandbox(id);
 }

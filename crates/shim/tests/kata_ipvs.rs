@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tests::cli::{assert_refused, KataRuntime, Out};
-use tests::containerd::{wait_until, Containerd};
+use tests::containerd::Containerd;
 use tests::CniPod;
 
 struct Cli {
@@ -61,8 +61,7 @@ fn ipvs_rules_in_the_vm_the_limit_and_concurrent_operators() {
     let cli = Cli { k: KataRuntime { bin: tests::cli::kata_runtime_bin(), conf } };
     let cni = CniPod::new();
     let id = "sbipvs42";
-    let out = c.run(id, &cni.pod.path(), &[]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    c.run_ok(id, &cni.pod.path());
 
     // The manual's commands, one by one.
     assert_eq!(services(&cli.ok(id, "--list")), 0);
@@ -166,8 +165,5 @@ fn ipvs_rules_in_the_vm_the_limit_and_concurrent_operators() {
     let (out, err, code) = cli.run(&cleanup, None);
     assert_eq!((code, out.as_str()), (0, "0 flow entries have been deleted."), "nothing left to delete: {err}");
 
-    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-    wait_until(Duration::from_secs(20), "task stopped", || c.task_status(id) == "STOPPED");
-    assert!(c.ctr(&["task", "rm", id]).status.success());
-    assert!(c.ctr(&["container", "rm", id]).status.success());
+    c.remove_sandbox(id);
 }

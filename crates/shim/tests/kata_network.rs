@@ -51,8 +51,7 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     let cni = CniPod::new();
     let id = "sbnet0123456789";
     let as_cni_left_it = cni.pod.snapshot();
-    let out = c.run(id, &cni.pod.path(), &[]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    c.run_ok(id, &cni.pod.path());
     let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join(id)).expect("the sandbox's QEMU");
     let tun_fds = || tests::vm::fds_pointing_at(qemu, "/dev/net/tun");
     let base_fds = tun_fds();
@@ -226,10 +225,7 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
     assert!(err.contains("no interface eth-test"), "{err}");
 
     // The sandbox goes; the namespace is as the operator and CNI left it.
-    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-    wait_until(std::time::Duration::from_secs(20), "task stopped", || c.task_status(id) == "STOPPED");
-    assert!(c.ctr(&["task", "rm", id]).status.success());
-    assert!(c.ctr(&["container", "rm", id]).status.success());
+    c.remove_sandbox(id);
     cni.pod.ip(&["link", "del", "tap-test"]);
     cni.pod.ip(&["link", "del", "br-x"]);
     assert_eq!(cni.pod.snapshot(), as_cni_left_it);
