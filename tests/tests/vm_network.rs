@@ -170,3 +170,31 @@ async fn factory_mode_hotplugs_every_endpoint_and_stop_quits_qemu() {
     assert!(vm.exit_status().is_some());
     network::detach_all(&ctx, &states).await.unwrap();
 }
+
+#[test]
+fn the_accelerator_probe_is_kept_for_the_host_in_a_root_only_directory() {
+    use hypervisor::config::{AccelChoice, MachineType};
+    use std::os::unix::fs::PermissionsExt;
+    require_root_and_tools(&["qemu-system-x86_64"]);
+    let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
+    // A kernel of its own, so this process has not probed it yet.
+    let kernel_in = |dir: &Scratch| {
+        let k = dir.0.join("vmlinuz");
+        std::fs::copy(tests::vm::guest_image().join("vmlinuz"), &k).unwrap();
+        k
+    };
+    // A directory others may write to is not used.
+    let open = Scratch::new("accel-open");
+    std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    hypervisor::Accel::resolve(AccelChoice::Auto, qemu, MachineType::Q35, &kernel_in(&open), Some(&open.0));
+    assert!(!open.0.join("accel-probe").exists());
+    // A root-only one keeps the answer, for this QEMU, machine, kernel and boot of the host.
+    let dir = Scratch::new("accel");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel = kernel_in(&dir);
+    let a = hypervisor::Accel::resolve(AccelChoice::Auto, qemu, MachineType::Q35, &kernel, Some(&dir.0));
+    let text = std::fs::read_to_string(dir.0.join("accel-probe")).unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(text.starts_with(&format!("{} /usr/bin/qemu-system-x86_64|Q35|", a.as_str())), "{text}");
+    assert!(text.trim_end().ends_with(boot.trim()), "{text}");
+}

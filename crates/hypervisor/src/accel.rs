@@ -26,25 +26,83 @@ impl Accel {
         }
     }
 
-    /// Resolve the configured choice; `auto` probes once per QEMU, machine and kernel in this
-    /// process (under a second where KVM works, [`PROBE_LIMIT`] at most where it does not).
-    pub fn resolve(choice: AccelChoice, qemu: &Path, machine: MachineType, kernel: &Path) -> Accel {
+    /// Resolve the configured choice; `auto` probes once per QEMU, machine, kernel and boot of
+    /// the host: the answer is kept in this process and, when `cache_dir` is given (the runtime's
+    /// run directory, root's and not writable by others), in a file there for the next shims.
+    pub fn resolve(
+        choice: AccelChoice,
+        qemu: &Path,
+        machine: MachineType,
+        kernel: &Path,
+        cache_dir: Option<&Path>,
+    ) -> Accel {
         match choice {
             AccelChoice::Kvm => Accel::Kvm,
             AccelChoice::Tcg => Accel::Tcg,
             AccelChoice::Auto => {
                 static PROBED: OnceLock<Mutex<Vec<(String, Accel)>>> = OnceLock::new();
-                let key = format!("{}|{machine:?}|{}", qemu.display(), kernel.display());
+                let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+                let key = format!("{}|{machine:?}|{}|{}", qemu.display(), kernel.display(), boot.trim());
                 let cache = PROBED.get_or_init(|| Mutex::new(Vec::new()));
                 let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((_, a)) = cache.iter().find(|(k, _)| *k == key) {
                     return *a;
                 }
-                let a = if kvm_boots(qemu, machine, kernel) { Accel::Kvm } else { Accel::Tcg };
+                let file = cache_dir.filter(|d| root_only(d)).map(|d| d.join(CACHE_FILE));
+                let a = match file.as_deref().and_then(|f| cached(f, &key)) {
+                    Some(a) => a,
+                    None => {
+                        let a = if kvm_boots(qemu, machine, kernel) { Accel::Kvm } else { Accel::Tcg };
+                        if let Some(f) = &file {
+                            remember(f, &key, a);
+                        }
+                        a
+                    }
+                };
                 cache.push((key, a));
                 a
             }
         }
+    }
+}
+
+/// The probe's answers on this host, one `<accel> <key>` line each.
+const CACHE_FILE: &str = "accel-probe";
+
+/// Owned by root and not writable by group or others.
+fn root_only(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
+}
+
+fn cached(file: &Path, key: &str) -> Option<Accel> {
+    if !root_only(file) {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| match l.split_once(' ') {
+        Some(("kvm", k)) if k == key => Some(Accel::Kvm),
+        Some(("tcg", k)) if k == key => Some(Accel::Tcg),
+        _ => None,
+    })
+}
+
+/// Add the answer (written to a new file, renamed over the old: readers never see half).
+fn remember(file: &Path, key: &str, a: Accel) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text: String = std::fs::read_to_string(file).unwrap_or_default();
+    text.push_str(&format!("{} {key}\n", a.as_str()));
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if written.is_ok() {
+        let _ = std::fs::rename(&tmp, file);
+    } else {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,8 @@ impl Vm {
         let accel = {
             let (choice, path, machine, kernel) =
                 (cfg.accelerator, cfg.path.clone(), cfg.machine_type, cfg.kernel.clone());
-            tokio::task::spawn_blocking(move || Accel::resolve(choice, &path, machine, &kernel))
+            let cache_dir = spec.run_dir.parent().map(Path::to_owned);
+            tokio::task::spawn_blocking(move || Accel::resolve(choice, &path, machine, &kernel, cache_dir.as_deref()))
                 .await
                 .map_err(|e| Error::Unsupported(format!("accelerator probe failed: {e}")))?
         };
