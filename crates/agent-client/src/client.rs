@@ -88,7 +88,36 @@ pub enum Error {
     },
 }
 
+/// How often a transient connect failure is retried.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// The I/O kind of a ttrpc connect error (ttrpc reports them as text; the kinds that matter for
+/// retrying are recognised by their OS message).
+fn io_kind_of(e: &ttrpc::Error) -> std::io::ErrorKind {
+    let text = e.to_string();
+    if text.contains("Connection refused") {
+        std::io::ErrorKind::ConnectionRefused
+    } else if text.contains("Connection reset") {
+        std::io::ErrorKind::ConnectionReset
+    } else if text.contains("No such file or directory") {
+        std::io::ErrorKind::NotFound
+    } else {
+        std::io::ErrorKind::Other
+    }
+}
+
 impl Error {
+    /// A connect failure that a guest still booting explains: worth retrying.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            Error::Connect { source, .. } => {
+                matches!(source.kind(), NotFound | ConnectionRefused | ConnectionReset | UnexpectedEof | BrokenPipe)
+            }
+            _ => false,
+        }
+    }
+
     /// The ttrpc status code the agent answered with, if it answered.
     pub fn code(&self) -> Option<ttrpc::Code> {
         match self {
@@ -115,37 +144,61 @@ impl std::fmt::Debug for AgentClient {
 }
 
 impl AgentClient {
-    /// Connect; `timeout` bounds the connection and then each call.
+    /// Connect; `timeout` bounds the connection and then each call. A transient failure (the
+    /// socket not there yet, refused, reset, closed before the hybrid vsock handshake: the guest
+    /// is not listening yet) is retried every 50 ms until the deadline; the last one is returned.
     pub async fn connect(addr: &AgentAddr, timeout: Duration) -> Result<Self> {
-        let conn_err = |source: std::io::Error| Error::Connect { addr: addr.to_string(), source };
-        let client = tokio::time::timeout(timeout, async {
-            match addr {
-                AgentAddr::Vsock { .. } | AgentAddr::Unix { .. } => {
-                    Client::connect(&addr.to_string()).await.map_err(|e| conn_err(std::io::Error::other(e.to_string())))
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = match tokio::time::timeout(left, Self::connect_once(addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Connect {
+                    addr: addr.to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                }),
+            };
+            match attempt {
+                Ok(client) => {
+                    return Ok(Self {
+                        agent: AgentServiceClient::new(client.clone()),
+                        health: HealthClient::new(client),
+                        timeout,
+                    })
                 }
-                AgentAddr::HybridVsock { path, port } => {
-                    let mut s = tokio::net::UnixStream::connect(path).await.map_err(conn_err)?;
-                    s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(conn_err)?;
-                    // Byte by byte up to the newline, so no ttrpc byte is read here.
-                    let mut reply = Vec::with_capacity(32);
-                    loop {
-                        let b = s.read_u8().await.map_err(conn_err)?;
-                        if b == b'\n' || reply.len() >= 64 {
-                            break;
-                        }
-                        reply.push(b);
-                    }
-                    let reply = String::from_utf8_lossy(&reply).into_owned();
-                    if !reply.starts_with("OK ") {
-                        return Err(Error::Handshake { addr: addr.to_string(), reply });
-                    }
-                    Ok(Client::new(ttrpc::asynchronous::transport::Socket::from(s)))
+                Err(e) if e.is_transient() && Instant::now() + RETRY_EVERY < deadline => {
+                    tokio::time::sleep(RETRY_EVERY).await;
                 }
+                Err(e) => return Err(e),
             }
-        })
-        .await
-        .map_err(|_| conn_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))??;
-        Ok(Self { agent: AgentServiceClient::new(client.clone()), health: HealthClient::new(client), timeout })
+        }
+    }
+
+    async fn connect_once(addr: &AgentAddr) -> Result<Client> {
+        let conn_err = |source: std::io::Error| Error::Connect { addr: addr.to_string(), source };
+        match addr {
+            AgentAddr::Vsock { .. } | AgentAddr::Unix { .. } => Client::connect(&addr.to_string())
+                .await
+                .map_err(|e| conn_err(std::io::Error::new(io_kind_of(&e), e.to_string()))),
+            AgentAddr::HybridVsock { path, port } => {
+                let mut s = tokio::net::UnixStream::connect(path).await.map_err(conn_err)?;
+                s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(conn_err)?;
+                // Byte by byte up to the newline, so no ttrpc byte is read here.
+                let mut reply = Vec::with_capacity(32);
+                loop {
+                    let b = s.read_u8().await.map_err(conn_err)?;
+                    if b == b'\n' || reply.len() >= 64 {
+                        break;
+                    }
+                    reply.push(b);
+                }
+                let reply = String::from_utf8_lossy(&reply).into_owned();
+                if !reply.starts_with("OK ") {
+                    return Err(Error::Handshake { addr: addr.to_string(), reply });
+                }
+                Ok(Client::new(ttrpc::asynchronous::transport::Socket::from(s)))
+            }
+        }
     }
 
     fn ctx(&self) -> ttrpc::context::Context {

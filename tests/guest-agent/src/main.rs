@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(serial) = &args.serial {
         let path = if serial.starts_with('/') {
-            PathBuf::from(serial)
+            Some(PathBuf::from(serial))
         } else {
             let mut found = None;
             for _ in 0..100 {
@@ -75,9 +75,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            found.with_context(|| format!("no virtio-serial port named {serial}"))?
+            found
         };
-        servers.push(ttrpc::asynchronous::Server::new().add_listener(serial::listener(path)));
+        match path {
+            Some(path) => servers.push(ttrpc::asynchronous::Server::new().add_listener(serial::listener(path))),
+            // A VM whose agent channel is vsock has no port: serve vsock alone.
+            None if args.vsock.is_some() => eprintln!("guest-agent: no virtio-serial port named {serial}; vsock only"),
+            None => bail!("no virtio-serial port named {serial}"),
+        }
     }
     let mut running = Vec::new();
     for s in servers {
