@@ -3,7 +3,7 @@
 set -uo pipefail
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast -- --show-output 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 ./scripts/ipvlan-tests.sh 2>&1 | tee -a "$log"
 rc2=${PIPESTATUS[0]}
