@@ -46,6 +46,11 @@ pub struct QemuConfig {
     pub accelerator: AccelChoice,
     /// Free slots kept for hotplugged NICs.
     pub hotplug_slots: u32,
+    /// How the shim reaches the agent: `serial` (virtio-serial, the default for now),
+    /// `hybrid-vsock` (a vhost-user-vsock device and a `vhost-device-vsock` backend per
+    /// sandbox), `vsock` (kernel vsock, `/dev/vhost-vsock`), `auto` (kata's choice: vsock where
+    /// the host has `/dev/vhost-vsock`, else hybrid vsock).
+    pub agent_channel: AgentChannelChoice,
     /// Look for DPDK/OVS vhost-user sockets of the pod's links (kata's key; off by default).
     pub enable_vhost_user_store: bool,
     /// Where they are: `<path>/vhostuser_<pod IPv4>/vhu.sock`; every part must be root's.
@@ -66,6 +71,7 @@ impl Default for QemuConfig {
             enable_template: false,
             accelerator: AccelChoice::Auto,
             hotplug_slots: 8,
+            agent_channel: AgentChannelChoice::Serial,
             enable_vhost_user_store: false,
             vhost_user_store_path: PathBuf::from("/var/run/kata-containers/vhost-user"),
         }
@@ -118,6 +124,17 @@ impl QemuConfig {
         }
         Ok(())
     }
+}
+
+/// `agent_channel`: how the shim reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentChannelChoice {
+    #[default]
+    Serial,
+    HybridVsock,
+    Vsock,
+    Auto,
 }
 
 /// How the shim reaches the agent.

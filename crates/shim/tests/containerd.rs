@@ -176,3 +176,44 @@ fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
     assert_eq!(cni.pod.snapshot(), before);
     assert!(!c.run_dir().join("sb9").exists());
 }
+
+/// Processes whose command line mentions `dir` and that are `vhost-device-vsock`.
+fn vsock_backends_in(dir: &Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let c = String::from_utf8_lossy(&c);
+            c.starts_with("vhost-device-vsock") && c.contains(&needle)
+        })
+        .count()
+}
+
+#[test]
+fn the_agent_over_hybrid_vsock_and_its_backend_gone_after_teardown_and_after_a_crash() {
+    let (c, cni, before) = start_with_pod("hvsock");
+    tests::require_root_and_tools(&["vhost-device-vsock"]);
+    let conf = kata_conf(&c.run_dir()).replace("[runtime]", "agent_channel = \"hybrid-vsock\"\n[runtime]");
+    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    for (id, crash) in [("sbhv1", false), ("sbhv2", true)] {
+        c.run_ok(id, &cni.pod.path());
+        let run = c.run_dir().join(id);
+        assert_eq!(vsock_backends_in(&run), 1, "the sandbox's backend runs");
+        assert!(std::fs::read_to_string(run.join("console.log")).unwrap().contains("--vsock 1024"));
+        tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
+        if crash {
+            c.kill_shim(id);
+            wait_until(Duration::from_secs(30), "delete removed QEMU, backend and devices", || {
+                !qemu_running_in(&run) && vsock_backends_in(&run) == 0 && cni.pod.snapshot() == before
+            });
+            let _ = c.ctr(&["container", "rm", id]);
+        } else {
+            c.remove_sandbox(id);
+        }
+        assert_eq!(vsock_backends_in(&run), 0, "no vhost-device-vsock left");
+        assert!(!run.exists(), "no socket left: the run directory is gone");
+        assert_eq!(cni.pod.snapshot(), before);
+    }
+}

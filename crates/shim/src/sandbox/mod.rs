@@ -2,6 +2,7 @@
 //! (`start`), and the operations on it while it runs (`iface`, `routes`, `ipvs`), each beside the
 //! type it changes.
 
+mod channel;
 mod iface;
 mod ipvs;
 mod routes;
@@ -18,6 +19,7 @@ use hypervisor::Vm;
 use netmgmt::ipvs::IpvsTable;
 use network::NetCtx;
 
+pub use channel::{VSOCK_BACKEND, VSOCK_BACKEND_SOCKET};
 pub use iface::Added;
 pub use spec::{SpecNetwork, DNS_ANNOTATION};
 pub use start::start;
@@ -37,6 +39,8 @@ pub struct Sandbox {
     /// Queue pairs of a NIC when the operator asks for the runtime's default.
     pub queues: usize,
     pub vhost_net: bool,
+    /// The hybrid vsock backend, when the agent channel has one (killed when the sandbox goes).
+    pub vsock_backend: tokio::sync::Mutex<Option<channel::VsockBackend>>,
     /// Operations on the sandbox run one at a time, holding this.
     pub ops: tokio::sync::Mutex<Ops>,
     pub log: slog::Logger,

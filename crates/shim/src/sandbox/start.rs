@@ -67,8 +67,9 @@ impl Start<'_> {
         let t = Instant::now();
         let links = eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
         let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
-        let (vm, plugged) = self.boot_vm(attached).await?;
-        let agent = self.connect_agent().await?;
+        let link = super::channel::agent_link(self.cfg.hypervisor.qemu.agent_channel, &self.run_dir(), self.id).await?;
+        let (vm, plugged) = self.boot_vm(attached, link.channel).await?;
+        let agent = connect_agent(&link.addr).await?;
         let boot_ms = ms(t);
         let t = Instant::now();
         let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
@@ -84,6 +85,7 @@ impl Start<'_> {
             ctx,
             queues: ep_cfg.queues,
             vhost_net: ep_cfg.vhost_net,
+            vsock_backend: tokio::sync::Mutex::new(link.backend),
             ops: tokio::sync::Mutex::new(Ops {
                 state: self.state.clone(),
                 added: Vec::new(),
@@ -165,11 +167,11 @@ impl Start<'_> {
 
     /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded
     /// right after the spawn, before anything waits on QEMU.
-    async fn boot_vm(&mut self, attached: Vec<Attached>) -> Result<(Vm, Vec<(String, PciPath)>)> {
+    async fn boot_vm(&mut self, attached: Vec<Attached>, agent: AgentChannel) -> Result<(Vm, Vec<(String, PciPath)>)> {
         let spec = VmSpec {
             config: self.cfg.hypervisor.qemu.clone(),
             run_dir: self.run_dir(),
-            agent: AgentChannel::Serial { socket: self.run_dir().join("agent.sock") },
+            agent,
             log: self.log.clone(),
             hook: Some(vm_hook(self.state.clone(), self.bundle.to_owned())),
         };
@@ -178,15 +180,15 @@ impl Start<'_> {
         self.state.save(self.bundle)?;
         Ok((vm, paths))
     }
+}
 
-    async fn connect_agent(&self) -> Result<AgentClient> {
-        let addr: AgentAddr = format!("unix://{}", self.run_dir().join("agent.sock").display()).parse()?;
-        let agent = AgentClient::connect(&addr, AGENT_TIMEOUT).await?;
-        if !agent.check().await? {
-            return Err(Error::AgentNotServing);
-        }
-        Ok(agent)
+/// Connect to the agent (retrying while the guest boots) and check it serves.
+async fn connect_agent(addr: &AgentAddr) -> Result<AgentClient> {
+    let agent = AgentClient::connect(addr, AGENT_TIMEOUT).await?;
+    if !agent.check().await? {
+        return Err(Error::AgentNotServing);
     }
+    Ok(agent)
 }
 
 /// The VM's step hook: QEMU's pid goes into the state file as soon as QEMU exists; hotplug steps

@@ -95,8 +95,8 @@ impl SandboxState {
         if let (Some(d), None) = (&self.run_dir, run_dir) {
             first = Err(Error::Confined { what: "run directory", path: d.clone() });
         }
-        // QEMU by its recorded pid, and any QEMU whose command line names the run directory
-        // (one spawned just before a crash, not recorded yet).
+        // QEMU by its recorded pid, and any QEMU or vsock backend whose command line names the
+        // run directory (one spawned just before a crash, not recorded yet).
         if let Some(d) = run_dir {
             for pid in self.qemu_pid.into_iter().chain(qemus_in(d)) {
                 kill_qemu(pid, d).await;
@@ -159,11 +159,15 @@ pub fn netns_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Whether process `pid` is a QEMU of the run directory `run_dir` (its QMP socket is there).
+/// Whether process `pid` is a QEMU of the run directory `run_dir` (its QMP socket is there), or
+/// the sandbox's hybrid vsock backend (its vhost-user socket is there).
 fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let needle = format!("unix:{},", run_dir.join("qmp.sock").display());
-    cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(needle.as_bytes()))
+    let qmp = format!("unix:{},", run_dir.join("qmp.sock").display());
+    let vsock = format!("socket={},", run_dir.join(super::VSOCK_BACKEND_SOCKET).display());
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg.starts_with(qmp.as_bytes()) || arg.windows(vsock.len()).any(|w| w == vsock.as_bytes()))
 }
 
 /// The QEMUs of the run directory `run_dir`, found through /proc.

@@ -1,0 +1,116 @@
+//! The channel to the sandbox's agent, as configured (`agent_channel`): a virtio-serial port, a
+//! hybrid vsock through a `vhost-device-vsock` backend the shim starts for the sandbox, or kernel
+//! vsock. The backend runs as long as its `VsockBackend` lives (dropped: killed); a crashed
+//! shim's `delete` finds it by its socket in the run directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_client::AgentAddr;
+use hypervisor::{AgentChannel, AgentChannelChoice};
+
+use crate::error::{Error, Result};
+
+/// The agent's vsock port (kata's).
+const AGENT_PORT: u32 = 1024;
+/// The hybrid vsock backend's program, looked up in `PATH`.
+pub const VSOCK_BACKEND: &str = "vhost-device-vsock";
+/// The backend's vhost-user socket (QEMU's side) in the run directory.
+pub const VSOCK_BACKEND_SOCKET: &str = "vhost-vsock.sock";
+
+/// How QEMU is told about the channel, where the shim connects, and the backend (if any).
+#[derive(Debug)]
+pub struct AgentLink {
+    pub channel: AgentChannel,
+    pub addr: AgentAddr,
+    pub backend: Option<VsockBackend>,
+}
+
+/// A `vhost-device-vsock` process serving one sandbox; killed when dropped.
+#[derive(Debug)]
+pub struct VsockBackend {
+    child: tokio::process::Child,
+}
+
+impl VsockBackend {
+    /// Start the backend for the VM of `run_dir` and wait (bounded) for its socket.
+    async fn start(run_dir: &Path) -> Result<Self> {
+        let socket = run_dir.join(VSOCK_BACKEND_SOCKET);
+        let uds = run_dir.join("vsock.sock");
+        let io = |source| Error::Io { what: "starting the hybrid vsock backend for", path: run_dir.to_owned(), source };
+        let mut child = tokio::process::Command::new(VSOCK_BACKEND)
+            .arg("--vm")
+            .arg(format!("guest-cid=3,socket={},uds-path={}", socket.display(), uds.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io)?;
+        let t = Instant::now();
+        while !socket.exists() {
+            if let Some(st) = child.try_wait().map_err(io)? {
+                return Err(io(std::io::Error::other(format!("{VSOCK_BACKEND} exited: {st}"))));
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no socket after 10 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self { child })
+    }
+
+    /// Stop the backend now.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A guest CID for sandbox `id` (kernel vsock): 3 and up, from the id.
+fn cid_of(id: &str) -> u32 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    3 + (h % (u64::from(u32::MAX) - 3)) as u32
+}
+
+/// The channel for sandbox `id` with run directory `run_dir`.
+pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) -> Result<AgentLink> {
+    let choice = match choice {
+        AgentChannelChoice::Auto if Path::new("/dev/vhost-vsock").exists() => AgentChannelChoice::Vsock,
+        AgentChannelChoice::Auto => AgentChannelChoice::HybridVsock,
+        other => other,
+    };
+    let addr = |s: String| s.parse::<AgentAddr>().map_err(Error::from);
+    Ok(match choice {
+        AgentChannelChoice::Serial => {
+            let socket: PathBuf = run_dir.join("agent.sock");
+            AgentLink {
+                addr: addr(format!("unix://{}", socket.display()))?,
+                channel: AgentChannel::Serial { socket },
+                backend: None,
+            }
+        }
+        AgentChannelChoice::HybridVsock => AgentLink {
+            backend: Some(VsockBackend::start(run_dir).await?),
+            channel: AgentChannel::VhostUserVsock { backend: run_dir.join(VSOCK_BACKEND_SOCKET) },
+            addr: addr(format!("hvsock://{}:{AGENT_PORT}", run_dir.join("vsock.sock").display()))?,
+        },
+        AgentChannelChoice::Vsock | AgentChannelChoice::Auto => {
+            let cid = cid_of(id);
+            AgentLink {
+                channel: AgentChannel::Vsock { cid },
+                addr: addr(format!("vsock://{cid}:{AGENT_PORT}"))?,
+                backend: None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cids_are_3_and_up_and_differ_by_id() {
+        let (a, b) = (super::cid_of("sandbox-a"), super::cid_of("sandbox-b"));
+        assert!(a >= 3 && b >= 3 && a != b);
+        assert_eq!(super::cid_of("sandbox-a"), a);
+    }
+}
