@@ -52,6 +52,9 @@ pub enum Error {
     Injected(#[from] crate::failpoint::Injected),
     #[error("the request's deadline passed before the operation could start")]
     Deadline,
+    /// A bug: a task that ended without its answer (it panicked).
+    #[error("{0}")]
+    Internal(String),
     #[error("{what} {}", path.display())]
     Io {
         what: &'static str,
@@ -116,6 +119,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::Injected(_) => Code::INTERNAL,
             Error::Deadline => Code::DEADLINE_EXCEEDED,
+            Error::Internal(_) => Code::INTERNAL,
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::UndoFailed { code, .. } => *code,
             Error::Io { .. } | Error::SaveState { .. } | Error::MgmtServer { .. } | Error::Confined { .. } => {

@@ -41,7 +41,7 @@ where
     let task = tokio::spawn(op(sb.clone()));
     match task.await {
         Ok(res) => Ok(res?),
-        Err(e) => Err(Error::NotFound(format!("the operation's task ended: {e}")).into()),
+        Err(e) => Err(Error::Internal(format!("the operation's task ended without an answer: {e}")).into()),
     }
 }
 
