@@ -201,3 +201,39 @@ async fn detach_all_removes_every_endpoint_of_a_sandbox_in_one_batch() {
         assert_eq!(cni.pod.snapshot(), before, "{model:?}");
     }
 }
+
+/// A VM that plugs NICs but will not give them back.
+struct StuckVm;
+
+impl network::NicHotplug for StuckVm {
+    type Error = std::io::Error;
+
+    async fn add_nic(&self, _: network::NicConfig) -> Result<network::PciPath, Self::Error> {
+        Ok("02".parse().unwrap())
+    }
+
+    async fn remove_nic(&self, id: &str) -> Result<(), Self::Error> {
+        Err(std::io::Error::other(format!("{id} is still in use")))
+    }
+}
+
+#[tokio::test]
+async fn a_nic_the_vm_keeps_stops_the_undo_before_the_devices_it_uses() {
+    require_root_and_tools(&["ip"]);
+    let ns = tests::TestNs::new("stuck");
+    ns.ip(&["tuntap", "add", "dev", "keep0", "mode", "tap"]);
+    let ctx = NetCtx::open(ns.netns(), quiet_logger()).unwrap();
+    let mut rb = network::Rollback::with_nics(&ctx, std::sync::Arc::new(StuckVm));
+    // The TAP the NIC uses was "made" first, the NIC plugged on it second.
+    rb.push(network::Undo::DeleteLink { name: "keep0".parse().unwrap() });
+    let nic = network::NicConfig {
+        id: "hp-x".into(),
+        guest_mac: "02:00:00:00:00:01".parse().unwrap(),
+        mtu: 1500,
+        backend: network::NicBackend::VhostUser { socket: "/nonexistent".into() },
+    };
+    rb.hotplug(nic).await.unwrap();
+    let e = rb.undo().await.unwrap_err();
+    assert!(matches!(e, network::Error::Unplug { ref id, .. } if id == "hp-x"), "{e:?}");
+    assert!(tests::try_run(&["ip", "-n", &ns.name, "link", "show", "keep0"]), "the TAP the VM still uses is left");
+}

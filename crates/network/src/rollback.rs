@@ -155,22 +155,26 @@ impl<H: NicHotplug + 'static> Rollback<H> {
         self.steps.clear();
     }
 
-    /// Reverse everything so far, newest first. Every step is tried; the first failure is
-    /// returned (a NIC the VM would not give back is [`Error::Unplug`]).
+    /// Reverse everything so far, newest first. Every namespace step is tried and the first
+    /// failure returned; a NIC the VM would not give back ([`Error::Unplug`]) stops the undo, so
+    /// the devices it still uses are left as they are (the caller keeps them recorded).
     pub async fn undo(mut self) -> Result<()> {
         let steps: Vec<Step> = self.steps.drain(..).rev().collect();
         run_steps(&self.ctx, self.nics.as_deref(), steps).await
     }
 }
 
+/// Every namespace step is tried (the first error is returned); a NIC the VM does not give back
+/// stops the undo there: the host devices it uses (older steps) must stay as the VM has them.
 async fn run_steps<H: NicHotplug>(ctx: &NetCtx, nics: Option<&H>, steps: Vec<Step>) -> Result<()> {
     let mut first = Ok(());
     for step in steps {
         let res = match (&step, nics) {
             (Step::Net(u), _) => u.run(ctx).await,
-            (Step::Nic(id), Some(vm)) => {
-                vm.remove_nic(id).await.map_err(|e| Error::Unplug { id: id.clone(), source: Box::new(e) })
-            }
+            (Step::Nic(id), Some(vm)) => match vm.remove_nic(id).await {
+                Ok(()) => Ok(()),
+                Err(e) => return Err(Error::Unplug { id: id.clone(), source: Box::new(e) }),
+            },
             (Step::Nic(_), None) => Ok(()),
         };
         if let Err(e) = res {

@@ -122,6 +122,7 @@ fn tagged_state(id: &str, bundle: &Path, run_root: Option<&Path>) -> Option<Sand
         netns,
         netns_intent: intent,
         run_dir: run_root.map(|r| r.join(id)),
+        by_tags: true,
         ..Default::default()
     })
 }

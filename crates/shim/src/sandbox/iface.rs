@@ -10,7 +10,6 @@ use netmgmt::doc::IfaceRequest;
 use netmgmt::mg;
 use netmgmt::output::{address, pci_addr};
 use network::endpoint::{EndpointState, OperatorTap, OperatorTapRequest};
-use network::nic_fds::TapFlags;
 use network::{IfName, MacAddr, NicBackend, NicConfig, PciPath, Rollback};
 
 use super::{Ops, Sandbox, NIC_WAIT};
@@ -28,14 +27,13 @@ pub struct Added {
     pub mtu: u32,
     pub address: Option<IpNet>,
     pub pci: PciPath,
-    /// The runtime made the TAP (it did not exist) and removes it on del-iface.
+    /// The runtime made the TAP (it did not exist); what del-iface undoes on the host is the
+    /// TAP's record in the sandbox state.
     pub created: bool,
-    /// The operator's TAP's own features, given back on del-iface.
-    pub restore: Option<TapFlags>,
 }
 
 impl Added {
-    fn new(req: &IfaceRequest, device: IfName, pci: PciPath, host: &OperatorTap) -> Self {
+    fn new(req: &IfaceRequest, device: IfName, pci: PciPath, created: bool) -> Self {
         Added {
             id: format!("hp-{}", req.name),
             device,
@@ -44,8 +42,7 @@ impl Added {
             mtu: req.mtu,
             address: req.address,
             pci,
-            created: host.created,
-            restore: host.restore,
+            created,
         }
     }
 
@@ -164,20 +161,20 @@ impl Sandbox {
         rb: &mut Rollback<hypervisor::Vm>,
         plugged: &mut Option<Added>,
     ) -> Result<()> {
-        let mut host = self.host_side(req, device, ops, rb).await?;
+        let OperatorTap { backend, queues, created, .. } = self.host_side(req, device, ops, rb).await?;
         failpoint::hit_async("add-iface:host").await?;
-        let backend = std::mem::replace(&mut host.backend, NicBackend::VhostUser { socket: Default::default() });
         let nic = NicConfig { id: format!("hp-{}", req.name), guest_mac: req.mac, mtu: req.mtu, backend };
         let pci = rb.hotplug(nic).await?;
-        let added = plugged.insert(Added::new(req, device.clone(), pci, &host));
+        let added = plugged.insert(Added::new(req, device.clone(), pci, created));
         failpoint::hit_async("add-iface:hotplugged").await?;
-        self.agent.update_interface(&added.guest_interface(host.queues), NIC_WAIT).await?;
+        self.agent.update_interface(&added.guest_interface(queues), NIC_WAIT).await?;
         failpoint::hit_async("add-iface:configured").await?;
         Ok(())
     }
 
     /// Undo a failed add-iface. A NIC the VM would not give back stays listed, so del-iface (or
-    /// the sandbox's end) removes it; the error says so.
+    /// the sandbox's end) removes it; whatever the undo could not do stays recorded, so the
+    /// sandbox's end does it; the error says so.
     async fn undo_add(
         &self,
         e: Error,
@@ -198,10 +195,7 @@ impl Sandbox {
                         ops.added.push(added);
                         Error::undo_failed(&e, &u, "del-iface removes it")
                     }
-                    _ => {
-                        self.forget_tap(ops, device);
-                        Error::undo_failed(&e, &u, "the sandbox's end removes the rest")
-                    }
+                    _ => Error::undo_failed(&e, &u, "the sandbox's end removes the rest"),
                 }
             }
         }
@@ -217,15 +211,15 @@ impl Sandbox {
         failpoint::hit_async("del-iface:found").await?;
         self.vm.unplug_nic(&a.id).await?;
         ops.added.remove(pos);
-        if a.created {
-            let _ = network::nl::delete_link(&self.ctx.handle, a.device.as_str()).await;
+        // The TAP's record says what to undo on the host: remove a TAP the runtime made, give an
+        // operator's TAP its features back.
+        let record = (ops.state.endpoints.iter())
+            .find(|e| matches!(e, EndpointState::DirectTap { link, .. } if link == &a.device))
+            .cloned();
+        if let Some(record) = record {
+            record.detach(&self.ctx).await?;
+            self.forget_tap(&mut ops, &a.device);
         }
-        let restored = match a.restore {
-            Some(flags) => network::nic_fds::restore_tap_flags_in(&self.ctx.worker, &a.device, flags),
-            None => Ok(()),
-        };
-        self.forget_tap(&mut ops, &a.device);
-        restored?;
         slog::info!(self.log, "interface removed"; "name" => name, "device" => a.device.as_str());
         Ok(())
     }

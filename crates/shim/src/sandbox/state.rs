@@ -37,6 +37,9 @@ pub struct SandboxState {
     pub netns_id: Option<(u64, u64)>,
     pub endpoints: Vec<EndpointState>,
     pub qemu_pid: Option<u32>,
+    /// Not from a state file: found by the runtime's tags (`delete` without a readable state).
+    #[serde(skip)]
+    pub by_tags: bool,
     pub run_dir: Option<PathBuf>,
 }
 
@@ -127,18 +130,26 @@ impl SandboxState {
 }
 
 impl SandboxState {
+    /// Undo the recorded endpoints. Without a record to go by (`by_tags`: the state file was
+    /// missing or unreadable), what carries the runtime's tags goes instead: every device of its
+    /// link group, every ingress qdisc holding its redirect filters (by their priority). Every
+    /// step is recorded before it is taken otherwise, so a normal teardown needs no sweep.
+    async fn detach(&self, ctx: &NetCtx) -> Result<()> {
+        let recorded = network::detach_all(ctx, &self.endpoints).await;
+        if !self.by_tags {
+            return recorded.map_err(Error::from);
+        }
+        recorded
+            .and(network::nl::delete_tagged_ingress(&ctx.handle).await)
+            .and(network::nl::delete_group(&ctx.handle, network::nl::RUNTIME_LINK_GROUP).await)
+            .map_err(Error::from)
+    }
+
     /// Detach the endpoints in `ns` and remove it if it is the shim's own. Both are tried.
     async fn detach_and_remove_netns(&self, ns: &Path, log: &slog::Logger) -> Result<()> {
         let detached = match ns.exists() {
             true => match NetCtx::open(NetNs::new(ns), log.clone()) {
-                // Every device the runtime made carries its link group: those go even when the
-                // state does not name them (a crash between making and recording).
-                // Likewise the runtime's redirect filters, by their priority.
-                Ok(ctx) => network::detach_all(&ctx, &self.endpoints)
-                    .await
-                    .and(network::nl::delete_tagged_ingress(&ctx.handle).await)
-                    .and(network::nl::delete_group(&ctx.handle, network::nl::RUNTIME_LINK_GROUP).await)
-                    .map_err(Error::from),
+                Ok(ctx) => self.detach(&ctx).await,
                 Err(e) => Err(e.into()),
             },
             false => Ok(()),
