@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the test VM's guest image: a kernel from Debian's cloud kernel package (downloaded and
 # unpacked, never installed on the host) and an initramfs with busybox, the guest agent (static),
-# ipvsadm, conntrack with their libraries, and the kernel modules the guest needs.
+# ipvsadm, conntrack with their libraries, and the kernel modules the guest needs; and a second
+# initramfs, initrd-kata.img, the same but for its init: kata's own agent (3.2.0, from
+# tests/kata-agent, or $KATA_AGENT) with the glibc libraries it links, as PID 1.
 #
 # Cached and idempotent: the kernel is fetched once; the initramfs is rebuilt only when its
 # inputs change. Output: $GUEST_IMAGE_DIR (default target/guest-image): vmlinuz, initrd.img,
@@ -22,6 +24,20 @@ log "building the static guest agent"
 agent="$root/target/guest/x86_64-unknown-linux-gnu/release/guest-agent"
 ldd "$agent" 2>&1 | grep -qE 'statically linked|not a dynamic' || {
   echo "guest-image: $agent is not static" >&2; exit 1; }
+
+# --- kata's agent: the vendored copy, checked, unless $KATA_AGENT names another -------------------
+kata_agent=${KATA_AGENT:-}
+if [ -z "$kata_agent" ]; then
+  kata_agent="$cache/kata-agent-3.2.0"
+  if [ ! -x "$kata_agent" ]; then
+    xz -dc "$root/tests/kata-agent/kata-agent-3.2.0.xz" > "$kata_agent.tmp"
+    echo "$(cat "$root/tests/kata-agent/kata-agent-3.2.0.sha256")  $kata_agent.tmp" | sha256sum -c --quiet
+    chmod 0755 "$kata_agent.tmp"
+    mv "$kata_agent.tmp" "$kata_agent"
+  fi
+fi
+"$kata_agent" --version | grep -q '^kata-agent version' || {
+  echo "guest-image: $kata_agent is not kata's agent" >&2; exit 1; }
 
 # --- the kernel ------------------------------------------------------------------------------------
 if [ ! -f "$cache/kernel.done" ]; then
@@ -55,8 +71,8 @@ for t in /bin/busybox "${tools[@]}"; do
   [ -x "$t" ] || { echo "guest-image: $t missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
-stamp=$( (sha256sum "$agent" "$0" /bin/busybox "${tools[@]}"; echo "$kver ${modules[*]}") | sha256sum | cut -c1-16)
-if [ -f "$out/initrd.img" ] && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
+stamp=$( (sha256sum "$agent" "$kata_agent" "$0" /bin/busybox "${tools[@]}"; echo "$kver ${modules[*]}") | sha256sum | cut -c1-16)
+if [ -f "$out/initrd.img" ] && [ -f "$out/initrd-kata.img" ] && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
   log "up to date ($kver)"
   exit 0
 fi
@@ -127,10 +143,41 @@ done
 INIT
 chmod +x "$tree/init"
 
-(cd "$tree" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) > "$out/initrd.img.tmp"
-mv "$out/initrd.img.tmp" "$out/initrd.img"
+pack() { (cd "$tree" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) > "$out/$1.tmp"; mv "$out/$1.tmp" "$out/$1"; }
+pack initrd.img
+
+# The same tree with kata's agent as PID 1: init loads the modules, unmounts what it mounted
+# (the agent mounts /proc, /sys, /dev, /run and cgroups itself) and execs it. The agent reads
+# its options from the kernel command line (agent.*) and listens on vsock port 1024.
+rm -f "$tree/sbin/guest-agent" "$tree/sbin/ipvsadm" "$tree/sbin/conntrack"
+mkdir -p "$tree/usr/bin"
+# kata's agent binds the sandbox's DNS over /etc/resolv.conf only where that file exists.
+: > "$tree/etc/resolv.conf"
+cp "$kata_agent" "$tree/usr/bin/kata-agent"
+ldd "$kata_agent" | awk '/=> \// {print $3} /^[ \t]*\/lib/ {print $1}' | while read -r lib; do
+  mkdir -p "$tree$(dirname "$lib")"
+  cp -L "$lib" "$tree$lib"
+done
+cat > "$tree/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo "guest: init (kata-agent) at $(cut -d' ' -f1 /proc/uptime)s"
+for m in virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport; do modprobe "$m"; done
+umount /sys
+umount /proc
+exec /usr/bin/kata-agent
+INIT
+chmod +x "$tree/init"
+# kata's debug console (agent.debug_console) runs /bin/bash without an argv[0], which busybox
+# needs to pick its applet; a script gives it one.
+printf '#!/bin/busybox sh\nexec /bin/busybox sh "$@"\n' > "$tree/bin/bash"
+chmod +x "$tree/bin/bash"
+pack initrd-kata.img
 cp "$cache/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 echo "$kver" > "$out/kernel-version"
 echo "$stamp" > "$out/initrd.stamp"
 rm -rf "$tree"
-log "built $out (kernel $kver, initrd $(du -h "$out/initrd.img" | cut -f1))"
+log "built $out (kernel $kver, initrd $(du -h "$out/initrd.img" | cut -f1), initrd-kata $(du -h "$out/initrd-kata.img" | cut -f1))"

@@ -14,6 +14,7 @@ declare -A need=(
   [nsenter]=util-linux
   [qemu-system-x86_64]=qemu-system-x86
   [cpio]=cpio
+  [xz]=xz-utils
   [busybox]=busybox-static
   [ipvsadm]=ipvsadm
   [conntrack]=conntrack

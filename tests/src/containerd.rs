@@ -130,12 +130,17 @@ impl Drop for Containerd {
     }
 }
 
+/// The shim's configuration for tests: the guest image with the agent under test
+/// ([`crate::guest::Agent::under_test`]), the agent channel by default (hybrid vsock here), the
+/// debug console on for [`crate::guest::sh`]. `[hypervisor.qemu]` is first, `[runtime]` last, so
+/// a test can insert keys of either before `[agent.kata]` or `[runtime]`.
 pub fn kata_conf(run_dir: &Path) -> String {
     let img = guest_image();
     format!(
-        "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"{}\"\ninitrd = \"{}\"\n[runtime]\nrun_dir = \"{}\"\n",
+        "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"{}\"\ninitrd = \"{}\"\n\
+         [agent.kata]\ndebug_console_enabled = true\n[runtime]\nrun_dir = \"{}\"\n",
         img.join("vmlinuz").display(),
-        img.join("initrd.img").display(),
+        img.join(crate::guest::Agent::under_test().initrd()).display(),
         run_dir.display()
     )
 }

@@ -71,7 +71,7 @@ impl Default for QemuConfig {
             enable_template: false,
             accelerator: AccelChoice::Auto,
             hotplug_slots: 8,
-            agent_channel: AgentChannelChoice::Serial,
+            agent_channel: AgentChannelChoice::Auto,
             enable_vhost_user_store: false,
             vhost_user_store_path: PathBuf::from("/var/run/kata-containers/vhost-user"),
         }
@@ -126,14 +126,16 @@ impl QemuConfig {
     }
 }
 
-/// `agent_channel`: how the shim reaches the agent.
+/// `agent_channel`: how the shim reaches the agent. `auto` (the default) chooses as kata does:
+/// kernel vsock where the host has `/dev/vhost-vsock`, else hybrid vsock; `serial` only when
+/// configured (kata's agent does not serve it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentChannelChoice {
-    #[default]
     Serial,
     HybridVsock,
     Vsock,
+    #[default]
     Auto,
 }
 

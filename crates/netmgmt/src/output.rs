@@ -95,10 +95,11 @@ pub fn route_out(r: &pb::Route) -> mg::Route {
     mg::Route { dest, gateway: r.gateway.clone(), device: r.device.clone(), ..Default::default() }
 }
 
-/// A checked route request as the agent's increment mode takes it; `delete` asks the agent to
-/// remove every matching route (`-<dest>`).
+/// A checked route request as the agent takes it: a default route's `dest` empty (kata's agent
+/// reads an empty `dest` as the default route and cannot parse `default`). With `delete`, the
+/// openEuler increment mode's delete request (`-<dest>`).
 pub fn route_pb(r: &RouteRequest, delete: bool) -> pb::Route {
-    let dest = r.dest.map_or_else(|| "default".to_owned(), |d| d.to_string());
+    let dest = r.dest.map_or_else(|| if delete { "default".to_owned() } else { String::new() }, |d| d.to_string());
     let v6 = r.dest.map(|d| d.addr().is_ipv6()).or(r.gateway.map(|g| g.is_ipv6())).unwrap_or(false);
     pb::Route {
         dest: if delete { format!("-{dest}") } else { dest },

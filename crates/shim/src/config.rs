@@ -1,4 +1,4 @@
-//! `configuration.toml` in kata's format: `[hypervisor.qemu]` and `[runtime]`.
+//! `configuration.toml` in kata's format: `[hypervisor.qemu]`, `[agent.kata]` and `[runtime]`.
 //!
 //! Found through `KATA_CONF_FILE`, then `/etc/kata-containers/configuration.toml`, then
 //! `/usr/share/defaults/kata-containers/configuration.toml`; without any, the built-in default
@@ -42,11 +42,56 @@ impl Default for Runtime {
     }
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agents {
+    pub kata: KataAgent,
+}
+
+/// `[agent.kata]`: what the guest's agent is told on the kernel command line (`agent.*`, which
+/// kata's agent reads), and how long the shim waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KataAgent {
+    /// `agent.log=debug`.
+    pub enable_debug: bool,
+    /// A shell on vsock port 1026 (`agent.debug_console agent.debug_console_vport=1026`), as
+    /// `kata-runtime exec` expects; for debugging only.
+    pub debug_console_enabled: bool,
+    /// Seconds from QEMU's start to the agent answering; kata's default is 45, ours 90 (TCG).
+    pub dial_timeout: u32,
+}
+
+impl Default for KataAgent {
+    fn default() -> Self {
+        Self { enable_debug: false, debug_console_enabled: false, dial_timeout: 90 }
+    }
+}
+
+/// kata's debug console port.
+pub const DEBUG_CONSOLE_VPORT: u32 = 1026;
+
+impl KataAgent {
+    /// The kernel parameters for the agent, as kata's runtime writes them.
+    pub fn kernel_params(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.enable_debug {
+            p.push("agent.log=debug".to_owned());
+        }
+        if self.debug_console_enabled {
+            p.push("agent.debug_console".to_owned());
+            p.push(format!("agent.debug_console_vport={DEBUG_CONSOLE_VPORT}"));
+        }
+        p
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hypervisor: Hypervisors,
+    pub agent: Agents,
     pub runtime: Runtime,
 }
 
@@ -68,6 +113,8 @@ pub enum ConfigError {
     },
     #[error("configuration {path}: [runtime] {key}: {why}")]
     Runtime { path: PathBuf, key: &'static str, why: String },
+    #[error("configuration {path}: [agent.kata] {key}: {why}")]
+    Agent { path: PathBuf, key: &'static str, why: String },
 }
 
 impl Config {
@@ -92,6 +139,13 @@ impl Config {
                 path: path.to_owned(),
                 key: "network_queues",
                 why: format!("{} is more than 16", c.runtime.network_queues),
+            });
+        }
+        if !(1..=3600).contains(&c.agent.kata.dial_timeout) {
+            return Err(ConfigError::Agent {
+                path: path.to_owned(),
+                key: "dial_timeout",
+                why: format!("{} is not 1 to 3600 seconds", c.agent.kata.dial_timeout),
             });
         }
         if !c.runtime.run_dir.is_absolute() {
@@ -151,6 +205,18 @@ disable_new_netns = true
         assert_eq!(c.runtime.internetworking_model, NetworkModel::Macvtap);
         assert!(c.runtime.disable_new_netns);
         assert_eq!(c.queues(), 2);
+        assert!(c.agent.kata.kernel_params().is_empty());
+        let c = Config::parse(
+            "[hypervisor.qemu]\npath = \"/bin/sh\"\nkernel = \"/bin/sh\"\ninitrd = \"/bin/sh\"\n\
+             [agent.kata]\nenable_debug = true\ndebug_console_enabled = true\ndial_timeout = 30\n",
+            &p(),
+        );
+        let c = c.unwrap();
+        assert_eq!(
+            c.agent.kata.kernel_params(),
+            ["agent.log=debug", "agent.debug_console", "agent.debug_console_vport=1026"]
+        );
+        assert_eq!(c.agent.kata.dial_timeout, 30);
     }
 
     #[test]
@@ -162,6 +228,8 @@ disable_new_netns = true
             (format!("{base}default_vcpus = 0\n"), "default_vcpus"),
             (format!("{base}[runtime]\nnetwork_queues = 99\n"), "network_queues"),
             ("[hypervisor.qemu]\nkernel = \"/nonexistent\"\n".to_owned(), "kernel"),
+            (format!("{base}[agent.kata]\ndial_timeout = 0\n"), "dial_timeout"),
+            (format!("{base}[agent.kata]\nenable_tracing = true\n"), "enable_tracing"),
         ];
         for (text, key) in cases {
             let e = crate::error::message(&Config::parse(&text, &p()).unwrap_err());

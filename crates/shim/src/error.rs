@@ -39,6 +39,12 @@ pub enum Error {
     Agent(#[from] agent_client::Error),
     #[error("the agent is not serving")]
     AgentNotServing,
+    /// No answer from the guest's agent within `[agent.kata] dial_timeout`.
+    #[error("the guest's agent did not answer on {addr} within {secs} s ([agent.kata] dial_timeout; does it serve this agent_channel?): {cause}")]
+    AgentSilent { addr: String, secs: u64, cause: String },
+    /// The sandbox's agent does not serve a call the operation needs.
+    #[error("the sandbox's agent lacks {0}")]
+    AgentLacks(&'static str),
     #[error(transparent)]
     Doc(#[from] DocError),
     #[error(transparent)]
@@ -93,7 +99,8 @@ impl Error {
             | Error::Bundle { .. }
             | Error::Doc(_) => Code::INVALID_ARGUMENT,
             Error::NoNetns | Error::AgentNotServing => Code::FAILED_PRECONDITION,
-            Error::NotSandbox => Code::UNIMPLEMENTED,
+            Error::AgentSilent { .. } => Code::DEADLINE_EXCEEDED,
+            Error::NotSandbox | Error::AgentLacks(_) => Code::UNIMPLEMENTED,
             Error::Network(e) => match e {
                 N::UnsupportedKind { .. } | N::Unsupported { .. } | N::TapMtu { .. } => Code::FAILED_PRECONDITION,
                 N::NotATap { .. } | N::SingleQueueTap { .. } => Code::INVALID_ARGUMENT,

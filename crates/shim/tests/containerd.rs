@@ -30,22 +30,47 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
 
     // The VM has the pod's address, routes, neighbour and DNS; the peer reaches it.
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", POD_IP]);
-    let console = std::fs::read_to_string(c.run_dir().join("sb1/console.log")).unwrap();
-    for want in [
-        "guest-agent: interface eth0 02:00:0a:58:00:05 mtu 1450 addresses 10.88.0.5/24,fd00:88::5/64",
-        "guest-agent: route default via 10.88.0.1 dev eth0",
-        "guest-agent: route 10.99.0.0/16 via 10.88.0.254 dev eth0",
-        "guest-agent: route 10.77.0.0/16 dev eth0",
-        "guest-agent: neighbour 10.88.0.9 lladdr 02:00:0a:58:00:09 dev eth0",
-        r#"dns ["nameserver 10.96.0.10", "search svc.cluster.local"]"#,
-    ] {
-        assert!(console.contains(want), "missing {want:?} in the guest console:\n{console}");
-    }
+    assert_pod_network_in_guest(&c.run_dir().join("sb1"));
 
     c.remove_sandbox("sb1");
     assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");
     assert_eq!(cni.pod.snapshot(), before, "TAP, qdiscs and filters are gone; the namespace is as CNI left it");
     assert!(!c.run_dir().join("sb1").exists());
+}
+
+/// What the guest's own tools say: the pod's address, MTU and MAC, routes, permanent neighbour
+/// and DNS (whichever agent applied them).
+fn assert_pod_network_in_guest(run_dir: &Path) {
+    let guest = tests::guest::sh(run_dir, "ip addr show eth0; ip route; ip -6 route; ip neigh; cat /etc/resolv.conf");
+    for want in [
+        "mtu 1450",
+        "link/ether 02:00:0a:58:00:05",
+        "inet 10.88.0.5/24",
+        "inet6 fd00:88::5/64",
+        "default via 10.88.0.1 dev eth0",
+        "10.99.0.0/16 via 10.88.0.254 dev eth0",
+        "10.77.0.0/16 dev eth0",
+        "10.88.0.9 dev eth0 lladdr 02:00:0a:58:00:09 PERMANENT",
+        "nameserver 10.96.0.10",
+        "search svc.cluster.local",
+    ] {
+        assert!(guest.contains(want), "missing {want:?} in the guest:\n{guest}");
+    }
+}
+
+#[test]
+fn factory_mode_hotplugs_the_pod_nic_and_the_guest_configures_it() {
+    let (c, cni, before) = start_with_pod("factory");
+    let conf = kata_conf(&c.run_dir()).replace("[agent.kata]", "enable_template = true\n[agent.kata]");
+    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    let dns = "io.katacontainers.sandbox_dns=nameserver 10.96.0.10,search svc.cluster.local";
+    let out = c.run("sbf", &cni.pod.path(), &["--annotation", dns]);
+    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
+    assert_pod_network_in_guest(&c.run_dir().join("sbf"));
+    c.remove_sandbox("sbf");
+    assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");
+    assert_eq!(cni.pod.snapshot(), before);
 }
 
 #[test]
@@ -195,13 +220,12 @@ fn vsock_backends_in(dir: &Path) -> usize {
 fn the_agent_over_hybrid_vsock_and_its_backend_gone_after_teardown_and_after_a_crash() {
     let (c, cni, before) = start_with_pod("hvsock");
     tests::require_root_and_tools(&["vhost-device-vsock"]);
-    let conf = kata_conf(&c.run_dir()).replace("[runtime]", "agent_channel = \"hybrid-vsock\"\n[runtime]");
+    let conf = kata_conf(&c.run_dir()).replace("[agent.kata]", "agent_channel = \"hybrid-vsock\"\n[agent.kata]");
     std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
     for (id, crash) in [("sbhv1", false), ("sbhv2", true)] {
         c.run_ok(id, &cni.pod.path());
         let run = c.run_dir().join(id);
         assert_eq!(vsock_backends_in(&run), 1, "the sandbox's backend runs");
-        assert!(std::fs::read_to_string(run.join("console.log")).unwrap().contains("--vsock 1024"));
         tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
         if crash {
             c.kill_shim(id);

@@ -16,7 +16,7 @@ use k8s_cri::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use tests::containerd::qemu_running_in;
-use tests::vm::{guest_image, Scratch};
+use tests::vm::Scratch;
 use tests::{require_root_and_tools, TestNs};
 
 const IMAGE: &str = "localhost/kata-net-pause:latest";
@@ -100,16 +100,7 @@ state = "{d}/state"
         ),
     )
     .unwrap();
-    let img = guest_image();
-    std::fs::write(
-        dir.0.join("configuration.toml"),
-        format!(
-            "[hypervisor.qemu]\nkernel = \"{}\"\ninitrd = \"{}\"\n[runtime]\nrun_dir = \"{d}/run\"\n",
-            img.join("vmlinuz").display(),
-            img.join("initrd.img").display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("configuration.toml"), tests::containerd::kata_conf(&dir.0.join("run"))).unwrap();
     let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")).parent().unwrap().to_owned();
     let _containerd = Containerd(
         Command::new("nsenter")
@@ -176,9 +167,9 @@ state = "{d}/state"
     // The node reaches the pod IP through the CNI bridge, the pod's veth, tc redirect and TAP:
     // it is the VM that answers.
     tests::run(&["ip", "netns", "exec", &node.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", &ip]);
-    let console = std::fs::read_to_string(dir.0.join("run").join(&id).join("console.log")).unwrap();
-    assert!(console.contains(&format!("addresses {ip}/24")), "{console}");
-    assert!(console.contains("route default via 10.222.0.1 dev eth0"), "{console}");
+    let guest = tests::guest::sh(&dir.0.join("run").join(&id), "ip -4 addr show eth0; ip route");
+    assert!(guest.contains(&format!("inet {ip}/24")), "{guest}");
+    assert!(guest.contains("default via 10.222.0.1 dev eth0"), "{guest}");
 
     cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();

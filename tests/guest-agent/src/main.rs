@@ -3,6 +3,7 @@
 //!
 //! It stands in for kata's agent in this project's tests and demo; it is not shipped.
 
+mod console;
 mod ipvs;
 mod netcfg;
 mod serial;
@@ -82,6 +83,13 @@ async fn main() -> anyhow::Result<()> {
             // A VM whose agent channel is vsock has no port: serve vsock alone.
             None if args.vsock.is_some() => eprintln!("guest-agent: no virtio-serial port named {serial}; vsock only"),
             None => bail!("no virtio-serial port named {serial}"),
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(port) = console::port_from_cmdline(&cmdline) {
+        match console::serve(port) {
+            Ok(()) => eprintln!("guest-agent: debug console on vsock port {port}"),
+            Err(e) => eprintln!("guest-agent: no debug console on vsock port {port}: {e}"),
         }
     }
     let mut running = Vec::new();

@@ -1,7 +1,6 @@
 //! What the agent does to the guest's network: every request is checked in full before anything
 //! is changed, and a change that fails half-way is undone.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -299,7 +298,8 @@ async fn undo(handle: &Handle, done: Vec<Done>) {
     }
 }
 
-/// Replace the routes of the named devices, or (increment) add and `-dest`-delete routes.
+/// Replace the guest's routes (kata's semantics: all but the kernel's and lo's), or (increment)
+/// add and `-dest`-delete routes.
 /// Returns the guest's routes afterwards.
 pub async fn update_routes(handle: &Handle, routes: &[pb::Route], increment: bool) -> R<Vec<pb::Route>> {
     let mut reqs = Vec::with_capacity(routes.len());
@@ -310,12 +310,12 @@ pub async fn update_routes(handle: &Handle, routes: &[pb::Route], increment: boo
     let mut done = Vec::new();
     let result: R<()> = async {
         if !increment {
-            let devices: BTreeSet<u32> = reqs.iter().filter_map(|r| r.index).collect();
+            // As kata's agent does: every route not made by the kernel goes, on every device but lo.
             let info = network::scan(handle).await.map_err(internal)?;
             let have = network::scan_routes(handle, &info.links, false).await.map_err(internal)?;
             for r in have {
                 let Some(l) = info.links.iter().find(|l| l.name == r.device) else { continue };
-                if devices.contains(&l.index) {
+                if l.name.as_str() != "lo" {
                     network::nl::delete_route(handle, l.index, &r).await.map_err(internal)?;
                     done.push(Done::Deleted(l.index, r));
                 }

@@ -211,6 +211,8 @@ impl Sandbox {
         failpoint::hit_async("del-iface:found").await?;
         self.vm.unplug_nic(&a.id).await?;
         ops.added.remove(pos);
+        // The guest's kernel dropped the routes through the NIC with it.
+        ops.routes.retain(|r| r.device != name);
         // The TAP's record says what to undo on the host: remove a TAP the runtime made, give an
         // operator's TAP its features back.
         let record = (ops.state.endpoints.iter())

@@ -11,6 +11,14 @@ use super::{Ops, Sandbox};
 use crate::error::{Error, Result};
 use crate::failpoint;
 
+const NO_IPVS: &str = "IPVS support: it does not serve UpdateIPVSRule (an openEuler extension of kata's protocol)";
+
+/// An agent's answer to a method it does not serve (ttrpc's UNIMPLEMENTED, or NOT_FOUND naming it).
+pub fn unserved(e: &agent_client::Error) -> bool {
+    e.code() == Some(ttrpc::Code::UNIMPLEMENTED)
+        || (e.code() == Some(ttrpc::Code::NOT_FOUND) && e.to_string().contains("UpdateIPVSRule"))
+}
+
 /// The guest call's result, then the failure-injection point `step` (a test build can make a
 /// call that succeeded look failed, as a timeout after the guest applied it would).
 async fn after_step(sent: Result<String>, step: &str) -> Result<String> {
@@ -24,12 +32,13 @@ impl Sandbox {
     pub async fn ipvsadm(&self, cmd: IpvsCommand, deadline: Option<Instant>) -> Result<(String, usize)> {
         let mut ops = self.ops_by(deadline).await?;
         ops.ipvs.check(&cmd)?;
-        let sent = self.agent.update_ipvs_rule(&cmd.request()).await.map_err(Error::from);
+        let sent = self.ipvs_call(&cmd.request()).await.map_err(Error::from);
         match after_step(sent, "ipvs:applied").await {
             Ok(out) => {
                 ops.ipvs.apply(&cmd);
                 Ok((out, ops.ipvs.rules()))
             }
+            Err(e @ Error::AgentLacks(_)) => Err(e),
             Err(e) => {
                 // Applied or not (a timeout does not say): what the guest has is the truth.
                 self.recount_ipvs(&mut ops).await;
@@ -45,15 +54,16 @@ impl Sandbox {
         if ops.ipvs.rules() > 0 {
             return Err(IpvsError::NotEmpty(ops.ipvs.rules()).into());
         }
-        let sent = self.agent.update_ipvs_rule(&restore.request()).await.map_err(Error::from);
+        let sent = self.ipvs_call(&restore.request()).await.map_err(Error::from);
         match after_step(sent, "ipvs:restored").await {
             Ok(out) => {
                 ops.ipvs = restore.table;
                 Ok((out, ops.ipvs.rules()))
             }
+            Err(e @ Error::AgentLacks(_)) => Err(e),
             Err(e) => {
                 // Part of the file may be loaded: the table was empty, so it is emptied again.
-                if let Err(c) = self.agent.update_ipvs_rule(&IpvsCommand::Clear.request()).await {
+                if let Err(c) = self.ipvs_call(&IpvsCommand::Clear.request()).await {
                     slog::error!(self.log, "clearing a failed IPVS restore"; "error" => %c);
                 }
                 self.recount_ipvs(&mut ops).await;
@@ -64,13 +74,22 @@ impl Sandbox {
 
     pub async fn conntrack_cleanup(&self, request: String, deadline: Option<Instant>) -> Result<(String, usize)> {
         let ops = self.ops_by(deadline).await?;
-        let out = self.agent.update_ipvs_rule(&request).await?;
+        let out = self.ipvs_call(&request).await?;
         Ok((out, ops.ipvs.rules()))
+    }
+
+    /// `UpdateIPVSRule`. kata's agent does not serve it (an openEuler extension): said so, and
+    /// nothing is sent.
+    async fn ipvs_call(&self, req: &str) -> Result<String> {
+        if !self.extended_agent {
+            return Err(Error::AgentLacks(NO_IPVS));
+        }
+        self.agent.update_ipvs_rule(req).await.map_err(|e| if unserved(&e) { Error::AgentLacks(NO_IPVS) } else { e.into() })
     }
 
     /// The table as the guest has it now (`ipvsadm -S -n`, parsed as a rule file).
     async fn recount_ipvs(&self, ops: &mut Ops) {
-        let counted = match self.agent.update_ipvs_rule("ipvsadm -S -n").await {
+        let counted = match self.ipvs_call("ipvsadm -S -n").await {
             Ok(saved) => Restore::parse(&saved).map(|r| r.table).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

@@ -35,6 +35,9 @@ pub struct Sandbox {
     pub bundle: PathBuf,
     pub vm: Arc<Vm>,
     pub agent: AgentClient,
+    /// The agent serves openEuler's extensions of kata's protocol (`UpdateIPVSRule`, routes'
+    /// `increment`); kata's own agent does not. Probed once at start.
+    pub extended_agent: bool,
     pub ctx: NetCtx,
     /// Queue pairs of a NIC when the operator asks for the runtime's default.
     pub queues: usize,
@@ -53,6 +56,8 @@ pub struct Ops {
     /// NICs plugged in with add-iface, in order.
     pub added: Vec<Added>,
     pub ipvs: IpvsTable,
+    /// The VM's route table as the shim set it (not the kernel's own routes): see `routes.rs`.
+    pub routes: Vec<agent_client::protocols::types::Route>,
 }
 
 impl Sandbox {

@@ -18,8 +18,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::failpoint;
 
-const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Start the sandbox `id` of `bundle`. On failure nothing is left.
 pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log: &slog::Logger) -> Result<Sandbox> {
     let mut s = Start { id, bundle, cfg, log, state: SandboxState { id: id.to_owned(), ..Default::default() } };
@@ -69,12 +67,13 @@ impl Start<'_> {
         let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
         let link = super::channel::agent_link(self.cfg.hypervisor.qemu.agent_channel, &self.run_dir(), self.id).await?;
         let (vm, plugged) = self.boot_vm(attached, link.channel).await?;
-        let agent = connect_agent(&link.addr).await?;
+        let agent = connect_agent(&link.addr, Duration::from_secs(self.cfg.agent.kata.dial_timeout.into())).await?;
         let boot_ms = ms(t);
         let t = Instant::now();
         let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
         let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
-        sync_agent(&agent, &guest, self.id, net).await?;
+        let routes = sync_agent(&agent, &guest, self.id, net).await?;
+        let extended_agent = serves_extensions(&agent).await;
         slog::info!(self.log, "sandbox started"; "sandbox_id" => self.id, "endpoints" => ids.len(),
             "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
         Ok(Sandbox {
@@ -82,6 +81,7 @@ impl Start<'_> {
             bundle: self.bundle.to_owned(),
             vm: Arc::new(vm),
             agent,
+            extended_agent,
             ctx,
             queues: ep_cfg.queues,
             vhost_net: ep_cfg.vhost_net,
@@ -90,6 +90,7 @@ impl Start<'_> {
                 state: self.state.clone(),
                 added: Vec::new(),
                 ipvs: Default::default(),
+                routes,
             }),
             log: self.log.clone(),
         })
@@ -168,8 +169,16 @@ impl Start<'_> {
     /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded
     /// right after the spawn, before anything waits on QEMU.
     async fn boot_vm(&mut self, attached: Vec<Attached>, agent: AgentChannel) -> Result<(Vm, Vec<(String, PciPath)>)> {
+        // The agent's parameters first, so that the configuration's own kernel_params can override.
+        let mut config = self.cfg.hypervisor.qemu.clone();
+        let params = self.cfg.agent.kata.kernel_params().join(" ");
+        config.kernel_params = [params.as_str(), config.kernel_params.as_str()]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         let spec = VmSpec {
-            config: self.cfg.hypervisor.qemu.clone(),
+            config,
             run_dir: self.run_dir(),
             agent,
             log: self.log.clone(),
@@ -182,13 +191,27 @@ impl Start<'_> {
     }
 }
 
-/// Connect to the agent (retrying while the guest boots) and check it serves.
-async fn connect_agent(addr: &AgentAddr) -> Result<AgentClient> {
-    let agent = AgentClient::connect(addr, AGENT_TIMEOUT).await?;
-    if !agent.check().await? {
+/// Connect to the agent (retrying while the guest boots, up to `dial_timeout`) and check it serves.
+async fn connect_agent(addr: &AgentAddr, dial_timeout: Duration) -> Result<AgentClient> {
+    let silent = |e: agent_client::Error| Error::AgentSilent {
+        addr: addr.to_string(),
+        secs: dial_timeout.as_secs(),
+        cause: crate::error::message(&e),
+    };
+    let agent = AgentClient::connect(addr, dial_timeout).await.map_err(silent)?;
+    if !agent.check().await.map_err(silent)? {
         return Err(Error::AgentNotServing);
     }
     Ok(agent)
+}
+
+/// Does the agent serve openEuler's extensions? Asked with a call that changes nothing (the
+/// guest's IPVS rules, saved); kata's agent answers that it does not serve it.
+async fn serves_extensions(agent: &AgentClient) -> bool {
+    match agent.update_ipvs_rule("ipvsadm -S -n").await {
+        Ok(_) => true,
+        Err(e) => !super::ipvs::unserved(&e),
+    }
 }
 
 /// The VM's step hook: QEMU's pid goes into the state file as soon as QEMU exists; hotplug steps
@@ -206,8 +229,9 @@ fn vm_hook(state: SandboxState, bundle: PathBuf) -> hypervisor::vm::StepHook {
     })
 }
 
-/// Interfaces, then routes, then neighbours, then CreateSandbox with hostname and DNS.
-async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetwork) -> Result<()> {
+/// Interfaces, then routes, then neighbours, then CreateSandbox with hostname and DNS. Returns
+/// the routes set.
+async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetwork) -> Result<Vec<pb::Route>> {
     let mut ifaces = agent_client::interfaces(&g.links);
     for (iface, path) in ifaces.iter_mut().zip(&g.paths) {
         if let Some(p) = path {
@@ -219,8 +243,9 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
     }
     let ours = |dev: &network::IfName| g.links.iter().any(|l| &l.name == dev);
     let routes: Vec<network::Route> = g.info.routes.iter().filter(|r| ours(&r.device)).cloned().collect();
+    let routes: Vec<pb::Route> = agent_client::routes(&routes).iter().map(pb::Route::from).collect();
     if !routes.is_empty() {
-        agent.update_routes(agent_client::routes(&routes).iter().map(pb::Route::from).collect(), false).await?;
+        agent.update_routes(routes.clone(), false).await?;
     }
     failpoint::hit_async("start:agent:routes").await?;
     let neigh: Vec<network::Neighbor> = g.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
@@ -236,5 +261,5 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
     };
     agent.create_sandbox(&req).await?;
     failpoint::hit_async("start:agent:sandbox").await?;
-    Ok(())
+    Ok(routes)
 }
