@@ -125,6 +125,14 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The agent's own message, if it answered with a status.
+    pub fn status_message(&self) -> Option<&str> {
+        match self {
+            Error::Rpc { source: ttrpc::Error::RpcStatus(s), .. } => Some(s.message()),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -233,14 +241,19 @@ impl AgentClient {
         self.call("CreateSandbox", self.agent.create_sandbox(self.ctx(), req)).await.map(|_| ())
     }
 
-    /// `UpdateInterface`, retried while the guest answers NOT_FOUND (the NIC has not appeared
-    /// yet), until `wait` has passed.
+    /// `UpdateInterface`, retried while the guest says the NIC is not there yet, until `wait`
+    /// has passed: NOT_FOUND, or kata's agent's INTERNAL "Link not found" (it looks the NIC up by
+    /// MAC at once, without waiting for a hotplugged device to appear).
     pub async fn update_interface(&self, iface: &Interface, wait: Duration) -> Result<Interface> {
         let req = UpdateInterfaceRequest { interface: MessageField::some(iface.clone()), ..Default::default() };
         let start = Instant::now();
+        let not_yet = |e: &Error| {
+            e.code() == Some(ttrpc::Code::NOT_FOUND)
+                || (e.code() == Some(ttrpc::Code::INTERNAL) && e.status_message().is_some_and(|m| m.contains("Link not found")))
+        };
         loop {
             match self.call("UpdateInterface", self.agent.update_interface(self.ctx(), &req)).await {
-                Err(e) if e.code() == Some(ttrpc::Code::NOT_FOUND) && start.elapsed() < wait => {
+                Err(e) if not_yet(&e) && start.elapsed() < wait => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,

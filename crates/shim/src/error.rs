@@ -143,7 +143,9 @@ pub fn message(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(Error::Agent(agent_client::Error::Rpc { source: ttrpc::Error::RpcStatus(s), .. })) =
         e.downcast_ref::<Error>()
     {
-        return format!("the VM refused: {}", netmgmt::output::printable(s.message(), false));
+        // kata's agent appends anyhow's backtrace ("Stack backtrace:" and frames): not the refusal.
+        let text = s.message().split("Stack backtrace:").next().unwrap_or_default().trim_end();
+        return format!("the VM refused: {}", netmgmt::output::printable(text, false));
     }
     let mut msg = e.to_string();
     let mut cur = e.source();

@@ -167,7 +167,11 @@ state = "{d}/state"
     // The node reaches the pod IP through the CNI bridge, the pod's veth, tc redirect and TAP:
     // it is the VM that answers.
     tests::run(&["ip", "netns", "exec", &node.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", &ip]);
-    let guest = tests::guest::sh(&dir.0.join("run").join(&id), "ip -4 addr show eth0; ip route");
+    // The pod's hostname where its containers see it: the guest's own UTS namespace (our agent),
+    // or the sandbox's shared one (kata's agent).
+    let script = "ip -4 addr show eth0; ip route; hostname; nsenter --uts=/var/run/sandbox-ns/uts hostname 2>&1";
+    let guest = tests::guest::sh(&dir.0.join("run").join(&id), script);
+    assert!(guest.lines().any(|l| l == "kata-pod"), "the pod's hostname: {guest}");
     assert!(guest.contains(&format!("inet {ip}/24")), "{guest}");
     assert!(guest.contains("default via 10.222.0.1 dev eth0"), "{guest}");
 

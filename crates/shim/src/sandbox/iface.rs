@@ -241,7 +241,10 @@ impl Sandbox {
                 if let Some(g) = guest.iter().find(|g| g.hwAddr.parse::<MacAddr>().ok() == Some(a.mac)) {
                     out.name = g.name.clone();
                     out.mtu = g.mtu;
-                    out.IPAddresses = g.IPAddresses.clone();
+                    // The addresses given to it: kata's agent lists the kernel's IPv6
+                    // link-local one too (ours does not make one).
+                    out.IPAddresses =
+                        g.IPAddresses.iter().filter(|a| !a.address.to_ascii_lowercase().starts_with("fe80:")).cloned().collect();
                 }
                 out
             })
