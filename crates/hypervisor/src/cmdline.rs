@@ -163,3 +163,28 @@ pub fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) 
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_for(agent: &AgentChannel) -> String {
+        let cfg = QemuConfig::default();
+        let slots = Slots::new(cfg.machine_type, 0);
+        let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), agent, &slots, Vec::new()).unwrap();
+        c.args.join(" ")
+    }
+
+    #[test]
+    fn each_agent_channel_on_the_command_line() {
+        let vsock = args_for(&AgentChannel::Vsock { cid: 1234 });
+        assert!(vsock.contains("-device vhost-vsock-pci,guest-cid=1234,bus=pcie.0,addr="), "{vsock}");
+        assert!(!vsock.contains("virtserialport"), "{vsock}");
+        let hybrid = args_for(&AgentChannel::VhostUserVsock { backend: "/run/kata/sb/vhost-vsock.sock".into() });
+        assert!(hybrid.contains("-chardev socket,id=vsock,path=/run/kata/sb/vhost-vsock.sock"), "{hybrid}");
+        assert!(hybrid.contains("-device vhost-user-vsock-pci,chardev=vsock,bus=pcie.0"), "{hybrid}");
+        let serial = args_for(&AgentChannel::Serial { socket: "/run/kata/sb/agent.sock".into() });
+        assert!(serial.contains("virtserialport,chardev=agent,name=agent.channel.0"), "{serial}");
+        assert!(!serial.contains("vsock"), "{serial}");
+    }
+}

@@ -1,11 +1,15 @@
 //! `make bench` (shim part): sandbox start through containerd (`ctr run`) split into the shim's
 //! phases — scan, attach, VM boot, agent sync, as the shim logs them — for 1 and 8 interfaces,
-//! and the shim's resident memory with the sandbox running. QEMU runs under TCG here.
+//! and the shim's resident memory with the sandbox running; then QEMU start -> agent ready ->
+//! network synced with each agent (ours, kata's 3.2.0) over each channel it serves (virtio-serial:
+//! ours only; hybrid vsock), runs interleaved, medians and ratios against ours over
+//! virtio-serial. QEMU runs under TCG here.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tests::containerd::{start_containerd, wait_until};
+use tests::containerd::{kata_conf, start_containerd, wait_until, Containerd};
+use tests::guest::Agent;
 use tests::CniPod;
 
 /// The number after `key` on the shim's "sandbox started" log line.
@@ -21,8 +25,59 @@ fn rss_kib(pid: u32) -> u64 {
     status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
+/// One sandbox with `conf`: (VM boot to the agent's answer, agent sync, `ctr run`) in ms.
+fn one_start(c: &Containerd, cni: &CniPod, id: &str, conf: &str) -> (f64, f64, f64) {
+    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    let t = Instant::now();
+    let out = c.run(id, &cni.pod.path(), &[]);
+    let total = t.elapsed().as_secs_f64() * 1e3;
+    assert!(out.status.success(), "ctr run {id}: {}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap();
+    let line = log.lines().rfind(|l| l.contains("sandbox started") && l.contains(id)).expect("phase line").to_owned();
+    c.remove_sandbox(id);
+    (phase(&line, "vm_boot_ms"), phase(&line, "agent_sync_ms"), total)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each agent over each channel it serves, `runs` times, interleaved.
+fn agents_and_channels(c: &Containerd, runs: usize) {
+    let base = kata_conf(&c.run_dir());
+    let conf = |agent: Agent, channel: &str| {
+        base.replace(Agent::under_test().initrd(), agent.initrd())
+            .replace("[agent.kata]", &format!("agent_channel = \"{channel}\"\n[agent.kata]"))
+    };
+    let cases = [(Agent::Ours, "serial"), (Agent::Ours, "hybrid-vsock"), (Agent::Kata, "hybrid-vsock")];
+    let confs: Vec<String> = cases.iter().map(|(a, ch)| conf(*a, ch)).collect();
+    let cni = CniPod::new();
+    let mut got: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); cases.len()];
+    for r in 0..runs {
+        for (i, conf) in confs.iter().enumerate() {
+            got[i].push(one_start(c, &cni, &format!("bagent{i}-{r}"), conf));
+        }
+    }
+    println!("\nQEMU start -> agent answers -> network synced ({runs} runs each, interleaved, medians; ratio to ours over virtio-serial)");
+    println!("{:<26} {:>16} {:>15} {:>12} {:>8}", "agent, channel", "QEMU->agent ms", "agent sync ms", "ctr run ms", "ratio");
+    let mut base_total = 0.0;
+    for (i, (agent, ch)) in cases.iter().enumerate() {
+        let col = |f: fn(&(f64, f64, f64)) -> f64| median(got[i].iter().map(f).collect());
+        let (boot, sync, total) = (col(|x| x.0), col(|x| x.1), col(|x| x.2));
+        if i == 0 {
+            base_total = boot + sync;
+        }
+        let name = format!("{}, {ch}", if *agent == Agent::Kata { "kata 3.2.0" } else { "ours" });
+        println!("{name:<26} {boot:>16.0} {sync:>15.1} {total:>12.0} {:>7.2}x", (boot + sync) / base_total);
+    }
+    println!("(kata's agent serves no virtio-serial port: that pair does not exist)");
+}
+
 fn main() {
     let c = start_containerd("bench-shim", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
+    agents_and_channels(&c, 5);
+    std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&c.run_dir())).unwrap();
     println!(
         "{:<14} {:>9} {:>10} {:>12} {:>14} {:>14} {:>12}",
         "interfaces", "scan ms", "attach ms", "VM boot ms", "agent sync ms", "ctr run ms", "shim RSS"
