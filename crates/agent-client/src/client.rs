@@ -249,7 +249,8 @@ impl AgentClient {
         let start = Instant::now();
         let not_yet = |e: &Error| {
             e.code() == Some(ttrpc::Code::NOT_FOUND)
-                || (e.code() == Some(ttrpc::Code::INTERNAL) && e.status_message().is_some_and(|m| m.contains("Link not found")))
+                || (e.code() == Some(ttrpc::Code::INTERNAL)
+                    && e.status_message().is_some_and(|m| m.contains("Link not found")))
         };
         loop {
             match self.call("UpdateInterface", self.agent.update_interface(self.ctx(), &req)).await {

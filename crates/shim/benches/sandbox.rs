@@ -60,7 +60,10 @@ fn agents_and_channels(c: &Containerd, runs: usize) {
         }
     }
     println!("\nQEMU start -> agent answers -> network synced ({runs} runs each, interleaved, medians; ratio to ours over virtio-serial)");
-    println!("{:<26} {:>16} {:>15} {:>12} {:>8}", "agent, channel", "QEMU->agent ms", "agent sync ms", "ctr run ms", "ratio");
+    println!(
+        "{:<26} {:>16} {:>15} {:>12} {:>8}",
+        "agent, channel", "QEMU->agent ms", "agent sync ms", "ctr run ms", "ratio"
+    );
     let mut base_total = 0.0;
     for (i, (agent, ch)) in cases.iter().enumerate() {
         let col = |f: fn(&(f64, f64, f64)) -> f64| median(got[i].iter().map(f).collect());

@@ -21,13 +21,37 @@ use tests::{require_root_and_tools, TestNs};
 
 const IMAGE: &str = "localhost/kata-net-pause:latest";
 
-struct Containerd(Child);
+/// containerd; on drop (a failed test too) it is stopped, and what its pods left is removed: every
+/// process whose command line names the test's directory (shim, QEMU, vsock backend) and the CNI
+/// namespaces that were not there before.
+struct Containerd(Child, PathBuf, Vec<String>);
+
+fn cni_netns() -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("cni-"))
+        .map(String::from)
+        .collect()
+}
 
 impl Drop for Containerd {
     fn drop(&mut self) {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let _ = self.0.wait();
+        let needle = self.1.display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        for ns in cni_netns().into_iter().filter(|n| !self.2.contains(n)) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+        }
     }
 }
 
@@ -114,6 +138,8 @@ state = "{d}/state"
             .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
             .spawn()
             .unwrap(),
+        dir.0.clone(),
+        cni_netns(),
     );
     let sock = dir.0.join("containerd.sock");
     let start = Instant::now();

@@ -48,7 +48,8 @@ impl Harness {
     }
 
     fn factory(&self, on: bool) {
-        let conf = kata_conf(&self.c.run_dir()).replace("[agent.kata]", &format!("enable_template = {on}\n[agent.kata]"));
+        let conf =
+            kata_conf(&self.c.run_dir()).replace("[agent.kata]", &format!("enable_template = {on}\n[agent.kata]"));
         std::fs::write(self.c.dir.0.join("configuration.toml"), conf).unwrap();
     }
 

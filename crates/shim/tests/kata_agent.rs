@@ -43,8 +43,8 @@ fn kata_ipvs_against_kata_agent_says_the_agent_lacks_it_and_changes_nothing() {
 
     // virtio-serial, which kata's agent does not serve: the start fails once dial_timeout has
     // passed, saying what it waited for, and leaves nothing.
-    let serial = kata_agent_conf(&c)
-        .replace("[agent.kata]", "agent_channel = \"serial\"\n[agent.kata]\ndial_timeout = 15");
+    let serial =
+        kata_agent_conf(&c).replace("[agent.kata]", "agent_channel = \"serial\"\n[agent.kata]\ndial_timeout = 15");
     std::fs::write(c.dir.0.join("configuration.toml"), serial).unwrap();
     let out = c.run("sbk2", &cni.pod.path(), &[]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -243,8 +243,12 @@ impl Sandbox {
                     out.mtu = g.mtu;
                     // The addresses given to it: kata's agent lists the kernel's IPv6
                     // link-local one too (ours does not make one).
-                    out.IPAddresses =
-                        g.IPAddresses.iter().filter(|a| !a.address.to_ascii_lowercase().starts_with("fe80:")).cloned().collect();
+                    out.IPAddresses = g
+                        .IPAddresses
+                        .iter()
+                        .filter(|a| !a.address.to_ascii_lowercase().starts_with("fe80:"))
+                        .cloned()
+                        .collect();
                 }
                 out
             })

@@ -16,7 +16,8 @@ const NO_IPVS: &str = "IPVS support: it does not serve UpdateIPVSRule (an openEu
 /// An agent's answer to a method it does not serve (ttrpc's UNIMPLEMENTED, or NOT_FOUND naming it).
 pub fn unserved(e: &agent_client::Error) -> bool {
     e.code() == Some(ttrpc::Code::UNIMPLEMENTED)
-        || (e.code() == Some(ttrpc::Code::NOT_FOUND) && e.status_message().is_some_and(|m| m.contains("UpdateIPVSRule")))
+        || (e.code() == Some(ttrpc::Code::NOT_FOUND)
+            && e.status_message().is_some_and(|m| m.contains("UpdateIPVSRule")))
 }
 
 /// The guest call's result, then the failure-injection point `step` (a test build can make a
@@ -84,7 +85,10 @@ impl Sandbox {
         if !self.extended_agent {
             return Err(Error::AgentLacks(NO_IPVS));
         }
-        self.agent.update_ipvs_rule(req).await.map_err(|e| if unserved(&e) { Error::AgentLacks(NO_IPVS) } else { e.into() })
+        self.agent
+            .update_ipvs_rule(req)
+            .await
+            .map_err(|e| if unserved(&e) { Error::AgentLacks(NO_IPVS) } else { e.into() })
     }
 
     /// The table as the guest has it now (`ipvsadm -S -n`, parsed as a rule file).
