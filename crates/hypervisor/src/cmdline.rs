@@ -90,8 +90,19 @@ pub fn build(
                 format!("vhost-user-vsock-pci,chardev=vsock,bus={root_bus},addr={:#x}", slots::VSOCK_SLOT),
             );
         }
-        AgentChannel::Vsock { cid } => {
-            c.arg("-device", format!("vhost-vsock-pci,guest-cid={cid},bus={root_bus},addr={:#x}", slots::VSOCK_SLOT));
+        AgentChannel::Vsock { cid, vhostfd } => {
+            let fd = match vhostfd {
+                Some(f) => {
+                    let dup =
+                        f.try_clone().map_err(|source| Error::Spawn { path: "/dev/vhost-vsock".into(), source })?;
+                    format!(",vhostfd={}", c.pass(dup))
+                }
+                None => String::new(),
+            };
+            c.arg(
+                "-device",
+                format!("vhost-vsock-pci,guest-cid={cid}{fd},bus={root_bus},addr={:#x}", slots::VSOCK_SLOT),
+            );
         }
     }
     let mut paths = Vec::new();
@@ -177,8 +188,12 @@ mod tests {
 
     #[test]
     fn each_agent_channel_on_the_command_line() {
-        let vsock = args_for(&AgentChannel::Vsock { cid: 1234 });
+        let vsock = args_for(&AgentChannel::Vsock { cid: 1234, vhostfd: None });
         assert!(vsock.contains("-device vhost-vsock-pci,guest-cid=1234,bus=pcie.0,addr="), "{vsock}");
+        // With the fd the CID was reserved on: passed as QEMU's fd 3.
+        let fd = std::sync::Arc::new(std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let vsock = args_for(&AgentChannel::Vsock { cid: 1234, vhostfd: Some(fd) });
+        assert!(vsock.contains("-device vhost-vsock-pci,guest-cid=1234,vhostfd=3,bus=pcie.0"), "{vsock}");
         assert!(!vsock.contains("virtserialport"), "{vsock}");
         let hybrid = args_for(&AgentChannel::VhostUserVsock { backend: "/run/kata/sb/vhost-vsock.sock".into() });
         assert!(hybrid.contains("-chardev socket,id=vsock,path=/run/kata/sb/vhost-vsock.sock"), "{hybrid}");

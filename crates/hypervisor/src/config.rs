@@ -140,53 +140,20 @@ pub enum AgentChannelChoice {
 }
 
 /// How the shim reaches the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AgentChannel {
     /// A virtio-serial port named `agent.channel.0`, exposed as a unix socket QEMU listens on.
     Serial { socket: PathBuf },
     /// Hybrid vsock through a vhost-user-vsock backend listening on `backend`.
     VhostUserVsock { backend: PathBuf },
-    /// Kernel vsock (`/dev/vhost-vsock`).
-    Vsock { cid: u32 },
-}
-
-impl AgentChannel {
-    /// Kernel vsock where the host has `/dev/vhost-vsock`; else hybrid vsock when a vhost-user
-    /// vsock backend socket is given; else a virtio-serial port on `<run_dir>/agent.sock`.
-    pub fn choose(run_dir: &Path, vhost_user_vsock: Option<&Path>, cid: u32) -> Self {
-        Self::choose_with(Path::new("/dev/vhost-vsock").exists(), run_dir, vhost_user_vsock, cid)
-    }
-
-    fn choose_with(have_vhost_vsock: bool, run_dir: &Path, vhost_user_vsock: Option<&Path>, cid: u32) -> Self {
-        match (have_vhost_vsock, vhost_user_vsock) {
-            (true, _) => AgentChannel::Vsock { cid },
-            (false, Some(b)) => AgentChannel::VhostUserVsock { backend: b.to_owned() },
-            (false, None) => AgentChannel::Serial { socket: run_dir.join("agent.sock") },
-        }
-    }
+    /// Kernel vsock (`/dev/vhost-vsock`): the guest's CID and, as kata does it, the vhost-vsock
+    /// fd on which the caller reserved that CID (QEMU gets it as `vhostfd`, so no other VM can
+    /// take the CID between the reservation and QEMU's start).
+    Vsock { cid: u32, vhostfd: Option<std::sync::Arc<std::os::fd::OwnedFd>> },
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn agent_channel_choice() {
-        let run = Path::new("/run/kata/s1");
-        assert_eq!(AgentChannel::choose_with(true, run, None, 5), AgentChannel::Vsock { cid: 5 });
-        assert_eq!(
-            AgentChannel::choose_with(false, run, Some(Path::new("/run/v.sock")), 5),
-            AgentChannel::VhostUserVsock { backend: "/run/v.sock".into() }
-        );
-        assert_eq!(
-            AgentChannel::choose_with(false, run, None, 5),
-            AgentChannel::Serial { socket: run.join("agent.sock") }
-        );
-        // This machine has no /dev/vhost-vsock.
-        assert_eq!(
-            AgentChannel::choose(run, None, 5) == AgentChannel::Vsock { cid: 5 },
-            Path::new("/dev/vhost-vsock").exists()
-        );
-    }
-
     use super::*;
 
     #[test]

@@ -66,10 +66,36 @@ impl VsockBackend {
     }
 }
 
-/// A guest CID for sandbox `id` (kernel vsock): 3 and up, from the id.
+/// A first guest CID to try for sandbox `id` (kernel vsock): 3 and up, from the id.
 fn cid_of(id: &str) -> u32 {
     let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     3 + (h % (u64::from(u32::MAX) - 3)) as u32
+}
+
+nix::ioctl_write_ptr!(vhost_vsock_set_guest_cid, 0xAF, 0x60, u64);
+
+/// The vhost-vsock device, and how many CIDs to try on it before giving up.
+const VHOST_VSOCK: &str = "/dev/vhost-vsock";
+const CID_TRIES: u32 = 64;
+
+/// Reserve a guest CID as kata does: open `/dev/vhost-vsock` and set the CID on it
+/// (VHOST_VSOCK_SET_GUEST_CID), the next one while the kernel says it is in use. The fd keeps the
+/// CID; QEMU gets it (`vhostfd`).
+fn reserve_cid(id: &str) -> Result<(u32, std::os::fd::OwnedFd)> {
+    let io = |source| Error::Io { what: "reserving a vsock CID on", path: VHOST_VSOCK.into(), source };
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open(VHOST_VSOCK).map_err(io)?;
+    let first = cid_of(id);
+    for i in 0..CID_TRIES {
+        let cid = 3 + (first - 3).wrapping_add(i) % (u32::MAX - 3);
+        let want = u64::from(cid);
+        // SAFETY: the ioctl reads one u64 from a valid pointer; `dev` is an open vhost-vsock fd.
+        match unsafe { vhost_vsock_set_guest_cid(std::os::fd::AsRawFd::as_raw_fd(&dev), &want) } {
+            Ok(_) => return Ok((cid, dev.into())),
+            Err(nix::errno::Errno::EADDRINUSE) => continue,
+            Err(e) => return Err(io(e.into())),
+        }
+    }
+    Err(io(std::io::Error::other(format!("{CID_TRIES} CIDs from {first} are all in use"))))
 }
 
 /// The channel for sandbox `id` with run directory `run_dir`.
@@ -95,9 +121,9 @@ pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) ->
             addr: addr(format!("hvsock://{}:{AGENT_PORT}", run_dir.join("vsock.sock").display()))?,
         },
         AgentChannelChoice::Vsock | AgentChannelChoice::Auto => {
-            let cid = cid_of(id);
+            let (cid, fd) = reserve_cid(id)?;
             AgentLink {
-                channel: AgentChannel::Vsock { cid },
+                channel: AgentChannel::Vsock { cid, vhostfd: Some(std::sync::Arc::new(fd)) },
                 addr: addr(format!("vsock://{cid}:{AGENT_PORT}"))?,
                 backend: None,
             }
@@ -112,5 +138,16 @@ mod tests {
         let (a, b) = (super::cid_of("sandbox-a"), super::cid_of("sandbox-b"));
         assert!(a >= 3 && b >= 3 && a != b);
         assert_eq!(super::cid_of("sandbox-a"), a);
+    }
+
+    #[test]
+    fn without_vhost_vsock_the_reservation_names_the_device() {
+        if std::path::Path::new(super::VHOST_VSOCK).exists() {
+            let (cid, _fd) = super::reserve_cid("sandbox-a").unwrap();
+            assert!(cid >= 3);
+        } else {
+            let e = crate::error::message(&super::reserve_cid("sandbox-a").unwrap_err());
+            assert!(e.contains("reserving a vsock CID on /dev/vhost-vsock"), "{e}");
+        }
     }
 }

@@ -33,7 +33,7 @@ impl Sandbox {
     pub async fn ipvsadm(&self, cmd: IpvsCommand, deadline: Option<Instant>) -> Result<(String, usize)> {
         let mut ops = self.ops_by(deadline).await?;
         ops.ipvs.check(&cmd)?;
-        let sent = self.ipvs_call(&cmd.request()).await.map_err(Error::from);
+        let sent = self.ipvs_call(&cmd.request()).await;
         match after_step(sent, "ipvs:applied").await {
             Ok(out) => {
                 ops.ipvs.apply(&cmd);
@@ -55,7 +55,7 @@ impl Sandbox {
         if ops.ipvs.rules() > 0 {
             return Err(IpvsError::NotEmpty(ops.ipvs.rules()).into());
         }
-        let sent = self.ipvs_call(&restore.request()).await.map_err(Error::from);
+        let sent = self.ipvs_call(&restore.request()).await;
         match after_step(sent, "ipvs:restored").await {
             Ok(out) => {
                 ops.ipvs = restore.table;
