@@ -156,6 +156,20 @@ pub fn qemu_pid_in(dir: &Path) -> Option<u32> {
     })
 }
 
+/// How many processes of `program` have a command line that names `dir`.
+pub fn processes_naming(dir: &Path, program: &str) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let c = String::from_utf8_lossy(&c);
+            c.starts_with(program) && c.contains(&needle)
+        })
+        .count()
+}
+
 pub fn qemu_running_in(dir: &Path) -> bool {
     qemu_pid_in(dir).is_some()
 }
@@ -191,6 +205,10 @@ impl Containerd {
         wait_until(Duration::from_secs(20), "task stopped", || self.task_status(id) == "STOPPED");
         assert!(self.ctr(&["task", "rm", id]).status.success());
         assert!(self.ctr(&["container", "rm", id]).status.success());
+        // Nothing of the sandbox's left: no hybrid vsock backend, no run directory (sockets).
+        let run = self.run_dir().join(id);
+        assert_eq!(processes_naming(&run, "vhost-device-vsock"), 0, "a vsock backend of {id} is left");
+        assert!(!run.exists(), "{} is left", run.display());
     }
 
     /// SIGKILL the shim of sandbox `id` (containerd then runs its `delete`).

@@ -205,16 +205,7 @@ fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
 
 /// Processes whose command line mentions `dir` and that are `vhost-device-vsock`.
 fn vsock_backends_in(dir: &Path) -> usize {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let c = String::from_utf8_lossy(&c);
-            c.starts_with("vhost-device-vsock") && c.contains(&needle)
-        })
-        .count()
+    tests::containerd::processes_naming(dir, "vhost-device-vsock")
 }
 
 #[test]

@@ -49,6 +49,15 @@ fn services(agent: &Arc<service::Agent>) -> std::collections::HashMap<String, tt
     s
 }
 
+async fn start(
+    s: ttrpc::asynchronous::Server,
+    agent: &Arc<service::Agent>,
+) -> anyhow::Result<ttrpc::asynchronous::Server> {
+    let mut s = s.register_service(services(agent));
+    s.start().await?;
+    Ok(s)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -56,13 +65,24 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(conn);
     let agent = Arc::new(service::Agent::new(handle, args.resolv_conf.unwrap_or_else(|| "/etc/resolv.conf".into())));
 
-    let mut servers = Vec::new();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(port) = console::port_from_cmdline(&cmdline) {
+        match console::serve(port) {
+            Ok(()) => eprintln!("guest-agent: debug console on vsock port {port}"),
+            Err(e) => eprintln!("guest-agent: no debug console on vsock port {port}: {e}"),
+        }
+    }
+    // Unix socket and vsock first: a VM whose channel is vsock has no virtio-serial port, and
+    // must not wait for one.
+    let mut running = Vec::new();
     if let Some(path) = &args.unix {
         let _ = std::fs::remove_file(path);
-        servers.push(ttrpc::asynchronous::Server::new().bind(&format!("unix://{}", path.display()))?);
+        let s = ttrpc::asynchronous::Server::new().bind(&format!("unix://{}", path.display()))?;
+        running.push(start(s, &agent).await?);
     }
     if let Some(port) = args.vsock {
-        servers.push(ttrpc::asynchronous::Server::new().bind(&format!("vsock://{}:{port}", libc::VMADDR_CID_ANY))?);
+        let s = ttrpc::asynchronous::Server::new().bind(&format!("vsock://{}:{port}", libc::VMADDR_CID_ANY))?;
+        running.push(start(s, &agent).await?);
     }
     if let Some(serial) = &args.serial {
         let path = if serial.starts_with('/') {
@@ -79,24 +99,14 @@ async fn main() -> anyhow::Result<()> {
             found
         };
         match path {
-            Some(path) => servers.push(ttrpc::asynchronous::Server::new().add_listener(serial::listener(path))),
+            Some(path) => {
+                let s = ttrpc::asynchronous::Server::new().add_listener(serial::listener(path));
+                running.push(start(s, &agent).await?);
+            }
             // A VM whose agent channel is vsock has no port: serve vsock alone.
             None if args.vsock.is_some() => eprintln!("guest-agent: no virtio-serial port named {serial}; vsock only"),
             None => bail!("no virtio-serial port named {serial}"),
         }
-    }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if let Some(port) = console::port_from_cmdline(&cmdline) {
-        match console::serve(port) {
-            Ok(()) => eprintln!("guest-agent: debug console on vsock port {port}"),
-            Err(e) => eprintln!("guest-agent: no debug console on vsock port {port}: {e}"),
-        }
-    }
-    let mut running = Vec::new();
-    for s in servers {
-        let mut s = s.register_service(services(&agent));
-        s.start().await?;
-        running.push(s);
     }
     eprintln!("guest-agent: ready");
     futures::future::pending::<()>().await;
