@@ -63,7 +63,7 @@ kver=$(basename "$kmods")
 [ -f "$kmods/modules.dep" ] || depmod -b "$cache/kernel" "$kver"
 
 # --- what goes into the initramfs -------------------------------------------------------------------
-modules=(virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport
+modules=(virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport virtiofs
   ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh ip_vs_sed ip_vs_nq
   nf_conntrack nf_conntrack_netlink nfnetlink)
 tools=(/usr/sbin/ipvsadm /usr/sbin/conntrack)
@@ -123,7 +123,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 echo "guest: init at $(cut -d' ' -f1 /proc/uptime)s"
-for m in virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport; do modprobe "$m"; done
+for m in virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport virtiofs; do modprobe "$m"; done
 ip link set lo up
 hostname sandbox
 args="--serial agent.channel.0"
@@ -165,7 +165,7 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 echo "guest: init (kata-agent) at $(cut -d' ' -f1 /proc/uptime)s"
-for m in virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport; do modprobe "$m"; done
+for m in virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport virtiofs; do modprobe "$m"; done
 umount /sys
 umount /proc
 exec /usr/bin/kata-agent

@@ -85,6 +85,7 @@ pub fn vm_spec(dir: &Scratch, config: hypervisor::QemuConfig) -> hypervisor::VmS
         run_dir: dir.0.clone(),
         agent: hypervisor::AgentChannel::Serial { socket: dir.0.join("agent.sock") },
         log: crate::quiet_logger(),
+        shared_fs: None,
         hook: None,
     }
 }

@@ -43,6 +43,7 @@ pub fn build(
     accel: Accel,
     run_dir: &Path,
     agent: &AgentChannel,
+    shared_fs: Option<&Path>,
     slots: &Slots,
     nics: Vec<NicConfig>,
 ) -> Result<(CommandLine, Vec<(String, PciPath)>)> {
@@ -104,6 +105,17 @@ pub fn build(
                 format!("vhost-vsock-pci,guest-cid={cid}{fd},bus={root_bus},addr={:#x}", slots::VSOCK_SLOT),
             );
         }
+    }
+    if let Some(socket) = shared_fs {
+        c.arg("-chardev", format!("socket,id=char-fs,path={}", socket.display()));
+        c.arg(
+            "-device",
+            format!(
+                "vhost-user-fs-pci,chardev=char-fs,tag={},bus={root_bus},addr={:#x}",
+                crate::config::SHARED_FS_TAG,
+                slots::FS_SLOT
+            ),
+        );
     }
     let mut paths = Vec::new();
     for (i, nic) in nics.into_iter().enumerate() {
@@ -182,8 +194,23 @@ mod tests {
     fn args_for(agent: &AgentChannel) -> String {
         let cfg = QemuConfig::default();
         let slots = Slots::new(cfg.machine_type, 0);
-        let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), agent, &slots, Vec::new()).unwrap();
+        let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), agent, None, &slots, Vec::new()).unwrap();
         c.args.join(" ")
+    }
+
+    #[test]
+    fn the_shared_directory_as_virtio_fs() {
+        let cfg = QemuConfig::default();
+        let slots = Slots::new(cfg.machine_type, 0);
+        let agent = AgentChannel::Serial { socket: "/run/kata/sb/agent.sock".into() };
+        let fs = Path::new("/run/kata/sb/virtiofsd.sock");
+        let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), &agent, Some(fs), &slots, Vec::new()).unwrap();
+        let args = c.args.join(" ");
+        assert!(args.contains("-chardev socket,id=char-fs,path=/run/kata/sb/virtiofsd.sock"), "{args}");
+        assert!(
+            args.contains("-device vhost-user-fs-pci,chardev=char-fs,tag=kataShared,bus=pcie.0,addr=0x5"),
+            "{args}"
+        );
     }
 
     #[test]

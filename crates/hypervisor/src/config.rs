@@ -46,11 +46,17 @@ pub struct QemuConfig {
     pub accelerator: AccelChoice,
     /// Free slots kept for hotplugged NICs.
     pub hotplug_slots: u32,
-    /// How the shim reaches the agent: `serial` (virtio-serial, the default for now),
-    /// `hybrid-vsock` (a vhost-user-vsock device and a `vhost-device-vsock` backend per
-    /// sandbox), `vsock` (kernel vsock, `/dev/vhost-vsock`), `auto` (kata's choice: vsock where
-    /// the host has `/dev/vhost-vsock`, else hybrid vsock).
+    /// How the shim reaches the agent: `auto` (the default, kata's choice: vsock where the host
+    /// has `/dev/vhost-vsock`, else hybrid vsock), `hybrid-vsock` (a vhost-user-vsock device and a
+    /// `vhost-device-vsock` backend per sandbox), `vsock` (kernel vsock), `serial` (virtio-serial).
     pub agent_channel: AgentChannelChoice,
+    /// The sandbox's shared directory in the guest (kata's key): `virtio-fs` (a virtiofsd per
+    /// sandbox, mounted by the agent at `/run/kata-containers/shared/containers/`) or `none`.
+    pub shared_fs: SharedFs,
+    /// virtiofsd (kata's key).
+    pub virtio_fs_daemon: PathBuf,
+    /// virtiofsd's cache mode (kata's key): `auto`, `always` or `none`.
+    pub virtio_fs_cache: String,
     /// Look for DPDK/OVS vhost-user sockets of the pod's links (kata's key; off by default).
     pub enable_vhost_user_store: bool,
     /// Where they are: `<path>/vhostuser_<pod IPv4>/vhu.sock`; every part must be root's.
@@ -72,6 +78,9 @@ impl Default for QemuConfig {
             accelerator: AccelChoice::Auto,
             hotplug_slots: 8,
             agent_channel: AgentChannelChoice::Auto,
+            shared_fs: SharedFs::None,
+            virtio_fs_daemon: PathBuf::from("/usr/lib/qemu/virtiofsd"),
+            virtio_fs_cache: "auto".into(),
             enable_vhost_user_store: false,
             vhost_user_store_path: PathBuf::from("/var/run/kata-containers/vhost-user"),
         }
@@ -119,6 +128,15 @@ impl QemuConfig {
         if !self.vhost_user_store_path.is_absolute() {
             return Err(Error::Config { key: "vhost_user_store_path", why: "must be an absolute path".into() });
         }
+        if self.shared_fs == SharedFs::VirtioFs {
+            file("virtio_fs_daemon", &self.virtio_fs_daemon)?;
+        }
+        if !["auto", "always", "none"].contains(&self.virtio_fs_cache.as_str()) {
+            return Err(Error::Config {
+                key: "virtio_fs_cache",
+                why: format!("{:?} is not auto, always or none", self.virtio_fs_cache),
+            });
+        }
         if self.kernel_params.contains(['\n', '\0']) {
             return Err(Error::Config { key: "kernel_params", why: "must be one line".into() });
         }
@@ -138,6 +156,20 @@ pub enum AgentChannelChoice {
     #[default]
     Auto,
 }
+
+/// `shared_fs`: how the sandbox's shared directory reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedFs {
+    /// None (the default until containers run in the VM).
+    #[default]
+    None,
+    /// virtio-fs: `vhost-user-fs-pci` with the tag `kataShared`, served by virtiofsd.
+    VirtioFs,
+}
+
+/// The virtio-fs tag kata's runtime and agent use for the sandbox's shared directory.
+pub const SHARED_FS_TAG: &str = "kataShared";
 
 /// How the shim reaches the agent.
 #[derive(Debug, Clone)]
@@ -172,8 +204,12 @@ enable_template = true"#,
         assert_eq!((c.machine_type, c.default_vcpus, c.default_memory), (MachineType::Pc, 2, 1024));
         assert!(c.disable_vhost_net && c.enable_template);
         c.validate().unwrap();
-        let e = toml::from_str::<QemuConfig>("shared_fs = \"virtio-fs\"").unwrap_err();
-        assert!(e.to_string().contains("unknown field `shared_fs`"), "{e}");
+        let e = toml::from_str::<QemuConfig>("block_device_driver = \"virtio-scsi\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field `block_device_driver`"), "{e}");
+        let fs: QemuConfig = toml::from_str("shared_fs = \"virtio-fs\"\nvirtio_fs_cache = \"sometimes\"").unwrap();
+        assert_eq!(fs.shared_fs, SharedFs::VirtioFs);
+        let e = QemuConfig { path: c.path.clone(), kernel: c.kernel.clone(), initrd: c.initrd.clone(), ..fs };
+        assert!(e.validate().unwrap_err().to_string().contains("virtio_fs_cache"));
         assert!(toml::from_str::<QemuConfig>("machine_type = \"virt\"").is_err());
     }
 

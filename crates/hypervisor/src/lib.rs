@@ -12,6 +12,6 @@ pub mod slots;
 pub mod vm;
 
 pub use accel::Accel;
-pub use config::{AgentChannel, AgentChannelChoice, QemuConfig};
+pub use config::{AgentChannel, AgentChannelChoice, QemuConfig, SharedFs, SHARED_FS_TAG};
 pub use error::{Error, Result};
 pub use vm::{Vm, VmSpec};

@@ -40,6 +40,8 @@ pub struct VmSpec {
     /// Directory for qmp.sock, console.log and qemu.log; must exist.
     pub run_dir: PathBuf,
     pub agent: AgentChannel,
+    /// The vhost-user-fs socket of the sandbox's virtiofsd, if it has a shared directory.
+    pub shared_fs: Option<PathBuf>,
     pub log: slog::Logger,
     pub hook: Option<StepHook>,
 }
@@ -100,7 +102,8 @@ impl Vm {
         slog::info!(spec.log, "starting QEMU"; "accelerator" => accel.as_str(), "machine" => ?cfg.machine_type,
             "cold_nics" => nics.len());
         let slots = Slots::new(cfg.machine_type, cfg.hotplug_slots as usize);
-        let (cl, cold) = cmdline::build(cfg, accel, &spec.run_dir, &spec.agent, &slots, nics)?;
+        let (cl, cold) =
+            cmdline::build(cfg, accel, &spec.run_dir, &spec.agent, spec.shared_fs.as_deref(), &slots, nics)?;
         let qmp_path = spec.run_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_path);
         let qemu_log = std::fs::File::create(spec.run_dir.join("qemu.log"))

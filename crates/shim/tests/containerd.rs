@@ -75,6 +75,39 @@ fn factory_mode_hotplugs_the_pod_nic_and_the_guest_configures_it() {
 }
 
 #[test]
+fn the_shared_directory_over_virtio_fs_reaches_the_guest_and_its_virtiofsd_goes_with_the_sandbox() {
+    let (c, cni, before) = start_with_pod("virtiofs");
+    let conf = kata_conf(&c.run_dir()).replace("[agent.kata]", "shared_fs = \"virtio-fs\"\n[agent.kata]");
+    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    let daemons = |run: &Path| tests::containerd::processes_naming(run, "/usr/lib/qemu/virtiofsd");
+    for (id, crash) in [("sbfs1", false), ("sbfs2", true)] {
+        c.run_ok(id, &cni.pod.path());
+        let run = c.run_dir().join(id);
+        // virtiofsd forks its sandboxed worker: two processes of one daemon.
+        assert!(daemons(&run) >= 1, "the sandbox's virtiofsd runs");
+        // What the host puts into the shared directory, the guest reads where kata's agent
+        // mounts the share.
+        std::fs::write(run.join("shared/hello"), format!("from the host to {id}\n")).unwrap();
+        let guest =
+            tests::guest::sh(&run, "grep kataShared /proc/mounts; cat /run/kata-containers/shared/containers/hello");
+        assert!(guest.contains("kataShared /run/kata-containers/shared/containers virtiofs"), "{guest}");
+        assert!(guest.contains(&format!("from the host to {id}")), "{guest}");
+        if crash {
+            c.kill_shim(id);
+            wait_until(Duration::from_secs(30), "delete removed QEMU, virtiofsd and devices", || {
+                !qemu_running_in(&run) && daemons(&run) == 0 && cni.pod.snapshot() == before
+            });
+            let _ = c.ctr(&["container", "rm", id]);
+        } else {
+            c.remove_sandbox(id);
+        }
+        assert_eq!(daemons(&run), 0, "no virtiofsd left");
+        assert!(!run.exists(), "no shared directory or socket left");
+        assert_eq!(cni.pod.snapshot(), before);
+    }
+}
+
+#[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
     c.run_ok("sb2", &cni.pod.path());

@@ -8,6 +8,7 @@ mod ipvs;
 mod netcfg;
 mod serial;
 mod service;
+mod storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;

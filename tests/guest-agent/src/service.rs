@@ -85,6 +85,7 @@ impl agent_ttrpc::AgentService for Agent {
     async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
         let _g = self.lock.lock().await;
         netcfg::apply_hostname_and_dns(&req.hostname, &req.dns, &self.resolv_conf).map_err(status)?;
+        crate::storage::mount_all(&req.storages).map_err(status)?;
         eprintln!("guest-agent: sandbox {} hostname {:?} dns {:?}", req.sandbox_id, req.hostname, req.dns);
         Ok(Empty::new())
     }

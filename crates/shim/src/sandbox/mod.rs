@@ -6,6 +6,7 @@ mod channel;
 mod iface;
 mod ipvs;
 mod routes;
+pub mod sharedfs;
 mod spec;
 mod start;
 mod state;
@@ -44,6 +45,8 @@ pub struct Sandbox {
     pub vhost_net: bool,
     /// The hybrid vsock backend, when the agent channel has one (killed when the sandbox goes).
     pub vsock_backend: tokio::sync::Mutex<Option<channel::VsockBackend>>,
+    /// The shared directory's virtiofsd, when `shared_fs = "virtio-fs"` (killed when the sandbox goes).
+    pub virtiofsd: Option<sharedfs::VirtioFsd>,
     /// Operations on the sandbox run one at a time, holding this.
     pub ops: tokio::sync::Mutex<Ops>,
     pub log: slog::Logger,

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use agent_client::protocols::agent::CreateSandboxRequest;
 use agent_client::protocols::types as pb;
 use agent_client::{AgentAddr, AgentClient};
-use hypervisor::{AgentChannel, Vm, VmSpec};
+use hypervisor::{AgentChannel, SharedFs, Vm, VmSpec};
 use network::endpoint::{Attached, Endpoint, EndpointConfig};
 use network::{NetCtx, NetNs, NetworkInfo, PciPath};
 
+use super::sharedfs::VirtioFsd;
 use super::{Ops, Sandbox, SandboxState, SpecNetwork, NIC_WAIT};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -66,13 +67,18 @@ impl Start<'_> {
         let links = eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
         let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
         let link = super::channel::agent_link(self.cfg.hypervisor.qemu.agent_channel, &self.run_dir(), self.id).await?;
-        let (vm, plugged) = self.boot_vm(attached, link.channel).await?;
+        let virtiofsd = match self.cfg.hypervisor.qemu.shared_fs {
+            SharedFs::VirtioFs => Some(VirtioFsd::start(&self.cfg.hypervisor.qemu, &self.run_dir()).await?),
+            SharedFs::None => None,
+        };
+        let (vm, plugged) = self.boot_vm(attached, link.channel, virtiofsd.as_ref().map(|f| f.socket.clone())).await?;
         let agent = connect_agent(&link.addr, Duration::from_secs(self.cfg.agent.kata.dial_timeout.into())).await?;
         let boot_ms = ms(t);
         let t = Instant::now();
         let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
         let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
-        let routes = sync_agent(&agent, &guest, self.id, net).await?;
+        let storages: Vec<_> = virtiofsd.iter().map(|_| super::sharedfs::storage()).collect();
+        let routes = sync_agent(&agent, &guest, self.id, net, storages).await?;
         let extended_agent = serves_extensions(&agent).await;
         slog::info!(self.log, "sandbox started"; "sandbox_id" => self.id, "endpoints" => ids.len(),
             "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
@@ -86,6 +92,7 @@ impl Start<'_> {
             queues: ep_cfg.queues,
             vhost_net: ep_cfg.vhost_net,
             vsock_backend: tokio::sync::Mutex::new(link.backend),
+            virtiofsd,
             ops: tokio::sync::Mutex::new(Ops {
                 state: self.state.clone(),
                 added: Vec::new(),
@@ -168,7 +175,12 @@ impl Start<'_> {
 
     /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded
     /// right after the spawn, before anything waits on QEMU.
-    async fn boot_vm(&mut self, attached: Vec<Attached>, agent: AgentChannel) -> Result<(Vm, Vec<(String, PciPath)>)> {
+    async fn boot_vm(
+        &mut self,
+        attached: Vec<Attached>,
+        agent: AgentChannel,
+        shared_fs: Option<PathBuf>,
+    ) -> Result<(Vm, Vec<(String, PciPath)>)> {
         // The agent's parameters first, so that the configuration's own kernel_params can override.
         let mut config = self.cfg.hypervisor.qemu.clone();
         let params = self.cfg.agent.kata.kernel_params().join(" ");
@@ -181,6 +193,7 @@ impl Start<'_> {
             config,
             run_dir: self.run_dir(),
             agent,
+            shared_fs,
             log: self.log.clone(),
             hook: Some(vm_hook(self.state.clone(), self.bundle.to_owned())),
         };
@@ -231,7 +244,13 @@ fn vm_hook(state: SandboxState, bundle: PathBuf) -> hypervisor::vm::StepHook {
 
 /// Interfaces, then routes, then neighbours, then CreateSandbox with hostname and DNS. Returns
 /// the routes set.
-async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetwork) -> Result<Vec<pb::Route>> {
+async fn sync_agent(
+    agent: &AgentClient,
+    g: &GuestNics,
+    id: &str,
+    net: &SpecNetwork,
+    storages: Vec<agent_client::protocols::agent::Storage>,
+) -> Result<Vec<pb::Route>> {
     let mut ifaces = agent_client::interfaces(&g.links);
     for (iface, path) in ifaces.iter_mut().zip(&g.paths) {
         if let Some(p) = path {
@@ -256,6 +275,7 @@ async fn sync_agent(agent: &AgentClient, g: &GuestNics, id: &str, net: &SpecNetw
     let req = CreateSandboxRequest {
         hostname: net.hostname.clone(),
         dns: net.dns.clone(),
+        storages,
         sandbox_id: id.to_owned(),
         ..Default::default()
     };

@@ -171,14 +171,17 @@ pub fn netns_identity(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// Whether process `pid` is a QEMU of the run directory `run_dir` (its QMP socket is there), or
-/// the sandbox's hybrid vsock backend (its vhost-user socket is there).
+/// the sandbox's hybrid vsock backend or virtiofsd (their vhost-user sockets are there).
 fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let qmp = format!("unix:{},", run_dir.join("qmp.sock").display());
     let vsock = format!("socket={},", run_dir.join(super::VSOCK_BACKEND_SOCKET).display());
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg.starts_with(qmp.as_bytes()) || arg.windows(vsock.len()).any(|w| w == vsock.as_bytes()))
+    let fsd = format!("--socket-path={}", run_dir.join(super::sharedfs::VIRTIOFSD_SOCKET).display());
+    cmdline.split(|b| *b == 0).any(|arg| {
+        arg.starts_with(qmp.as_bytes())
+            || arg == fsd.as_bytes()
+            || arg.windows(vsock.len()).any(|w| w == vsock.as_bytes())
+    })
 }
 
 /// The QEMUs of the run directory `run_dir`, found through /proc.
