@@ -86,6 +86,7 @@ pub fn vm_spec(dir: &Scratch, config: hypervisor::QemuConfig) -> hypervisor::VmS
         agent: hypervisor::AgentChannel::Serial { socket: dir.0.join("agent.sock") },
         log: crate::quiet_logger(),
         shared_fs: None,
+        netns: None,
         hook: None,
     }
 }

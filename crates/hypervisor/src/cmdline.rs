@@ -142,6 +142,21 @@ pub fn build(
     Ok((c, paths))
 }
 
+/// Make the command's child join the network namespace open on `ns` before it execs (registered
+/// before [`install_fds`], so it runs first; the fd is close-on-exec and closed there anyway).
+pub fn enter_netns(cmd: &mut tokio::process::Command, ns: RawFd) {
+    // SAFETY: the closure runs in the child between fork and exec and makes one
+    // async-signal-safe system call (setns) on an fd opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns, libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Install the fd map in a command: each fd becomes its number, without close-on-exec; all
 /// other fds from 3 up are closed before exec.
 ///

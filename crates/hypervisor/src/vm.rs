@@ -1,7 +1,7 @@
 //! A running QEMU: launch with cold-plugged NICs, stop, notice death, hot(un)plug NICs.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ pub struct VmSpec {
     pub agent: AgentChannel,
     /// The vhost-user-fs socket of the sandbox's virtiofsd, if it has a shared directory.
     pub shared_fs: Option<PathBuf>,
+    /// The network namespace QEMU runs in (the pod's, as kata does): the task's pid is QEMU's,
+    /// and what looks at `/proc/<pid>/ns/net` (`ctr run --cni`) must find the pod's namespace,
+    /// never the host's. `None`: the caller's.
+    pub netns: Option<PathBuf>,
     pub log: slog::Logger,
     pub hook: Option<StepHook>,
 }
@@ -110,10 +114,21 @@ impl Vm {
             .map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
         let mut cmd = tokio::process::Command::new(&cfg.path);
         cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
+        let netns = match &spec.netns {
+            Some(p) => Some(
+                std::fs::File::open(p)
+                    .map_err(|source| Error::Spawn { path: format!("network namespace {}", p.display()), source })?,
+            ),
+            None => None,
+        };
+        if let Some(ns) = &netns {
+            cmdline::enter_netns(&mut cmd, ns.as_raw_fd());
+        }
         cmdline::install_fds(&mut cmd, &cl.fds);
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
         // QEMU has its own copies now.
         drop(cl);
+        drop(netns);
         let pid = child.id().unwrap_or(0);
         if let Some(hook) = &spec.hook {
             if let Err(e) = hook("spawned", pid) {

@@ -1,6 +1,7 @@
 //! The shim under real containerd (Debian's 1.6), with its own root, state and socket:
 //! `ctr run --runtime io.containerd.kata.v2 --with-ns network:<netns>` on a CNI-like namespace.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
     // The VM has the pod's address, routes, neighbour and DNS; the peer reaches it.
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", POD_IP]);
     assert_pod_network_in_guest(&c.run_dir().join("sb1"));
+    // QEMU, the task's process, runs in the pod's namespace (what `ctr run --cni` configures).
+    let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("sb1")).expect("QEMU of sb1");
+    let ident = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();
+    assert_eq!(ident(format!("/proc/{qemu}/ns/net")), ident(cni.pod.path()), "QEMU is in the pod's namespace");
 
     c.remove_sandbox("sb1");
     assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");

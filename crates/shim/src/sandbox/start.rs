@@ -194,6 +194,7 @@ impl Start<'_> {
             run_dir: self.run_dir(),
             agent,
             shared_fs,
+            netns: self.state.netns.clone(),
             log: self.log.clone(),
             hook: Some(vm_hook(self.state.clone(), self.bundle.to_owned())),
         };
