@@ -61,6 +61,9 @@ impl Events {
 }
 
 /// The exit code containerd gets for QEMU's exit status (`signal: 9 ...` → 137).
+/// The exit code of a status that says nothing (as runc's shim reports it).
+const UNKNOWN_EXIT: u32 = 255;
+
 fn exit_code(status: &str) -> u32 {
     let number = |prefix: &str| {
         status.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u32>().ok())
@@ -68,24 +71,46 @@ fn exit_code(status: &str) -> u32 {
     match (number("signal: "), number("exit status: ")) {
         (Some(sig), _) => 128 + sig,
         (None, Some(code)) => code,
-        (None, None) => 255,
+        (None, None) => UNKNOWN_EXIT,
     }
 }
 
 /// When QEMU exits on its own (crashed, killed from outside), the task has exited: record it
 /// (Wait and State see it) and tell containerd with TaskExit, once. A Kill records its exit
 /// first, so this then stays quiet.
+///
+/// The shim library reaps every child on SIGCHLD (`waitpid(-1)`) and reports it to its monitor;
+/// when it reaps QEMU first, QEMU's own waiter gets no status (ECHILD), so the monitor's report
+/// for QEMU's pid is what counts then.
 fn watch_exit(entries: Arc<Mutex<HashMap<String, Entry>>>, events: Events, id: String, sb: Arc<sandbox::Sandbox>) {
     tokio::spawn(async move {
-        let status = sb.vm.wait().await;
+        use containerd_shim::monitor::{Subject, Topic};
         let pid = sb.vm.pid();
+        let mut reaped = containerd_shim::asynchronous::monitor::monitor_subscribe(Topic::Pid).await.ok();
+        let status = sb.vm.wait().await;
+        let mut code = exit_code(&status);
+        if let (UNKNOWN_EXIT, Some(sub)) = (code, reaped.as_mut()) {
+            let by_monitor = async {
+                while let Some(ev) = sub.rx.recv().await {
+                    if matches!(ev.subject, Subject::Pid(p) if p as u32 == pid) {
+                        return Some(ev.exit_code as u32);
+                    }
+                }
+                None
+            };
+            if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(2), by_monitor).await {
+                code = c;
+            }
+        }
+        if let Some(sub) = reaped {
+            let _ = containerd_shim::asynchronous::monitor::monitor_unsubscribe(sub.id).await;
+        }
         let code = {
             let mut e = entries.lock().await;
             let Some(entry) = e.get_mut(&id) else { return };
             if entry.exit.is_some() {
                 return;
             }
-            let code = exit_code(&status);
             entry.exit = Some((code, now()));
             code
         };
