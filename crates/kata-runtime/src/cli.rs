@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use netmgmt::doc::{DelIfaceDoc, IfaceDoc, RouteDoc};
 use netmgmt::mg;
-use netmgmt::output::{doc_to_pb, list_json, IfaceOut, ListedIface, RouteOut};
+use netmgmt::output::{doc_to_pb, list_json, IfaceOut, ListedIface, NicStatsOut, RouteOut};
 use netmgmt::protocols::netmgmt_ttrpc::NetworkManagementClient;
 use serde::Serialize;
 
@@ -72,6 +72,9 @@ pub enum NetworkCommand {
     /// The VM's routes.
     #[command(name = "list-routes")]
     ListRoutes { sandbox: String },
+    /// Per NIC, the counters of the host device its frames pass through (read on the host).
+    #[command(name = "stats")]
+    Stats { sandbox: String },
     /// Print what the runtime sees in a network namespace, in the agent protocol's shapes
     /// (read-only).
     #[command(name = "scan-netns")]
@@ -243,6 +246,12 @@ async fn run_json(cmd: Command) -> anyhow::Result<String> {
                 let c = connect(&sandbox).await?;
                 let routes = c.list_routes(ctx(), &mg::Nothing::new()).await.map_err(rpc_err)?.routes;
                 Ok(list_json(&routes_out(&routes))?)
+            }
+            NetworkCommand::Stats { sandbox } => {
+                let c = connect(&sandbox).await?;
+                let nics = c.stats(ctx(), &mg::Nothing::new()).await.map_err(rpc_err)?.nics;
+                let out: Vec<NicStatsOut> = nics.iter().map(NicStatsOut::from).collect();
+                Ok(list_json(&out)?)
             }
         },
         Command::KataIpvs(IpvsSubcommand::Ipvsadm { parameters, restore, sandbox }) => {

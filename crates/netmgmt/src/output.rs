@@ -199,6 +199,50 @@ pub fn printable(text: &str, multi_line: bool) -> String {
         .collect()
 }
 
+/// A device's counters as `kata-network stats` prints them.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct CountersOut {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// One NIC as `kata-network stats` prints it: its name in the guest, the host device, and that
+/// device's counters (its own receive and transmit sides, as `ip -s link` shows them).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct NicStatsOut {
+    pub name: String,
+    pub device: String,
+    pub kind: String,
+    pub host: CountersOut,
+}
+
+impl From<&mg::NicStats> for NicStatsOut {
+    fn from(n: &mg::NicStats) -> Self {
+        let c = n.host.clone().unwrap_or_default();
+        NicStatsOut {
+            name: n.name.clone(),
+            device: n.device.clone(),
+            kind: n.kind.clone(),
+            host: CountersOut {
+                rx_bytes: c.rx_bytes,
+                rx_packets: c.rx_packets,
+                rx_errors: c.rx_errors,
+                rx_dropped: c.rx_dropped,
+                tx_bytes: c.tx_bytes,
+                tx_packets: c.tx_packets,
+                tx_errors: c.tx_errors,
+                tx_dropped: c.tx_dropped,
+            },
+        }
+    }
+}
+
 /// JSON, or `null` for an empty list (list commands).
 pub fn list_json<T: Serialize>(v: &[T]) -> serde_json::Result<String> {
     if v.is_empty() {

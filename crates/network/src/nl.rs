@@ -37,6 +37,48 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
+/// A link's counters, as `ip -s link` shows them for it (its own receive and transmit sides).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// The counters of link `name` (the kernel's 64-bit ones).
+pub async fn link_counters(handle: &Handle, name: &str) -> Result<LinkCounters> {
+    use netlink_packet_route::link::LinkAttribute;
+    let msgs: Vec<LinkMessage> =
+        handle.link().get().match_name(name.to_owned()).execute().try_collect().await.map_err(|e| {
+            match errno_of(&e) {
+                Some(ENODEV) => Error::LinkNotFound(name.to_owned()),
+                _ => Error::netlink("read the counters of", name)(e),
+            }
+        })?;
+    let stats = msgs.first().and_then(|m| {
+        m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(*s),
+            _ => None,
+        })
+    });
+    let s = stats.ok_or_else(|| Error::LinkNotFound(name.to_owned()))?;
+    Ok(LinkCounters {
+        rx_bytes: s.rx_bytes,
+        rx_packets: s.rx_packets,
+        rx_errors: s.rx_errors,
+        rx_dropped: s.rx_dropped,
+        tx_bytes: s.tx_bytes,
+        tx_packets: s.tx_packets,
+        tx_errors: s.tx_errors,
+        tx_dropped: s.tx_dropped,
+    })
+}
+
 /// The index of the link `name`; an error when it does not exist.
 pub async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
     link_index(handle, name).await?.ok_or_else(|| Error::LinkNotFound(name.to_owned()))

@@ -91,6 +91,10 @@ impl NetworkManagement for MgmtService {
         Ok(mg::Routes { routes: self.sb.list_routes().await?, ..Default::default() })
     }
 
+    async fn stats(&self, _: &TtrpcContext, _: mg::Nothing) -> ttrpc::Result<mg::Stats> {
+        Ok(mg::Stats { nics: self.sb.nic_stats().await?, ..Default::default() })
+    }
+
     async fn ipvsadm(&self, ctx: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
         let cmd = IpvsCommand::parse(&req.parameters).map_err(Error::from)?;
         let by = deadline(ctx);

@@ -113,6 +113,72 @@ fn the_shared_directory_over_virtio_fs_reaches_the_guest_and_its_virtiofsd_goes_
 }
 
 #[test]
+fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
+    let (c, cni, before) = start_with_pod("stats");
+    c.run_ok("sbst", &cni.pod.path());
+    let k = tests::cli::KataRuntime { bin: tests::cli::kata_runtime_bin(), conf: c.dir.0.join("configuration.toml") };
+    // The TAP's counters as iproute2 reads them: (rx bytes, rx packets, tx bytes, tx packets).
+    let ip_s = || {
+        let out = cni.pod.ip(&["-j", "-s", "link", "show", "tap0_kata"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let s = &v[0]["stats64"];
+        let n = |d: &str, k: &str| s[d][k].as_u64().unwrap();
+        (n("rx", "bytes"), n("rx", "packets"), n("tx", "bytes"), n("tx", "packets"))
+    };
+    let stats = || {
+        let v: serde_json::Value = serde_json::from_str(&k.ok(&["kata-network", "stats", "sbst"], None)).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1, "one NIC: {v}");
+        assert_eq!(
+            (v[0]["name"].as_str(), v[0]["device"].as_str(), v[0]["kind"].as_str()),
+            (Some("eth0"), Some("tap0_kata"), Some("tap"))
+        );
+        let n = |k: &str| v[0]["host"][k].as_u64().unwrap();
+        (n("rx_bytes"), n("rx_packets"), n("tx_bytes"), n("tx_packets"))
+    };
+    let start = ip_s();
+    // A measured burst from the peer: 300 echo requests of 1200 bytes, each answered by the VM.
+    tests::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &cni.peer.name,
+        "ping",
+        "-q",
+        "-c",
+        "300",
+        "-i",
+        "0.005",
+        "-s",
+        "1200",
+        "-W",
+        "2",
+        POD_IP,
+    ]);
+    let low = ip_s();
+    let got = stats();
+    let high = ip_s();
+    assert!(low.1 >= start.1 + 300 && low.3 >= start.3 + 300, "the burst went through the TAP: {start:?} -> {low:?}");
+    for (name, l, g, h) in [
+        ("rx bytes", low.0, got.0, high.0),
+        ("rx packets", low.1, got.1, high.1),
+        ("tx bytes", low.2, got.2, high.2),
+        ("tx packets", low.3, got.3, high.3),
+    ] {
+        assert!(l <= g && g <= h, "{name}: ip -s link said {l} then {h}, kata-network stats {g}");
+    }
+    // The same numbers through the Task API, from the pod's side: what the TAP sent, the VM received.
+    let out = c.ctr(&["task", "metrics", "--format", "json", "sbst"]);
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ctr task metrics: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let net = &m["network"][0];
+    assert_eq!(net["name"], "eth0", "{m}");
+    let rx = net["rx_bytes"].as_u64().unwrap();
+    assert!(rx >= low.2 && rx <= ip_s().2, "the VM received what the TAP transmitted: {m}");
+    c.remove_sandbox("sbst");
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
+#[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
     c.run_ok("sb2", &cni.pod.path());

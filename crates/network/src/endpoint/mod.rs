@@ -118,6 +118,35 @@ impl EndpointState {
         }
     }
 
+    /// The host device the NIC's frames pass through (the runtime's TAP or macvtap, the
+    /// operator's TAP), whose counters are the NIC's as the host sees them; `None` for
+    /// vhost-user (the frames pass through the switch's process, not a kernel device).
+    pub fn host_device(&self) -> Option<&IfName> {
+        match self {
+            EndpointState::Veth { connection, .. }
+            | EndpointState::BridgedTap { connection, .. }
+            | EndpointState::Macvlan { connection, .. }
+            | EndpointState::Ipvlan { connection, .. } => Some(match connection {
+                crate::model::Connection::TcFilter { tap, .. } | crate::model::Connection::Tap { tap } => tap,
+                crate::model::Connection::Macvtap { macvtap, .. } => macvtap,
+            }),
+            EndpointState::DirectTap { link, .. } | EndpointState::Macvtap { link } => Some(link),
+            EndpointState::VhostUser { .. } => None,
+        }
+    }
+
+    /// Whether [`EndpointState::host_device`] is a macvtap (else a TAP).
+    pub fn host_device_is_macvtap(&self) -> bool {
+        matches!(
+            self,
+            EndpointState::Macvtap { .. }
+                | EndpointState::Veth { connection: crate::model::Connection::Macvtap { .. }, .. }
+                | EndpointState::BridgedTap { connection: crate::model::Connection::Macvtap { .. }, .. }
+                | EndpointState::Macvlan { connection: crate::model::Connection::Macvtap { .. }, .. }
+                | EndpointState::Ipvlan { connection: crate::model::Connection::Macvtap { .. }, .. }
+        )
+    }
+
     /// The steps that remove what the attach made, in order.
     pub fn teardown(&self) -> Vec<Undo> {
         match self {

@@ -255,3 +255,44 @@ impl Sandbox {
             .collect())
     }
 }
+
+impl Sandbox {
+    /// Per NIC, the counters of the host device its frames pass through (see
+    /// `EndpointState::host_device`), read in the sandbox's namespace: the pod's NICs (named in
+    /// the guest as their links are), then the operator's. A vhost-user NIC has no such device.
+    pub async fn nic_stats(&self) -> Result<Vec<mg::NicStats>> {
+        let ops = self.ops.lock().await;
+        let mut out = Vec::new();
+        for e in &ops.state.endpoints {
+            let Some(device) = e.host_device() else { continue };
+            let name = match ops.added.iter().find(|a| &a.device == e.link()) {
+                Some(a) => a.name.clone(),
+                None => e.link().to_string(),
+            };
+            let c = network::nl::link_counters(&self.ctx.handle, device.as_str()).await?;
+            let kind = if e.host_device_is_macvtap() { "macvtap" } else { "tap" };
+            out.push(mg::NicStats {
+                name,
+                device: device.to_string(),
+                host: Some(counters_pb(&c)).into(),
+                kind: kind.into(),
+                ..Default::default()
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn counters_pb(c: &network::nl::LinkCounters) -> mg::LinkCounters {
+    mg::LinkCounters {
+        rx_bytes: c.rx_bytes,
+        rx_packets: c.rx_packets,
+        rx_errors: c.rx_errors,
+        rx_dropped: c.rx_dropped,
+        tx_bytes: c.tx_bytes,
+        tx_packets: c.tx_packets,
+        tx_errors: c.tx_errors,
+        tx_dropped: c.tx_dropped,
+        ..Default::default()
+    }
+}
