@@ -90,6 +90,8 @@ pub enum Error {
 
 /// How often a transient connect failure is retried.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
+/// How long one connect attempt (with the hybrid vsock handshake) may take.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
 
 /// The I/O kind of a ttrpc connect error (ttrpc reports them as text; the kinds that matter for
 /// retrying are recognised by their OS message).
@@ -159,8 +161,13 @@ impl AgentClient {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = match tokio::time::timeout(left, Self::connect_once(addr)).await {
+            // One attempt gets at most ATTEMPT_LIMIT: a hybrid vsock CONNECT that reaches the
+            // guest before its vsock driver is up is never answered (seen under load), and only
+            // a new connection gets through.
+            let limit = left.min(ATTEMPT_LIMIT);
+            let attempt = match tokio::time::timeout(limit, Self::connect_once(addr)).await {
                 Ok(r) => r,
+                Err(_) if limit < left => continue,
                 Err(_) => Err(Error::Connect {
                     addr: addr.to_string(),
                     source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
