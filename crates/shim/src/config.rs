@@ -29,6 +29,9 @@ pub struct Runtime {
     pub network_queues: u32,
     /// Where the shim keeps each sandbox's run directory (QMP, agent socket, console log).
     pub run_dir: PathBuf,
+    /// Follow the pod's namespace after start: links, addresses and routes that CNI or an
+    /// operator changes reach the VM (`sandbox/follow.rs`). Off by default until it is complete.
+    pub follow_netns: bool,
 }
 
 impl Default for Runtime {
@@ -38,6 +41,7 @@ impl Default for Runtime {
             disable_new_netns: false,
             network_queues: 0,
             run_dir: PathBuf::from(netmgmt::paths::DEFAULT_RUN_DIR),
+            follow_netns: false,
         }
     }
 }

@@ -212,6 +212,11 @@ impl Task for KataTask {
             req.id.clone(),
             Entry { bundle: bundle.clone(), sandbox: Some(sb.clone()), mgmt: Some(mgmt), started: false, exit: None },
         );
+        if config.runtime.follow_netns {
+            if let Err(e) = sandbox::follow(&sb) {
+                slog::error!(log, "not following the namespace"; "error" => crate::error::message(&e));
+            }
+        }
         watch_exit(self.entries.clone(), self.events.clone(), req.id.clone(), sb);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,

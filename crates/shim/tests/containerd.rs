@@ -179,6 +179,44 @@ fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
 }
 
 #[test]
+fn following_the_namespace_a_link_added_after_start_reaches_the_vm_and_its_removal_leaves_nothing() {
+    let (c, cni, before) = start_with_pod("follow");
+    let conf = kata_conf(&c.run_dir()).replace("[runtime]\n", "[runtime]\nfollow_netns = true\n");
+    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    c.run_ok("sbfl", &cni.pod.path());
+    let run = c.run_dir().join("sbfl");
+    let guest = |script: &str| tests::guest::sh(&run, script);
+    let running = cni.pod.snapshot();
+    // A second network after start, as Multus or `ctr run --cni` would add it: a veth with an
+    // address and a route through its gateway in the peer namespace.
+    cni.pod.ip(&["link", "add", "eth1", "type", "veth", "peer", "name", "veth1", "netns", &cni.peer.name]);
+    cni.pod.ip(&["addr", "add", "10.89.0.2/24", "dev", "eth1"]);
+    cni.pod.ip(&["link", "set", "eth1", "up"]);
+    cni.peer.ip(&["addr", "add", "10.89.0.1/24", "dev", "veth1"]);
+    cni.peer.ip(&["link", "set", "veth1", "up"]);
+    cni.pod.ip(&["route", "add", "10.123.0.0/16", "via", "10.89.0.1", "dev", "eth1"]);
+    wait_until(Duration::from_secs(60), "the new link configured in the guest", || {
+        let g = guest("ip -4 addr show eth1; ip route");
+        g.contains("inet 10.89.0.2/24") && g.contains("10.123.0.0/16 via 10.89.0.1 dev eth1")
+    });
+    // eth1's ingress goes to the VM (tc redirect): the reply is the VM's.
+    tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", "10.89.0.2"]);
+    // An address changed by hand reaches the guest too.
+    cni.pod.ip(&["addr", "add", "10.89.0.3/24", "dev", "eth1"]);
+    wait_until(Duration::from_secs(30), "the new address in the guest", || {
+        guest("ip -4 addr show eth1").contains("inet 10.89.0.3/24")
+    });
+    // The link goes: its NIC leaves the VM, the runtime's TAP leaves the namespace.
+    cni.pod.ip(&["link", "del", "eth1"]);
+    wait_until(Duration::from_secs(60), "the NIC unplugged and the namespace as it was before eth1", || {
+        !guest("ip link").contains("eth1") && cni.pod.snapshot() == running
+    });
+    assert!(guest("ip route").contains("default via 10.88.0.1 dev eth0"), "the pod's first network is untouched");
+    c.remove_sandbox("sbfl");
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
+#[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
     c.run_ok("sb2", &cni.pod.path());

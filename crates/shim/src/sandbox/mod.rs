@@ -3,6 +3,7 @@
 //! type it changes.
 
 mod channel;
+mod follow;
 mod iface;
 mod ipvs;
 mod routes;
@@ -21,6 +22,7 @@ use netmgmt::ipvs::IpvsTable;
 use network::NetCtx;
 
 pub use channel::{VSOCK_BACKEND, VSOCK_BACKEND_SOCKET};
+pub use follow::follow;
 pub use iface::Added;
 pub use spec::{SpecNetwork, DNS_ANNOTATION};
 pub use start::start;
@@ -43,6 +45,8 @@ pub struct Sandbox {
     /// Queue pairs of a NIC when the operator asks for the runtime's default.
     pub queues: usize,
     pub vhost_net: bool,
+    /// How the sandbox's endpoints are built (for links that appear after start).
+    pub ep_cfg: network::EndpointConfig,
     /// The hybrid vsock backend, when the agent channel has one (killed when the sandbox goes).
     pub vsock_backend: tokio::sync::Mutex<Option<channel::VsockBackend>>,
     /// The shared directory's virtiofsd, when `shared_fs = "virtio-fs"` (killed when the sandbox goes).
@@ -61,6 +65,20 @@ pub struct Ops {
     pub ipvs: IpvsTable,
     /// The VM's route table as the shim set it (not the kernel's own routes): see `routes.rs`.
     pub routes: Vec<agent_client::protocols::types::Route>,
+    /// The pod's links with a NIC in the VM, and the part of `routes` that is the pod's (as the
+    /// namespace had them when last synced): see `follow.rs`.
+    pub pod: Vec<PodNic>,
+    pub pod_routes: Vec<agent_client::protocols::types::Route>,
+}
+
+/// A pod link with a NIC in the VM.
+#[derive(Debug, Clone)]
+pub struct PodNic {
+    /// The link as last synced to the guest.
+    pub link: network::Link,
+    pub nic_id: String,
+    /// Hotplugged (factory mode, or after start): it can leave the VM again.
+    pub hotplugged: bool,
 }
 
 impl Sandbox {

@@ -14,7 +14,7 @@ use network::endpoint::{Attached, Endpoint, EndpointConfig};
 use network::{NetCtx, NetNs, NetworkInfo, PciPath};
 
 use super::sharedfs::VirtioFsd;
-use super::{Ops, Sandbox, SandboxState, SpecNetwork, NIC_WAIT};
+use super::{Ops, PodNic, Sandbox, SandboxState, SpecNetwork, NIC_WAIT};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -79,6 +79,10 @@ impl Start<'_> {
         let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
         let storages: Vec<_> = virtiofsd.iter().map(|_| super::sharedfs::storage()).collect();
         let routes = sync_agent(&agent, &guest, self.id, net, storages).await?;
+        let hotplugged = self.cfg.hypervisor.qemu.enable_template;
+        let pod = (guest.links.iter().zip(&ids))
+            .map(|(l, id)| PodNic { link: l.clone(), nic_id: id.clone(), hotplugged })
+            .collect();
         let extended_agent = serves_extensions(&agent).await;
         slog::info!(self.log, "sandbox started"; "sandbox_id" => self.id, "endpoints" => ids.len(),
             "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
@@ -91,13 +95,16 @@ impl Start<'_> {
             ctx,
             queues: ep_cfg.queues,
             vhost_net: ep_cfg.vhost_net,
+            ep_cfg,
             vsock_backend: tokio::sync::Mutex::new(link.backend),
             virtiofsd,
             ops: tokio::sync::Mutex::new(Ops {
                 state: self.state.clone(),
                 added: Vec::new(),
                 ipvs: Default::default(),
+                pod_routes: routes.clone(),
                 routes,
+                pod,
             }),
             log: self.log.clone(),
         })

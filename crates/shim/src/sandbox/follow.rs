@@ -1,0 +1,166 @@
+//! Following the pod's namespace after start (`[runtime] follow_netns`, issue 14, first part):
+//! a netlink socket in the sandbox's namespace, subscribed to links, addresses and routes; after
+//! a quiet moment (`DEBOUNCE`) the namespace is scanned again and the VM brought in line, under
+//! the sandbox's operation lock (so operator commands and this never interleave):
+//! - a new veth, macvlan or ipvlan link gets an endpoint (recorded before it is made), a
+//!   hotplugged NIC and its configuration in the guest; a failure undoes all three;
+//! - a link that went away: its hotplugged NIC is unplugged and the host side removed;
+//! - a pod link whose addresses or MTU changed is configured again in the guest;
+//! - the pod's routes are sent again when they changed (the whole table, as for kata's agent).
+//!
+//! TAPs that appear after start are an operator's (add-iface plugs them), never a pod change;
+//! devices the runtime made are not scanned. A cold-plugged NIC cannot leave the VM (q35's root
+//! bus has no hotplug): its link's removal takes the host side away and leaves the NIC.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use agent_client::protocols::types as pb;
+use network::endpoint::{Endpoint, EndpointState};
+use network::{LinkKind, NetworkInfo, Rollback};
+
+use super::{PodNic, Sandbox, NIC_WAIT};
+use crate::error::Result;
+
+/// How long the namespace must stay quiet before the VM is brought in line.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Start following the sandbox's namespace; the task ends with the sandbox.
+pub fn follow(sb: &Arc<Sandbox>) -> Result<()> {
+    let mut changes = sb.ctx.watch()?;
+    let weak: Weak<Sandbox> = Arc::downgrade(sb);
+    tokio::spawn(async move {
+        while changes.next().await && changes.settle(DEBOUNCE).await {
+            let Some(sb) = weak.upgrade() else { break };
+            if let Err(e) = sb.bring_in_line().await {
+                slog::error!(sb.log, "following the namespace"; "error" => crate::error::message(&e));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Link kinds that are a pod's change when they appear after start.
+fn pod_kind(kind: &LinkKind) -> bool {
+    matches!(kind, LinkKind::Veth | LinkKind::Macvlan | LinkKind::Ipvlan)
+}
+
+impl Sandbox {
+    /// Scan the namespace and bring the VM in line with it (see the module's text).
+    pub async fn bring_in_line(&self) -> Result<()> {
+        let mut ops = self.ops.lock().await;
+        let info = self.ctx.scan().await?;
+        let gone: Vec<PodNic> = ops.pod.iter().filter(|p| info.link(p.link.name.as_str()).is_none()).cloned().collect();
+        for p in gone {
+            self.pod_link_gone(&mut ops, &p).await?;
+        }
+        let known = |name: &str, ops: &super::Ops| {
+            ops.pod.iter().any(|p| p.link.name.as_str() == name) || ops.added.iter().any(|a| a.device.as_str() == name)
+        };
+        let new: Vec<network::Link> =
+            info.links.iter().filter(|l| pod_kind(&l.kind) && !known(l.name.as_str(), &ops)).cloned().collect();
+        for link in new {
+            self.pod_link_new(&mut ops, &info, &link).await?;
+        }
+        for i in 0..ops.pod.len() {
+            let Some(now) = info.link(ops.pod[i].link.name.as_str()).cloned() else { continue };
+            if now.addresses != ops.pod[i].link.addresses || now.mtu != ops.pod[i].link.mtu {
+                self.configure(&now, None).await?;
+                slog::info!(self.log, "pod link changed"; "link" => now.name.as_str());
+                ops.pod[i].link = now;
+            }
+        }
+        self.pod_routes(&mut ops, &info).await
+    }
+
+    /// The guest's configuration of `link` (at `pci`, when just plugged).
+    async fn configure(&self, link: &network::Link, pci: Option<&network::PciPath>) -> Result<()> {
+        let mut iface = agent_client::interfaces(std::slice::from_ref(link)).remove(0);
+        if let Some(p) = pci {
+            iface.device_path = p.to_string();
+        }
+        iface.queues = self.queues as u32;
+        self.agent.update_interface(&pb::Interface::from(&iface), NIC_WAIT).await?;
+        Ok(())
+    }
+
+    /// A new pod link: endpoint (intent recorded first), NIC, guest configuration; all undone on
+    /// failure.
+    async fn pod_link_new(&self, ops: &mut super::Ops, info: &NetworkInfo, link: &network::Link) -> Result<()> {
+        let used: Vec<String> =
+            ops.state.endpoints.iter().filter_map(|e| e.host_device().map(|d| d.to_string())).collect();
+        let n = (0..).find(|n| !used.contains(&format!("tap{n}_kata"))).unwrap_or(0);
+        let Some(ep) = Endpoint::from_link(n, link, info, &self.ep_cfg)? else { return Ok(()) };
+        let Some(planned) = ep.planned_state() else { return Ok(()) };
+        ops.state.endpoints.push(planned);
+        ops.state.save(&self.bundle)?;
+        let attached = match network::attach_all(&self.ctx, std::slice::from_ref(&ep), &self.ep_cfg).await {
+            Ok(mut a) => a.remove(0),
+            Err(e) => {
+                ops.state.endpoints.pop();
+                let _ = ops.state.save(&self.bundle);
+                return Err(e.into());
+            }
+        };
+        let state = attached.state.clone();
+        *ops.state.endpoints.last_mut().expect("pushed above") = state.clone();
+        ops.state.save(&self.bundle)?;
+        let mut nic = attached.nic;
+        nic.id = format!("pod-{}", link.name);
+        let id = nic.id.clone();
+        let mut rb = Rollback::with_nics(&self.ctx, self.vm.clone());
+        let plugged = async {
+            let pci = rb.hotplug(nic).await?;
+            self.configure(link, Some(&pci)).await
+        }
+        .await;
+        if let Err(e) = plugged {
+            let undone = rb.undo().await;
+            let detached = state.detach(&self.ctx).await;
+            if undone.is_ok() && detached.is_ok() {
+                ops.state.endpoints.pop();
+                let _ = ops.state.save(&self.bundle);
+            }
+            return Err(e);
+        }
+        rb.commit();
+        ops.pod.push(PodNic { link: link.clone(), nic_id: id, hotplugged: true });
+        slog::info!(self.log, "pod link plugged in"; "link" => link.name.as_str());
+        Ok(())
+    }
+
+    /// A pod link that went away: its NIC out of the VM (if hotplugged), its host side removed.
+    async fn pod_link_gone(&self, ops: &mut super::Ops, p: &PodNic) -> Result<()> {
+        if p.hotplugged {
+            self.vm.unplug_nic(&p.nic_id).await?;
+        }
+        let record = ops.state.endpoints.iter().find(|e| e.link() == &p.link.name).cloned();
+        if let Some(record) = &record {
+            record.detach(&self.ctx).await?;
+        }
+        ops.state.endpoints.retain(|e: &EndpointState| e.link() != &p.link.name);
+        ops.state.save(&self.bundle)?;
+        ops.pod.retain(|q| q.link.name != p.link.name);
+        ops.routes.retain(|r| r.device != p.link.name.as_str());
+        ops.pod_routes.retain(|r| r.device != p.link.name.as_str());
+        slog::info!(self.log, "pod link gone"; "link" => p.link.name.as_str(), "unplugged" => p.hotplugged);
+        Ok(())
+    }
+
+    /// The pod's routes as the namespace has them now; the operator's routes stay.
+    async fn pod_routes(&self, ops: &mut super::Ops, info: &NetworkInfo) -> Result<()> {
+        let ours = |dev: &str| ops.pod.iter().any(|p| p.link.name.as_str() == dev);
+        let pod: Vec<network::Route> = info.routes.iter().filter(|r| ours(r.device.as_str())).cloned().collect();
+        let pod: Vec<pb::Route> = agent_client::routes(&pod).iter().map(pb::Route::from).collect();
+        if pod == ops.pod_routes {
+            return Ok(());
+        }
+        let mut table = pod.clone();
+        table.extend(ops.routes.iter().filter(|r| !ops.pod_routes.contains(r)).cloned());
+        self.agent.update_routes(table.clone(), false).await?;
+        ops.routes = table;
+        ops.pod_routes = pod;
+        slog::info!(self.log, "pod routes synced"; "routes" => ops.pod_routes.len());
+        Ok(())
+    }
+}
