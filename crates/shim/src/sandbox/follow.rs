@@ -40,6 +40,14 @@ pub fn follow(sb: &Arc<Sandbox>) -> Result<()> {
     Ok(())
 }
 
+/// Did the runtime itself take the link's addresses and routes (the macvtap model moves them to
+/// the VM)? Then the namespace no longer says what the guest should have: left as synced.
+fn moved_by_runtime(ops: &super::Ops, link: &network::IfName) -> bool {
+    ops.state.endpoints.iter().any(|e| {
+        e.link() == link && e.host_device_is_macvtap() && !matches!(e, EndpointState::Macvtap { .. })
+    })
+}
+
 /// Link kinds that are a pod's change when they appear after start.
 fn pod_kind(kind: &LinkKind) -> bool {
     matches!(kind, LinkKind::Veth | LinkKind::Macvlan | LinkKind::Ipvlan)
@@ -63,6 +71,9 @@ impl Sandbox {
             self.pod_link_new(&mut ops, &info, &link).await?;
         }
         for i in 0..ops.pod.len() {
+            if moved_by_runtime(&ops, &ops.pod[i].link.name) {
+                continue;
+            }
             let Some(now) = info.link(ops.pod[i].link.name.as_str()).cloned() else { continue };
             if now.addresses != ops.pod[i].link.addresses || now.mtu != ops.pod[i].link.mtu {
                 self.configure(&now, None).await?;
@@ -149,9 +160,13 @@ impl Sandbox {
 
     /// The pod's routes as the namespace has them now; the operator's routes stay.
     async fn pod_routes(&self, ops: &mut super::Ops, info: &NetworkInfo) -> Result<()> {
-        let ours = |dev: &str| ops.pod.iter().any(|p| p.link.name.as_str() == dev);
+        let moved: Vec<String> =
+            ops.pod.iter().filter(|p| moved_by_runtime(ops, &p.link.name)).map(|p| p.link.name.to_string()).collect();
+        let ours = |dev: &str| ops.pod.iter().any(|p| p.link.name.as_str() == dev) && !moved.iter().any(|m| m == dev);
         let pod: Vec<network::Route> = info.routes.iter().filter(|r| ours(r.device.as_str())).cloned().collect();
-        let pod: Vec<pb::Route> = agent_client::routes(&pod).iter().map(pb::Route::from).collect();
+        let mut pod: Vec<pb::Route> = agent_client::routes(&pod).iter().map(pb::Route::from).collect();
+        // The routes the runtime itself took off a link (macvtap model) stay as they were synced.
+        pod.extend(ops.pod_routes.iter().filter(|r| moved.contains(&r.device)).cloned());
         if pod == ops.pod_routes {
             return Ok(());
         }
