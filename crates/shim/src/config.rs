@@ -30,7 +30,7 @@ pub struct Runtime {
     /// Where the shim keeps each sandbox's run directory (QMP, agent socket, console log).
     pub run_dir: PathBuf,
     /// Follow the pod's namespace after start: links, addresses and routes that CNI or an
-    /// operator changes reach the VM (`sandbox/follow.rs`). Off by default until it is complete.
+    /// operator changes reach the VM (`sandbox/follow.rs`). On by default.
     pub follow_netns: bool,
 }
 
@@ -41,7 +41,7 @@ impl Default for Runtime {
             disable_new_netns: false,
             network_queues: 0,
             run_dir: PathBuf::from(netmgmt::paths::DEFAULT_RUN_DIR),
-            follow_netns: false,
+            follow_netns: true,
         }
     }
 }

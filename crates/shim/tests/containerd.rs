@@ -181,8 +181,7 @@ fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
 #[test]
 fn following_the_namespace_a_link_added_after_start_reaches_the_vm_and_its_removal_leaves_nothing() {
     let (c, cni, before) = start_with_pod("follow");
-    let conf = kata_conf(&c.run_dir()).replace("[runtime]\n", "[runtime]\nfollow_netns = true\n");
-    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    // follow_netns is on by default.
     c.run_ok("sbfl", &cni.pod.path());
     let run = c.run_dir().join("sbfl");
     let guest = |script: &str| tests::guest::sh(&run, script);
@@ -214,6 +213,64 @@ fn following_the_namespace_a_link_added_after_start_reaches_the_vm_and_its_remov
     assert!(guest("ip route").contains("default via 10.88.0.1 dev eth0"), "the pod's first network is untouched");
     c.remove_sandbox("sbfl");
     assert_eq!(cni.pod.snapshot(), before);
+}
+
+/// The host's links, addresses and routes (`ip -j`), to show a test changed none of them.
+fn host_network() -> String {
+    let ip = |args: &[&str]| tests::run(&[&["ip", "-j"][..], args].concat());
+    let links: serde_json::Value = serde_json::from_str(&ip(&["link", "show"])).unwrap();
+    let names: Vec<&str> = links.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str()).collect();
+    format!("{names:?}\n{}\n{}\n{}", ip(&["addr", "show"]), ip(&["route", "show"]), ip(&["-6", "route", "show"]))
+}
+
+#[test]
+fn ctr_run_cni_configures_the_pod_never_the_host_and_the_vm_answers_on_the_cni_address() {
+    tests::require_root_and_tools(&["unshare", "nsenter", "/usr/lib/cni/bridge"]);
+    let c = start_containerd("ctrcni");
+    // ctr runs the CNI plugins itself, from /etc/cni/net.d and /opt/cni/bin: it runs here in a
+    // private mount namespace where both are overlays with the test's files, and in a network
+    // namespace of the test's that plays the node (the bridge plugin makes its bridge there).
+    let node = tests::TestNs::new("cninode");
+    node.ip(&["link", "set", "lo", "up"]);
+    let d = c.dir.0.clone();
+    for sub in ["etc-up/cni/net.d", "etc-work", "opt-up/cni", "opt-work", "ipam"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink("/usr/lib/cni", d.join("opt-up/cni/bin")).unwrap();
+    std::fs::write(
+        d.join("etc-up/cni/net.d/10-knt.conflist"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"knt-ctr","plugins":[{{"type":"bridge","bridge":"kntbr1","isGateway":true,"ipMasq":false,
+"ipam":{{"type":"host-local","subnet":"10.223.0.0/24","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}/ipam"}}}}]}}"#,
+            d.display()
+        ),
+    )
+    .unwrap();
+    let host_before = host_network();
+    let script = format!(
+        "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-up,workdir={d}/etc-work /etc; \
+         mount -t overlay overlay -o lowerdir=/opt,upperdir={d}/opt-up,workdir={d}/opt-work /opt; \
+         exec timeout 180 ctr -a {sock} run -d --cni --runtime io.containerd.kata.v2 {image} sbcni",
+        d = d.display(),
+        sock = c.sock().display(),
+        image = tests::containerd::IMAGE
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", node.path()))
+        .args(["unshare", "-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctr run --cni: {}", String::from_utf8_lossy(&out.stderr));
+    // CNI gave the pod (the task's namespace: QEMU's, the shim's own) 10.223.0.2; the shim
+    // followed the namespace and the guest has it.
+    let run = c.run_dir().join("sbcni");
+    wait_until(Duration::from_secs(60), "the CNI address in the guest", || {
+        tests::guest::sh(&run, "ip -4 addr show eth0").contains("inet 10.223.0.2/24")
+    });
+    tests::run(&["ip", "netns", "exec", &node.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", "10.223.0.2"]);
+    assert_eq!(host_network(), host_before, "the host's namespace is untouched");
+    c.remove_sandbox("sbcni");
+    assert_eq!(host_network(), host_before);
 }
 
 #[test]
