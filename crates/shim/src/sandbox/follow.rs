@@ -43,9 +43,10 @@ pub fn follow(sb: &Arc<Sandbox>) -> Result<()> {
 /// Did the runtime itself take the link's addresses and routes (the macvtap model moves them to
 /// the VM)? Then the namespace no longer says what the guest should have: left as synced.
 fn moved_by_runtime(ops: &super::Ops, link: &network::IfName) -> bool {
-    ops.state.endpoints.iter().any(|e| {
-        e.link() == link && e.host_device_is_macvtap() && !matches!(e, EndpointState::Macvtap { .. })
-    })
+    ops.state
+        .endpoints
+        .iter()
+        .any(|e| e.link() == link && e.host_device_is_macvtap() && !matches!(e, EndpointState::Macvtap { .. }))
 }
 
 /// Link kinds that are a pod's change when they appear after start.
