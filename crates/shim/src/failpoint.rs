@@ -12,7 +12,8 @@
 //! `start:agent:sandbox`; every NIC hotplug (factory mode at start, add-iface later):
 //! `hotplug:getfd`, `hotplug:netdev_add`, `hotplug:device_add`; the operator's operations:
 //! `add-iface:host`, `add-iface:hotplugged`, `add-iface:configured`, `del-iface:found`,
-//! `ipvs:applied`, `ipvs:restored`.
+//! `ipvs:applied`, `ipvs:restored`; following the namespace (a new pod link):
+//! `follow:attached`, `follow:hotplugged`.
 
 /// The environment variable naming the failpoint file.
 pub const FAILPOINTS_ENV: &str = "KATA_NET_FAILPOINTS";

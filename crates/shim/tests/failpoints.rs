@@ -318,3 +318,50 @@ fn ipvs_rules_never_drift_from_the_guests() {
     assert_eq!((services(&list), servers(&list)), (2, 1), "{list}");
     h.c.remove_sandbox(id);
 }
+
+/// Following the namespace: a pod link that appears after start, the shim killed at each step
+/// of bringing it into the VM; containerd's delete leaves the namespace as the pod made it
+/// (the new link there, nothing of the runtime's).
+#[test]
+fn a_shim_killed_while_following_a_new_pod_link_is_cleaned_by_delete() {
+    let (h, cni) = Harness::with_pod("fpfollow");
+    let add_eth1 = || {
+        cni.pod.ip(&[
+            "link",
+            "add",
+            "eth1",
+            "address",
+            "02:00:0a:59:00:02",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            &cni.peer.name,
+        ]);
+        cni.pod.ip(&["addr", "add", "10.89.0.2/24", "dev", "eth1"]);
+        cni.pod.ip(&["link", "set", "eth1", "up"]);
+        cni.peer.ip(&["link", "set", "veth1", "up"]);
+    };
+    // The namespace as the pod leaves it with its new link, taken without a sandbox.
+    add_eth1();
+    std::thread::sleep(Duration::from_secs(3));
+    let expected = cni.pod.snapshot();
+    cni.pod.ip(&["link", "del", "eth1"]);
+    let steps = ["follow:attached", "hotplug:device_add", "follow:hotplugged"];
+    for (n, step) in steps.iter().enumerate() {
+        let id = format!("fpfollow{n}");
+        h.set("");
+        assert!(h.run(&id, Some(&cni)).status.success(), "{step}: ctr run");
+        h.set(&format!("{step} kill\n"));
+        add_eth1();
+        wait_until(Duration::from_secs(90), &format!("{step} kill: cleaned by delete"), || {
+            h.nothing_left(&id, Some((&cni, &expected)), true)
+        });
+        let _ = h.c.ctr(&["container", "rm", &id]);
+        cni.pod.ip(&["link", "del", "eth1"]);
+    }
+    h.set("");
+    eprintln!("failure injection: {} follow steps killed, each cleaned by delete", steps.len());
+}

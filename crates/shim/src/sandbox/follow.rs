@@ -117,12 +117,19 @@ impl Sandbox {
         let state = attached.state.clone();
         *ops.state.endpoints.last_mut().expect("pushed above") = state.clone();
         ops.state.save(&self.bundle)?;
+        if let Err(e) = crate::failpoint::hit_async("follow:attached").await {
+            let _ = state.detach(&self.ctx).await;
+            ops.state.endpoints.pop();
+            let _ = ops.state.save(&self.bundle);
+            return Err(e.into());
+        }
         let mut nic = attached.nic;
         nic.id = format!("pod-{}", link.name);
         let id = nic.id.clone();
         let mut rb = Rollback::with_nics(&self.ctx, self.vm.clone());
         let plugged = async {
             let pci = rb.hotplug(nic).await?;
+            crate::failpoint::hit_async("follow:hotplugged").await?;
             self.configure(link, Some(&pci)).await
         }
         .await;
