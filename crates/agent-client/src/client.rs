@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ttrpc::asynchronous::Client;
 
 use crate::protocols::agent::{
-    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, ListInterfacesRequest, ListRoutesRequest, Routes,
-    UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, GetMetricsRequest, ListInterfacesRequest,
+    ListRoutesRequest, Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use crate::protocols::agent_ttrpc::AgentServiceClient;
 use crate::protocols::health::{health_check_response::ServingStatus, CheckRequest};
@@ -299,6 +299,12 @@ impl AgentClient {
     }
 
     /// `UpdateIPVSRule`: the request string, the command's output back.
+    /// `GetMetrics`: the guest's metrics, Prometheus' text format.
+    pub async fn get_metrics(&self) -> Result<String> {
+        let req = GetMetricsRequest::default();
+        Ok(self.call("GetMetrics", self.agent.get_metrics(self.ctx(), &req)).await?.metrics)
+    }
+
     pub async fn update_ipvs_rule(&self, req: &str) -> Result<String> {
         let req = UpdateIPVSRequest { IPVS_req: req.to_owned(), ..Default::default() };
         Ok(self.call("UpdateIPVSRule", self.agent.update_ipvs_rule(self.ctx(), &req)).await?.IPVS_res)

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod metrics;
 pub mod types;
 
 pub use client::{AgentAddr, AgentClient, Error};

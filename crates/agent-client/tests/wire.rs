@@ -206,6 +206,7 @@ fn service_and_method_names() {
         [
             "AddARPNeighbors",
             "CreateSandbox",
+            "GetMetrics",
             "ListInterfaces",
             "ListRoutes",
             "UpdateIPVSRule",

@@ -220,25 +220,33 @@ pub struct NicStatsOut {
     pub device: String,
     pub kind: String,
     pub host: CountersOut,
+    /// The guest's own counters, `null` when its agent gives none.
+    pub guest: Option<CountersOut>,
+}
+
+impl From<&mg::LinkCounters> for CountersOut {
+    fn from(c: &mg::LinkCounters) -> Self {
+        CountersOut {
+            rx_bytes: c.rx_bytes,
+            rx_packets: c.rx_packets,
+            rx_errors: c.rx_errors,
+            rx_dropped: c.rx_dropped,
+            tx_bytes: c.tx_bytes,
+            tx_packets: c.tx_packets,
+            tx_errors: c.tx_errors,
+            tx_dropped: c.tx_dropped,
+        }
+    }
 }
 
 impl From<&mg::NicStats> for NicStatsOut {
     fn from(n: &mg::NicStats) -> Self {
-        let c = n.host.clone().unwrap_or_default();
         NicStatsOut {
             name: n.name.clone(),
             device: n.device.clone(),
             kind: n.kind.clone(),
-            host: CountersOut {
-                rx_bytes: c.rx_bytes,
-                rx_packets: c.rx_packets,
-                rx_errors: c.rx_errors,
-                rx_dropped: c.rx_dropped,
-                tx_bytes: c.tx_bytes,
-                tx_packets: c.tx_packets,
-                tx_errors: c.tx_errors,
-                tx_dropped: c.tx_dropped,
-            },
+            host: CountersOut::from(&n.host.clone().unwrap_or_default()),
+            guest: n.guest.as_ref().map(CountersOut::from),
         }
     }
 }

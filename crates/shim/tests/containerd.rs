@@ -133,8 +133,10 @@ fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
             (Some("eth0"), Some("tap0_kata"), Some("tap"))
         );
         let n = |k: &str| v[0]["host"][k].as_u64().unwrap();
-        (n("rx_bytes"), n("rx_packets"), n("tx_bytes"), n("tx_packets"))
+        let g = |k: &str| v[0]["guest"][k].as_u64().expect("the guest's own counters");
+        ((n("rx_bytes"), n("rx_packets"), n("tx_bytes"), n("tx_packets")), (g("rx_packets"), g("tx_packets")))
     };
+    let (_, guest_start) = stats();
     let start = ip_s();
     // A measured burst from the peer: 300 echo requests of 1200 bytes, each answered by the VM.
     tests::run(&[
@@ -155,8 +157,13 @@ fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
         POD_IP,
     ]);
     let low = ip_s();
-    let got = stats();
+    let (got, guest_end) = stats();
     let high = ip_s();
+    // The guest's own counters, beside: it received the 300 requests and sent the 300 replies.
+    assert!(
+        guest_end.0 >= guest_start.0 + 300 && guest_end.1 >= guest_start.1 + 300,
+        "{guest_start:?} -> {guest_end:?}"
+    );
     assert!(low.1 >= start.1 + 300 && low.3 >= start.3 + 300, "the burst went through the TAP: {start:?} -> {low:?}");
     for (name, l, g, h) in [
         ("rx bytes", low.0, got.0, high.0),

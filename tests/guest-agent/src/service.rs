@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use agent_client::protocols::agent::{
-    AddARPNeighborsRequest, CreateSandboxRequest, IPVSResponse, Interfaces, ListInterfacesRequest, ListRoutesRequest,
-    Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    AddARPNeighborsRequest, CreateSandboxRequest, GetMetricsRequest, IPVSResponse, Interfaces, ListInterfacesRequest,
+    ListRoutesRequest, Metrics, Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use agent_client::protocols::empty::Empty;
 use agent_client::protocols::health::{
@@ -88,6 +88,13 @@ impl agent_ttrpc::AgentService for Agent {
         crate::storage::mount_all(&req.storages).map_err(status)?;
         eprintln!("guest-agent: sandbox {} hostname {:?} dns {:?}", req.sandbox_id, req.hostname, req.dns);
         Ok(Empty::new())
+    }
+
+    /// The network devices' counters, in the form kata's agent gives them (no lock: reads only).
+    async fn get_metrics(&self, _: &TtrpcContext, _: GetMetricsRequest) -> ttrpc::Result<Metrics> {
+        let dev = std::fs::read_to_string("/proc/net/dev")
+            .map_err(|e| status((Code::INTERNAL, format!("read /proc/net/dev: {e}"))))?;
+        Ok(Metrics { metrics: agent_client::metrics::netdev_text(&dev), ..Default::default() })
     }
 
     async fn update_ipvs_rule(&self, _: &TtrpcContext, req: UpdateIPVSRequest) -> ttrpc::Result<IPVSResponse> {

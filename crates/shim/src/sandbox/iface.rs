@@ -262,6 +262,14 @@ impl Sandbox {
     /// the guest as their links are), then the operator's. A vhost-user NIC has no such device.
     pub async fn nic_stats(&self) -> Result<Vec<mg::NicStats>> {
         let ops = self.ops.lock().await;
+        // The guest's own counters, beside (an agent without GetMetrics gives none).
+        let guest = match self.agent.get_metrics().await {
+            Ok(text) => agent_client::metrics::guest_netdev(&text),
+            Err(e) => {
+                slog::debug!(self.log, "no guest counters"; "error" => e.to_string());
+                Default::default()
+            }
+        };
         let mut out = Vec::new();
         for e in &ops.state.endpoints {
             let Some(device) = e.host_device() else { continue };
@@ -271,10 +279,12 @@ impl Sandbox {
             };
             let c = network::nl::link_counters(&self.ctx.handle, device.as_str()).await?;
             let kind = if e.host_device_is_macvtap() { "macvtap" } else { "tap" };
+            let in_guest = guest.get(&name).map(counters_pb);
             out.push(mg::NicStats {
                 name,
                 device: device.to_string(),
                 host: Some(counters_pb(&c)).into(),
+                guest: in_guest.into(),
                 kind: kind.into(),
                 ..Default::default()
             });
