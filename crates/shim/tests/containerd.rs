@@ -207,12 +207,18 @@ fn following_the_namespace_a_link_added_after_start_reaches_the_vm_and_its_remov
     });
     // eth1's ingress goes to the VM (tc redirect): the reply is the VM's.
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", "10.89.0.2"]);
-    // An address and a route added by hand reach the guest too (the route on the first link).
+    // An address, a route and a permanent neighbour added by hand reach the guest too (the route
+    // on the first link).
     cni.pod.ip(&["addr", "add", "10.89.0.3/24", "dev", "eth1"]);
     cni.pod.ip(&["route", "add", "10.124.0.0/16", "via", "10.88.0.254", "dev", "eth0"]);
-    wait_until(Duration::from_secs(30), "the new address and route in the guest", || {
-        let g = guest("ip -4 addr show eth1; ip route");
-        g.contains("inet 10.89.0.3/24") && g.contains("10.124.0.0/16 via 10.88.0.254 dev eth0")
+    cni.pod.ip(&["neigh", "add", "10.89.0.9", "lladdr", "02:00:0a:59:00:09", "dev", "eth1", "nud", "permanent"]);
+    wait_until(Duration::from_secs(30), "the new address, route and neighbour in the guest", || {
+        let g = guest("ip -4 addr show eth1; ip route; ip neigh");
+        let neigh = g.lines().find(|l| l.starts_with("10.89.0.9 ")).unwrap_or_default();
+        g.contains("inet 10.89.0.3/24")
+            && g.contains("10.124.0.0/16 via 10.88.0.254 dev eth0")
+            && neigh.contains("lladdr 02:00:0a:59:00:09")
+            && neigh.trim_end().ends_with("PERMANENT")
     });
     cni.pod.ip(&["route", "del", "10.124.0.0/16"]);
     wait_until(Duration::from_secs(30), "the route gone from the guest", || {

@@ -82,7 +82,24 @@ impl Sandbox {
                 ops.pod[i].link = now;
             }
         }
-        self.pod_routes(&mut ops, &info).await
+        self.pod_routes(&mut ops, &info).await?;
+        self.pod_neighbors(&mut ops, &info).await
+    }
+
+    /// Permanent neighbours that appeared on pod links reach the guest (kata's protocol has no
+    /// call to delete one: a removed neighbour stays in the guest until its NIC goes).
+    async fn pod_neighbors(&self, ops: &mut super::Ops, info: &NetworkInfo) -> Result<()> {
+        let ours = |dev: &network::IfName| ops.pod.iter().any(|p| &p.link.name == dev);
+        let now: Vec<network::Neighbor> = info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
+        let new: Vec<network::Neighbor> = now.iter().filter(|n| !ops.pod_neighbors.contains(n)).cloned().collect();
+        if !new.is_empty() {
+            self.agent
+                .add_arp_neighbors(agent_client::neighbors(&new).iter().map(pb::ARPNeighbor::from).collect())
+                .await?;
+            slog::info!(self.log, "pod neighbours synced"; "added" => new.len());
+        }
+        ops.pod_neighbors = now;
+        Ok(())
     }
 
     /// The guest's configuration of `link` (at `pci`, when just plugged).

@@ -69,6 +69,8 @@ pub struct Ops {
     /// namespace had them when last synced): see `follow.rs`.
     pub pod: Vec<PodNic>,
     pub pod_routes: Vec<agent_client::protocols::types::Route>,
+    /// The pod's permanent neighbours given to the guest.
+    pub pod_neighbors: Vec<network::Neighbor>,
 }
 
 /// A pod link with a NIC in the VM.

@@ -79,6 +79,8 @@ impl Start<'_> {
         let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
         let storages: Vec<_> = virtiofsd.iter().map(|_| super::sharedfs::storage()).collect();
         let routes = sync_agent(&agent, &guest, self.id, net, storages).await?;
+        let ours = |dev: &network::IfName| guest.links.iter().any(|l| &l.name == dev);
+        let pod_neighbors = guest.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
         let hotplugged = self.cfg.hypervisor.qemu.enable_template;
         let pod = (guest.links.iter().zip(&ids))
             .map(|(l, id)| PodNic { link: l.clone(), nic_id: id.clone(), hotplugged })
@@ -105,6 +107,7 @@ impl Start<'_> {
                 pod_routes: routes.clone(),
                 routes,
                 pod,
+                pod_neighbors,
             }),
             log: self.log.clone(),
         })
