@@ -319,9 +319,10 @@ fn ipvs_rules_never_drift_from_the_guests() {
     h.c.remove_sandbox(id);
 }
 
-/// Following the namespace: a pod link that appears after start, the shim killed at each step
-/// of bringing it into the VM; containerd's delete leaves the namespace as the pod made it
-/// (the new link there, nothing of the runtime's).
+/// Following the namespace: a pod link that appears after start, failed at each step of bringing
+/// it into the VM (undone, and not tried again in a loop), then the shim killed at each step;
+/// containerd's delete leaves the namespace as the pod made it (the new link there, nothing of
+/// the runtime's).
 #[test]
 fn a_shim_killed_while_following_a_new_pod_link_is_cleaned_by_delete() {
     let (h, cni) = Harness::with_pod("fpfollow");
@@ -350,6 +351,29 @@ fn a_shim_killed_while_following_a_new_pod_link_is_cleaned_by_delete() {
     let expected = cni.pod.snapshot();
     cni.pod.ip(&["link", "del", "eth1"]);
     let steps = ["follow:attached", "hotplug:device_add", "follow:hotplugged"];
+    // Failed: undone, not tried again in a loop, tried again when the link is made again.
+    let id = "fpfollowfail";
+    h.set("");
+    assert!(h.run(id, Some(&cni)).status.success());
+    let run = h.c.run_dir().join(id);
+    for step in steps {
+        h.set(&format!("{step} fail\n"));
+        add_eth1();
+        std::thread::sleep(Duration::from_secs(3));
+        let links = cni.pod.ip(&["-o", "link"]);
+        assert!(!links.contains("tap1_kata"), "{step} fail: the new TAP is removed again: {links}");
+        assert!(!cni.pod.exec(&["tc", "qdisc", "show", "dev", "eth1"]).contains("ingress"), "{step}: no redirect left");
+        assert!(!tests::guest::sh(&run, "ip link").contains("eth1"), "{step} fail: no NIC in the guest");
+        assert!(h.c.shim_pid(id).is_some(), "the shim lives on");
+        h.set("");
+        cni.pod.ip(&["link", "del", "eth1"]);
+    }
+    add_eth1();
+    wait_until(Duration::from_secs(60), "made again, the link is plugged in", || {
+        tests::guest::sh(&run, "ip -4 addr").contains("inet 10.89.0.2/24")
+    });
+    cni.pod.ip(&["link", "del", "eth1"]);
+    h.c.remove_sandbox(id);
     for (n, step) in steps.iter().enumerate() {
         let id = format!("fpfollow{n}");
         h.set("");
@@ -363,5 +387,5 @@ fn a_shim_killed_while_following_a_new_pod_link_is_cleaned_by_delete() {
         cni.pod.ip(&["link", "del", "eth1"]);
     }
     h.set("");
-    eprintln!("failure injection: {} follow steps killed, each cleaned by delete", steps.len());
+    eprintln!("failure injection: {} follow steps failed (undone) and killed (cleaned by delete)", steps.len());
 }

@@ -66,10 +66,18 @@ impl Sandbox {
         let known = |name: &str, ops: &super::Ops| {
             ops.pod.iter().any(|p| p.link.name.as_str() == name) || ops.added.iter().any(|a| a.device.as_str() == name)
         };
-        let new: Vec<network::Link> =
-            info.links.iter().filter(|l| pod_kind(&l.kind) && !known(l.name.as_str(), &ops)).cloned().collect();
+        ops.refused.retain(|(name, index)| info.link(name.as_str()).is_some_and(|l| l.index == *index));
+        let new: Vec<network::Link> = (info.links.iter())
+            .filter(|l| pod_kind(&l.kind) && !known(l.name.as_str(), &ops))
+            .filter(|l| !ops.refused.contains(&(l.name.clone(), l.index)))
+            .cloned()
+            .collect();
         for link in new {
-            self.pod_link_new(&mut ops, &info, &link).await?;
+            if let Err(e) = self.pod_link_new(&mut ops, &info, &link).await {
+                ops.refused.push((link.name.clone(), link.index));
+                slog::error!(self.log, "a new pod link could not be plugged in (undone; tried again when the link is made again)";
+                    "link" => link.name.as_str(), "error" => crate::error::message(&e));
+            }
         }
         for i in 0..ops.pod.len() {
             if moved_by_runtime(&ops, &ops.pod[i].link.name) {

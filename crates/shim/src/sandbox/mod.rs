@@ -71,6 +71,10 @@ pub struct Ops {
     pub pod_routes: Vec<agent_client::protocols::types::Route>,
     /// The pod's permanent neighbours given to the guest.
     pub pod_neighbors: Vec<network::Neighbor>,
+    /// New pod links whose plugging failed (and was undone), by name and interface index: not
+    /// tried again until the link is made again, so a refusal does not turn into a loop (the
+    /// undo's own netlink events would start the next attempt).
+    pub refused: Vec<(network::IfName, u32)>,
 }
 
 /// A pod link with a NIC in the VM.

@@ -108,6 +108,7 @@ impl Start<'_> {
                 routes,
                 pod,
                 pod_neighbors,
+                refused: Vec::new(),
             }),
             log: self.log.clone(),
         })
