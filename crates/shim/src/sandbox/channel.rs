@@ -38,25 +38,9 @@ impl VsockBackend {
         let socket = run_dir.join(VSOCK_BACKEND_SOCKET);
         let uds = run_dir.join("vsock.sock");
         let io = |source| Error::Io { what: "starting the hybrid vsock backend for", path: run_dir.to_owned(), source };
-        let mut child = tokio::process::Command::new(VSOCK_BACKEND)
-            .arg("--vm")
-            .arg(format!("guest-cid=3,socket={},uds-path={}", socket.display(), uds.display()))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io)?;
-        let t = Instant::now();
-        while !socket.exists() {
-            if let Some(st) = child.try_wait().map_err(io)? {
-                return Err(io(std::io::Error::other(format!("{VSOCK_BACKEND} exited: {st}"))));
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                return Err(io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no socket after 10 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut cmd = tokio::process::Command::new(VSOCK_BACKEND);
+        cmd.arg("--vm").arg(format!("guest-cid=3,socket={},uds-path={}", socket.display(), uds.display()));
+        let child = spawn_until_socket(cmd, &socket).await.map_err(io)?;
         Ok(Self { child })
     }
 
@@ -64,6 +48,30 @@ impl VsockBackend {
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Start a helper process of the sandbox (quiet, killed when its `Child` is dropped) and wait,
+/// at most 10 s, for the socket it serves on; an error if it exits first.
+pub(crate) async fn spawn_until_socket(
+    mut cmd: tokio::process::Command,
+    socket: &Path,
+) -> std::io::Result<tokio::process::Child> {
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn()?;
+    let t = Instant::now();
+    while !socket.exists() {
+        if let Some(st) = child.try_wait()? {
+            return Err(std::io::Error::other(format!(
+                "{} exited: {st}",
+                cmd.as_std().get_program().to_string_lossy()
+            )));
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no socket after 10 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(child)
 }
 
 /// A first guest CID to try for sandbox `id` (kernel vsock): 3 and up, from the id.

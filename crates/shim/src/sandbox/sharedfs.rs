@@ -6,7 +6,6 @@
 //! finds it by its socket in the run directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use agent_client::protocols::agent::Storage;
 use hypervisor::QemuConfig;
@@ -36,28 +35,13 @@ impl VirtioFsd {
         let io = |source| Error::Io { what: "starting virtiofsd for", path: shared.clone(), source };
         std::fs::create_dir(&shared).map_err(io)?;
         std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
-        let mut child = tokio::process::Command::new(&cfg.virtio_fs_daemon)
-            .arg(format!("--socket-path={}", socket.display()))
+        let mut cmd = tokio::process::Command::new(&cfg.virtio_fs_daemon);
+        cmd.arg(format!("--socket-path={}", socket.display()))
             .arg("-o")
             .arg(format!("source={}", shared.display()))
             .arg("-o")
-            .arg(format!("cache={}", cfg.virtio_fs_cache))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io)?;
-        let t = Instant::now();
-        while !socket.exists() {
-            if let Some(st) = child.try_wait().map_err(io)? {
-                return Err(io(std::io::Error::other(format!("virtiofsd exited: {st}"))));
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                return Err(io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no socket after 10 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            .arg(format!("cache={}", cfg.virtio_fs_cache));
+        let child = super::channel::spawn_until_socket(cmd, &socket).await.map_err(io)?;
         Ok(Self { _child: child, socket })
     }
 }
