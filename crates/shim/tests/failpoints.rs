@@ -193,7 +193,8 @@ fn every_operator_step_failed_or_killed_leaves_nothing() {
     for (n, step) in steps.iter().enumerate() {
         let id = format!("fpopkill{n}");
         h.set("");
-        assert!(h.run(&id, Some(&cni)).status.success());
+        let out = h.run(&id, Some(&cni));
+        assert!(out.status.success(), "{step}: ctr run {id}: {}", String::from_utf8_lossy(&out.stderr));
         add_tap();
         if *step == "del-iface:found" {
             assert_eq!(cli.run(&["kata-network", "add-iface", &id, "-"], Some(doc)).2, 0);
