@@ -15,6 +15,9 @@ use crate::config::{AgentChannel, MachineType, QemuConfig};
 use crate::error::{Error, Result};
 use crate::slots::{self, Slots};
 
+/// The QOM id of the agent's vsock device (`/machine/peripheral/<id>`).
+pub const VSOCK_DEVICE_ID: &str = "vsock0";
+
 /// Arguments, and the fds to pass: (fd, number in the child).
 #[derive(Debug, Default)]
 pub struct CommandLine {
@@ -88,7 +91,10 @@ pub fn build(
             c.arg("-chardev", format!("socket,id=vsock,path={}", backend.display()));
             c.arg(
                 "-device",
-                format!("vhost-user-vsock-pci,chardev=vsock,bus={root_bus},addr={:#x}", slots::VSOCK_SLOT),
+                format!(
+                    "vhost-user-vsock-pci,id={VSOCK_DEVICE_ID},chardev=vsock,bus={root_bus},addr={:#x}",
+                    slots::VSOCK_SLOT
+                ),
             );
         }
         AgentChannel::Vsock { cid, vhostfd } => {
@@ -102,7 +108,10 @@ pub fn build(
             };
             c.arg(
                 "-device",
-                format!("vhost-vsock-pci,guest-cid={cid}{fd},bus={root_bus},addr={:#x}", slots::VSOCK_SLOT),
+                format!(
+                    "vhost-vsock-pci,id={VSOCK_DEVICE_ID},guest-cid={cid}{fd},bus={root_bus},addr={:#x}",
+                    slots::VSOCK_SLOT
+                ),
             );
         }
     }
@@ -231,15 +240,15 @@ mod tests {
     #[test]
     fn each_agent_channel_on_the_command_line() {
         let vsock = args_for(&AgentChannel::Vsock { cid: 1234, vhostfd: None });
-        assert!(vsock.contains("-device vhost-vsock-pci,guest-cid=1234,bus=pcie.0,addr="), "{vsock}");
+        assert!(vsock.contains("-device vhost-vsock-pci,id=vsock0,guest-cid=1234,bus=pcie.0,addr="), "{vsock}");
         // With the fd the CID was reserved on: passed as QEMU's fd 3.
         let fd = std::sync::Arc::new(std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
         let vsock = args_for(&AgentChannel::Vsock { cid: 1234, vhostfd: Some(fd) });
-        assert!(vsock.contains("-device vhost-vsock-pci,guest-cid=1234,vhostfd=3,bus=pcie.0"), "{vsock}");
+        assert!(vsock.contains("-device vhost-vsock-pci,id=vsock0,guest-cid=1234,vhostfd=3,bus=pcie.0"), "{vsock}");
         assert!(!vsock.contains("virtserialport"), "{vsock}");
         let hybrid = args_for(&AgentChannel::VhostUserVsock { backend: "/run/kata/sb/vhost-vsock.sock".into() });
         assert!(hybrid.contains("-chardev socket,id=vsock,path=/run/kata/sb/vhost-vsock.sock"), "{hybrid}");
-        assert!(hybrid.contains("-device vhost-user-vsock-pci,chardev=vsock,bus=pcie.0"), "{hybrid}");
+        assert!(hybrid.contains("-device vhost-user-vsock-pci,id=vsock0,chardev=vsock,bus=pcie.0"), "{hybrid}");
         let serial = args_for(&AgentChannel::Serial { socket: "/run/kata/sb/agent.sock".into() });
         assert!(serial.contains("virtserialport,chardev=agent,name=agent.channel.0"), "{serial}");
         assert!(!serial.contains("vsock"), "{serial}");

@@ -235,6 +235,30 @@ impl Vm {
         }
     }
 
+    /// Wait until the guest's driver has set up the virtio device `id` (its status has
+    /// DRIVER_OK, per QMP `x-query-virtio-status`), or `timeout` passes. A hybrid vsock request
+    /// that reaches the backend before the guest's vsock driver is up can wedge it; the agent's
+    /// channel is connected only after this.
+    pub async fn wait_virtio_ready(&self, id: &str, timeout: Duration) -> Result<()> {
+        let path = format!("/machine/peripheral/{id}/virtio-backend");
+        let start = Instant::now();
+        loop {
+            self.ensure_running()?;
+            if let Ok(v) = self.qmp.execute("x-query-virtio-status", json!({ "path": path })).await {
+                let ready = v["status"]["statuses"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| x.as_str().is_some_and(|x| x.contains("DRIVER_OK"))));
+                if ready {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(format!("the guest's driver for {id} ({:?})", timeout)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn ensure_running(&self) -> Result<()> {
         match self.exit_status() {
             Some(st) => Err(Error::Dead(format!("QEMU exited ({st})"))),

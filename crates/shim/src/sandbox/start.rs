@@ -72,7 +72,12 @@ impl Start<'_> {
             SharedFs::None => None,
         };
         let (vm, plugged) = self.boot_vm(attached, link.channel, virtiofsd.as_ref().map(|f| f.socket.clone())).await?;
-        let agent = connect_agent(&link.addr, Duration::from_secs(self.cfg.agent.kata.dial_timeout.into())).await?;
+        let dial_timeout = Duration::from_secs(self.cfg.agent.kata.dial_timeout.into());
+        if !matches!(link.addr, AgentAddr::Unix { .. }) {
+            // vsock: not before the guest's vsock driver is up (see `Vm::wait_virtio_ready`).
+            vm.wait_virtio_ready(hypervisor::cmdline::VSOCK_DEVICE_ID, dial_timeout).await?;
+        }
+        let agent = connect_agent(&link.addr, dial_timeout).await?;
         let boot_ms = ms(t);
         let t = Instant::now();
         let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
