@@ -31,6 +31,9 @@ declare -A need=(
   [hostname]=hostname
   [protoc]=protobuf-compiler
   [/usr/lib/cni/bridge]=containernetworking-plugins
+  [/usr/lib/qemu/virtiofsd]=qemu-system-common
+  [mount]=mount
+  [sha256sum]=coreutils
 )
 
 missing=()

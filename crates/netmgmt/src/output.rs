@@ -4,6 +4,7 @@
 //! (v4 = 0, v6 = 1), the CLI prints AF_INET (2) / AF_INET6 (10).
 
 use ipnet::IpNet;
+use network::nl::LinkCounters;
 use network::PciPath;
 use serde::Serialize;
 
@@ -199,43 +200,44 @@ pub fn printable(text: &str, multi_line: bool) -> String {
         .collect()
 }
 
-/// A device's counters as `kata-network stats` prints them.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct CountersOut {
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errors: u64,
-    pub rx_dropped: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errors: u64,
-    pub tx_dropped: u64,
-}
-
-/// One NIC as `kata-network stats` prints it: its name in the guest, the host device, and that
-/// device's counters (its own receive and transmit sides, as `ip -s link` shows them).
+/// One NIC as `kata-network stats` prints it: its name in the guest, the host device, that
+/// device's counters (its own receive and transmit sides, as `ip -s link` shows them), and the
+/// guest's own counters (`null` when its agent gives none).
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct NicStatsOut {
     pub name: String,
     pub device: String,
     pub kind: String,
-    pub host: CountersOut,
-    /// The guest's own counters, `null` when its agent gives none.
-    pub guest: Option<CountersOut>,
+    pub host: LinkCounters,
+    pub guest: Option<LinkCounters>,
 }
 
-impl From<&mg::LinkCounters> for CountersOut {
-    fn from(c: &mg::LinkCounters) -> Self {
-        CountersOut {
-            rx_bytes: c.rx_bytes,
-            rx_packets: c.rx_packets,
-            rx_errors: c.rx_errors,
-            rx_dropped: c.rx_dropped,
-            tx_bytes: c.tx_bytes,
-            tx_packets: c.tx_packets,
-            tx_errors: c.tx_errors,
-            tx_dropped: c.tx_dropped,
-        }
+/// Counters as the management protocol carries them, and back: the one place their fields are
+/// listed.
+pub fn counters_pb(c: &LinkCounters) -> mg::LinkCounters {
+    mg::LinkCounters {
+        rx_bytes: c.rx_bytes,
+        rx_packets: c.rx_packets,
+        rx_errors: c.rx_errors,
+        rx_dropped: c.rx_dropped,
+        tx_bytes: c.tx_bytes,
+        tx_packets: c.tx_packets,
+        tx_errors: c.tx_errors,
+        tx_dropped: c.tx_dropped,
+        ..Default::default()
+    }
+}
+
+pub fn counters_of(c: &mg::LinkCounters) -> LinkCounters {
+    LinkCounters {
+        rx_bytes: c.rx_bytes,
+        rx_packets: c.rx_packets,
+        rx_errors: c.rx_errors,
+        rx_dropped: c.rx_dropped,
+        tx_bytes: c.tx_bytes,
+        tx_packets: c.tx_packets,
+        tx_errors: c.tx_errors,
+        tx_dropped: c.tx_dropped,
     }
 }
 
@@ -245,8 +247,8 @@ impl From<&mg::NicStats> for NicStatsOut {
             name: n.name.clone(),
             device: n.device.clone(),
             kind: n.kind.clone(),
-            host: CountersOut::from(&n.host.clone().unwrap_or_default()),
-            guest: n.guest.as_ref().map(CountersOut::from),
+            host: n.host.as_ref().map(counters_of).unwrap_or_default(),
+            guest: n.guest.as_ref().map(counters_of),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use ipnet::IpNet;
 use netmgmt::doc::IfaceRequest;
 use netmgmt::mg;
-use netmgmt::output::{address, pci_addr};
+use netmgmt::output::{address, counters_pb, pci_addr};
 use network::endpoint::{EndpointState, OperatorTap, OperatorTapRequest};
 use network::{IfName, MacAddr, NicBackend, NicConfig, PciPath, Rollback};
 
@@ -290,19 +290,5 @@ impl Sandbox {
             });
         }
         Ok(out)
-    }
-}
-
-fn counters_pb(c: &network::nl::LinkCounters) -> mg::LinkCounters {
-    mg::LinkCounters {
-        rx_bytes: c.rx_bytes,
-        rx_packets: c.rx_packets,
-        rx_errors: c.rx_errors,
-        rx_dropped: c.rx_dropped,
-        tx_bytes: c.tx_bytes,
-        tx_packets: c.tx_packets,
-        tx_errors: c.tx_errors,
-        tx_dropped: c.tx_dropped,
-        ..Default::default()
     }
 }

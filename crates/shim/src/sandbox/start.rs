@@ -72,12 +72,14 @@ impl Start<'_> {
             SharedFs::None => None,
         };
         let (vm, plugged) = self.boot_vm(attached, link.channel, virtiofsd.as_ref().map(|f| f.socket.clone())).await?;
-        let dial_timeout = Duration::from_secs(self.cfg.agent.kata.dial_timeout.into());
+        // One dial_timeout for both: the guest's vsock driver (not before it is up: see
+        // `Vm::wait_virtio_ready`), then the agent.
+        let dial_by = Instant::now() + Duration::from_secs(self.cfg.agent.kata.dial_timeout.into());
         if !matches!(link.addr, AgentAddr::Unix { .. }) {
-            // vsock: not before the guest's vsock driver is up (see `Vm::wait_virtio_ready`).
-            vm.wait_virtio_ready(hypervisor::cmdline::VSOCK_DEVICE_ID, dial_timeout).await?;
+            vm.wait_virtio_ready(hypervisor::cmdline::VSOCK_DEVICE_ID, dial_by - Instant::now()).await?;
         }
-        let agent = connect_agent(&link.addr, dial_timeout).await?;
+        let left = dial_by.saturating_duration_since(Instant::now());
+        let agent = connect_agent(&link.addr, left, self.cfg.agent.kata.dial_timeout).await?;
         let boot_ms = ms(t);
         let t = Instant::now();
         let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
@@ -222,13 +224,13 @@ impl Start<'_> {
 }
 
 /// Connect to the agent (retrying while the guest boots, up to `dial_timeout`) and check it serves.
-async fn connect_agent(addr: &AgentAddr, dial_timeout: Duration) -> Result<AgentClient> {
+async fn connect_agent(addr: &AgentAddr, left: Duration, dial_timeout_secs: u32) -> Result<AgentClient> {
     let silent = |e: agent_client::Error| Error::AgentSilent {
         addr: addr.to_string(),
-        secs: dial_timeout.as_secs(),
+        secs: dial_timeout_secs.into(),
         cause: crate::error::message(&e),
     };
-    let agent = AgentClient::connect(addr, dial_timeout).await.map_err(silent)?;
+    let agent = AgentClient::connect(addr, left).await.map_err(silent)?;
     if !agent.check().await.map_err(silent)? {
         return Err(Error::AgentNotServing);
     }
