@@ -121,6 +121,7 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 echo "guest: init at $(cut -d' ' -f1 /proc/uptime)s"
 for m in virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport virtiofs; do modprobe "$m"; done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build a tiny OCI image (busybox-static as /bin/sh) as an OCI layout tarball, for
+# Build a tiny OCI image (busybox-static, its applets as /bin/sh, /bin/ip, ...) as an OCI layout tarball, for
 # `ctr images import`: there is no registry here. Usage: build-test-image.sh OUT.tar [NAME]
 set -euo pipefail
 out=$1
@@ -8,7 +8,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/layout/blobs/sha256"
 cp /bin/busybox "$work/rootfs/bin/busybox"
-ln -s busybox "$work/rootfs/bin/sh"
+# The applets the tests' commands use, as a busybox image has them.
+for applet in sh cat echo hostname ip ls ping sleep true false ps; do
+  ln -s busybox "$work/rootfs/bin/$applet"
+done
 tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" bin
 blob() { # file -> digest, stored in the layout
   local d; d=$(sha256sum "$1" | cut -d' ' -f1)

@@ -3,5 +3,8 @@
 mod build_protos;
 
 fn main() {
-    build_protos::generate(&["protos/types.proto", "protos/agent.proto", "protos/health.proto"], &["protos"]);
+    build_protos::generate(
+        &["protos/types.proto", "protos/oci.proto", "protos/agent.proto", "protos/health.proto"],
+        &["protos"],
+    );
 }

@@ -96,6 +96,17 @@ impl Containerd {
         self.ctr(&args)
     }
 
+    /// `ctr run --rm` of container `id` in `netns`, in the foreground: `cmd` runs in the VM, and
+    /// ctr returns its output and exit code.
+    pub fn run_fg(&self, id: &str, netns: &str, extra: &[&str], cmd: &[&str]) -> Output {
+        let ns = format!("network:{netns}");
+        let mut args = vec!["run", "--rm", "--runtime", "io.containerd.kata.v2", "--with-ns", &ns];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id]);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
     pub fn task_status(&self, id: &str) -> String {
         let out = String::from_utf8_lossy(&self.ctr(&["task", "ls"]).stdout).into_owned();
         out.lines()

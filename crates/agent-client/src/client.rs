@@ -9,8 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ttrpc::asynchronous::Client;
 
 use crate::protocols::agent::{
-    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, GetMetricsRequest, ListInterfacesRequest,
-    ListRoutesRequest, Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    ARPNeighbors, AddARPNeighborsRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
+    ExecProcessRequest, GetMetricsRequest, ListInterfacesRequest, ListRoutesRequest, ReadStreamRequest,
+    RemoveContainerRequest, Routes, SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest,
+    UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest, WriteStreamRequest,
 };
 use crate::protocols::agent_ttrpc::AgentServiceClient;
 use crate::protocols::health::{health_check_response::ServingStatus, CheckRequest};
@@ -298,16 +300,100 @@ impl AgentClient {
         self.call("AddARPNeighbors", self.agent.add_arp_neighbors(self.ctx(), &req)).await.map(|_| ())
     }
 
-    /// `UpdateIPVSRule`: the request string, the command's output back.
     /// `GetMetrics`: the guest's metrics, Prometheus' text format.
     pub async fn get_metrics(&self) -> Result<String> {
         let req = GetMetricsRequest::default();
         Ok(self.call("GetMetrics", self.agent.get_metrics(self.ctx(), &req)).await?.metrics)
     }
 
+    /// `UpdateIPVSRule`: the request string, the command's output back.
     pub async fn update_ipvs_rule(&self, req: &str) -> Result<String> {
         let req = UpdateIPVSRequest { IPVS_req: req.to_owned(), ..Default::default() };
         Ok(self.call("UpdateIPVSRule", self.agent.update_ipvs_rule(self.ctx(), &req)).await?.IPVS_res)
+    }
+}
+
+/// The calls on containers and their processes. A process is named by its container and exec
+/// id; a container's init process has the container's id as exec id (as kata's runtime names
+/// it). The calls that wait for the process (its exit, its output) have no time limit.
+impl AgentClient {
+    pub async fn create_container(&self, req: &CreateContainerRequest) -> Result<()> {
+        self.call("CreateContainer", self.agent.create_container(self.ctx(), req)).await.map(|_| ())
+    }
+
+    pub async fn start_container(&self, container_id: &str) -> Result<()> {
+        let req = StartContainerRequest { container_id: container_id.into(), ..Default::default() };
+        self.call("StartContainer", self.agent.start_container(self.ctx(), &req)).await.map(|_| ())
+    }
+
+    /// `RemoveContainer`: its processes killed (within `timeout` seconds), its mounts gone.
+    pub async fn remove_container(&self, container_id: &str, timeout: u32) -> Result<()> {
+        let req = RemoveContainerRequest { container_id: container_id.into(), timeout, ..Default::default() };
+        self.call("RemoveContainer", self.agent.remove_container(self.ctx(), &req)).await.map(|_| ())
+    }
+
+    pub async fn exec_process(&self, req: &ExecProcessRequest) -> Result<()> {
+        self.call("ExecProcess", self.agent.exec_process(self.ctx(), req)).await.map(|_| ())
+    }
+
+    /// `SignalProcess`; an empty `exec_id` signals every process of the container.
+    pub async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        let req = SignalProcessRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            ..Default::default()
+        };
+        self.call("SignalProcess", self.agent.signal_process(self.ctx(), &req)).await.map(|_| ())
+    }
+
+    /// `WaitProcess`: the process's wait status once it exited (no time limit).
+    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32> {
+        let req =
+            WaitProcessRequest { container_id: container_id.into(), exec_id: exec_id.into(), ..Default::default() };
+        let r = self.agent.wait_process(ttrpc::context::Context::default(), &req).await;
+        Ok(r.map_err(|source| Error::Rpc { method: "WaitProcess", source })?.status)
+    }
+
+    /// `WriteStdin`: how many bytes the process's stdin took.
+    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: &[u8]) -> Result<u32> {
+        let req = WriteStreamRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        Ok(self.call("WriteStdin", self.agent.write_stdin(self.ctx(), &req)).await?.len)
+    }
+
+    /// `ReadStdout` (or `ReadStderr`): up to `len` bytes, when there are some (no time limit). The
+    /// end of the stream is an error (the agents say EOF that way).
+    pub async fn read_stream(&self, container_id: &str, exec_id: &str, stderr: bool, len: u32) -> Result<Vec<u8>> {
+        let req =
+            ReadStreamRequest { container_id: container_id.into(), exec_id: exec_id.into(), len, ..Default::default() };
+        let ctx = ttrpc::context::Context::default();
+        let (method, r) = match stderr {
+            false => ("ReadStdout", self.agent.read_stdout(ctx, &req).await),
+            true => ("ReadStderr", self.agent.read_stderr(ctx, &req).await),
+        };
+        Ok(r.map_err(|source| Error::Rpc { method, source })?.data)
+    }
+
+    pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let req =
+            CloseStdinRequest { container_id: container_id.into(), exec_id: exec_id.into(), ..Default::default() };
+        self.call("CloseStdin", self.agent.close_stdin(self.ctx(), &req)).await.map(|_| ())
+    }
+
+    pub async fn tty_win_resize(&self, container_id: &str, exec_id: &str, row: u32, column: u32) -> Result<()> {
+        let req = TtyWinResizeRequest {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            row,
+            column,
+            ..Default::default()
+        };
+        self.call("TtyWinResize", self.agent.tty_win_resize(self.ctx(), &req)).await.map(|_| ())
     }
 }
 

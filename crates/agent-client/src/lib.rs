@@ -31,6 +31,9 @@ pub mod protocols {
     pub mod types {
         include!(concat!(env!("OUT_DIR"), "/protos/types.rs"));
     }
+    pub mod oci {
+        include!(concat!(env!("OUT_DIR"), "/protos/oci.rs"));
+    }
     pub mod agent {
         include!(concat!(env!("OUT_DIR"), "/protos/agent.rs"));
     }

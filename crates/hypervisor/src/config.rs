@@ -78,7 +78,7 @@ impl Default for QemuConfig {
             accelerator: AccelChoice::Auto,
             hotplug_slots: 8,
             agent_channel: AgentChannelChoice::Auto,
-            shared_fs: SharedFs::None,
+            shared_fs: SharedFs::VirtioFs,
             virtio_fs_daemon: PathBuf::from("/usr/lib/qemu/virtiofsd"),
             virtio_fs_cache: "auto".into(),
             enable_vhost_user_store: false,
@@ -161,10 +161,11 @@ pub enum AgentChannelChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SharedFs {
-    /// None (the default until containers run in the VM).
-    #[default]
+    /// None: no container runs in the VM; the sandbox's task is the VM itself.
     None,
-    /// virtio-fs: `vhost-user-fs-pci` with the tag `kataShared`, served by virtiofsd.
+    /// virtio-fs (the default): `vhost-user-fs-pci` with the tag `kataShared`, served by
+    /// virtiofsd; the containers' root filesystems reach the guest through it.
+    #[default]
     VirtioFs,
 }
 

@@ -27,6 +27,9 @@ pub enum Error {
     /// The DNS the spec gives cannot be used (the message names the annotation or file).
     #[error("{0}")]
     Dns(String),
+    /// A container's spec the VM cannot run (the message names the field and the rule).
+    #[error("container spec: {0}")]
+    Spec(String),
     #[error("the spec names no network namespace and disable_new_netns is set")]
     NoNetns,
     #[error("only the sandbox (pause) container runs in this shim")]
@@ -96,6 +99,7 @@ impl Error {
             | Error::BadConfig(_)
             | Error::InvalidId(_)
             | Error::Dns(_)
+            | Error::Spec(_)
             | Error::Bundle { .. }
             | Error::Doc(_) => Code::INVALID_ARGUMENT,
             Error::NoNetns | Error::AgentNotServing => Code::FAILED_PRECONDITION,

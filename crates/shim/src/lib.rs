@@ -9,5 +9,6 @@ pub mod logging;
 pub mod mgmt_server;
 pub mod sandbox;
 pub mod task;
+pub mod workload;
 
 pub use error::{Error, Result};

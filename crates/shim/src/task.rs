@@ -1,5 +1,6 @@
-//! The containerd Task service (task API v2) for the sandbox container, and the shim's `start`
-//! and `delete` entry points.
+//! The containerd Task service (task API v2) for the containers of one sandbox (the sandbox
+//! container, which owns the VM, and CRI's app containers in the same VM) and their execs, and
+//! the shim's `start` and `delete` entry points.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,11 +11,14 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
 use containerd_shim_protos::api::{
-    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, Empty,
-    KillRequest, PidsRequest, PidsResponse, ProcessInfo, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-    StateResponse, StatsRequest, StatsResponse, Status, WaitRequest, WaitResponse,
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    WaitRequest, WaitResponse,
 };
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
@@ -26,6 +30,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::mgmt_server::MgmtServer;
 use crate::sandbox::{self, SandboxState, SpecNetwork};
+use crate::workload;
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
@@ -38,14 +43,83 @@ fn no_task(id: &str) -> ttrpc::Error {
     Error::NotFound(format!("no task {id}")).into()
 }
 
+/// One process of a container, as containerd sees it: the container's init (exec id empty) or
+/// an exec. Its pid is QEMU's (as kata's runtime reports it: the process runs in the VM).
+#[derive(Debug)]
+struct Proc {
+    stdio: workload::io::Stdio,
+    /// An exec's process, until it is started.
+    spec: Option<agent_client::protocols::oci::Process>,
+    started: bool,
+    /// Set once, when the process exited (exit status, time).
+    exit: tokio::sync::watch::Sender<Option<(u32, Timestamp)>>,
+}
+
+impl Proc {
+    fn new(stdio: workload::io::Stdio, spec: Option<agent_client::protocols::oci::Process>) -> Self {
+        Self { stdio, spec, started: false, exit: tokio::sync::watch::channel(None).0 }
+    }
+
+    fn exited(&self) -> Option<(u32, Timestamp)> {
+        self.exit.borrow().clone()
+    }
+
+    /// Record the exit unless one is recorded; whether this one was.
+    fn record_exit(&self, code: u32) -> bool {
+        self.exit.send_if_modified(|e| match e {
+            Some(_) => false,
+            None => {
+                *e = Some((code, now()));
+                true
+            }
+        })
+    }
+
+    fn status(&self) -> Status {
+        match (self.exited(), self.started) {
+            (Some(_), _) => Status::STOPPED,
+            (None, true) => Status::RUNNING,
+            (None, false) => Status::CREATED,
+        }
+    }
+}
+
+/// A container of the sandbox: the sandbox container itself (it owns the sandbox, its VM and
+/// its management server) or an app container in the same VM.
 #[derive(Debug)]
 struct Entry {
     bundle: PathBuf,
-    sandbox: Option<Arc<sandbox::Sandbox>>,
+    sandbox: Arc<sandbox::Sandbox>,
+    owns_sandbox: bool,
     mgmt: Option<MgmtServer>,
-    started: bool,
-    exit: Option<(u32, Timestamp)>,
+    /// Its processes run in the VM; `false` (no shared filesystem): the sandbox's task is the VM.
+    workload: bool,
+    init: Proc,
+    execs: HashMap<String, Proc>,
 }
+
+impl Entry {
+    fn proc(&self, exec_id: &str) -> ttrpc::Result<&Proc> {
+        match exec_id {
+            "" => Ok(&self.init),
+            e => self.execs.get(e).ok_or_else(|| Error::NotFound(format!("no exec {e}")).into()),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.sandbox.vm.pid()
+    }
+}
+
+/// The agent's name for a process: the container's id for its init.
+fn agent_exec_id<'a>(cid: &'a str, exec_id: &'a str) -> &'a str {
+    match exec_id {
+        "" => cid,
+        e => e,
+    }
+}
+
+type Entries = Arc<Mutex<HashMap<String, Entry>>>;
 
 /// Publishes the Task service's events to containerd.
 #[derive(Clone)]
@@ -57,6 +131,19 @@ struct Events {
 impl Events {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let _ = self.publisher.publish(ttrpc::context::Context::default(), topic, &self.namespace, event).await;
+    }
+
+    async fn exit(&self, cid: &str, exec_id: &str, pid: u32, code: u32) {
+        let id = agent_exec_id(cid, exec_id).to_owned();
+        let exit = TaskExit {
+            container_id: cid.to_owned(),
+            id,
+            pid,
+            exit_status: code,
+            exited_at: MessageField::some(now()),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit)).await;
     }
 }
 
@@ -75,14 +162,47 @@ fn exit_code(status: &str) -> u32 {
     }
 }
 
-/// When QEMU exits on its own (crashed, killed from outside), the task has exited: record it
-/// (Wait and State see it) and tell containerd with TaskExit, once. A Kill records its exit
-/// first, so this then stays quiet.
+/// Follow process `exec_id` of container `cid` in the VM: start its IO copies, let its output
+/// finish, wait for its exit (WaitProcess), then record the exit and tell containerd (TaskExit).
+fn follow_process(
+    entries: Entries,
+    events: Events,
+    sb: Arc<sandbox::Sandbox>,
+    cid: String,
+    exec_id: String,
+    stdio: workload::io::Stdio,
+) {
+    let eid = agent_exec_id(&cid, &exec_id).to_owned();
+    let mut copies = workload::io::start(&sb.agent, &cid, &eid, &stdio, &sb.log);
+    tokio::spawn(async move {
+        copies.outputs_done().await;
+        let code = match sb.agent.wait_process(&cid, &eid).await {
+            Ok(status) => u32::try_from(status).unwrap_or(UNKNOWN_EXIT),
+            Err(e) => {
+                slog::warn!(sb.log, "waiting for a process failed"; "container_id" => &cid, "exec_id" => &eid,
+                    "error" => crate::error::message(&Error::from(e)));
+                UNKNOWN_EXIT
+            }
+        };
+        copies.finish();
+        let recorded = {
+            let e = entries.lock().await;
+            e.get(&cid).and_then(|entry| entry.proc(&exec_id).ok()).is_some_and(|p| p.record_exit(code))
+        };
+        if recorded {
+            events.exit(&cid, &exec_id, sb.vm.pid(), code).await;
+        }
+    });
+}
+
+/// When QEMU exits on its own (crashed, killed from outside), every process of the sandbox has
+/// exited: record it (Wait and State see it) and tell containerd with TaskExit, once each. A
+/// Kill that stopped the VM recorded its exit first, so this then stays quiet.
 ///
 /// The shim library reaps every child on SIGCHLD (`waitpid(-1)`) and reports it to its monitor;
 /// when it reaps QEMU first, QEMU's own waiter gets no status (ECHILD), so the monitor's report
 /// for QEMU's pid is what counts then.
-fn watch_exit(entries: Arc<Mutex<HashMap<String, Entry>>>, events: Events, id: String, sb: Arc<sandbox::Sandbox>) {
+fn watch_exit(entries: Entries, events: Events, id: String, sb: Arc<sandbox::Sandbox>) {
     tokio::spawn(async move {
         use containerd_shim::monitor::{Subject, Topic};
         let pid = sb.vm.pid();
@@ -105,25 +225,24 @@ fn watch_exit(entries: Arc<Mutex<HashMap<String, Entry>>>, events: Events, id: S
         if let Some(sub) = reaped {
             let _ = containerd_shim::asynchronous::monitor::monitor_unsubscribe(sub.id).await;
         }
-        let code = {
-            let mut e = entries.lock().await;
-            let Some(entry) = e.get_mut(&id) else { return };
-            if entry.exit.is_some() {
-                return;
-            }
-            entry.exit = Some((code, now()));
-            code
+        let exited: Vec<(String, String)> = {
+            let e = entries.lock().await;
+            e.iter()
+                .filter(|(_, entry)| Arc::ptr_eq(&entry.sandbox, &sb))
+                .flat_map(|(cid, entry)| {
+                    let init = std::iter::once((cid.clone(), String::new(), &entry.init));
+                    init.chain(entry.execs.iter().map(|(x, p)| (cid.clone(), x.clone(), p)))
+                })
+                .filter(|(_, _, p)| p.record_exit(code))
+                .map(|(c, x, _)| (c, x))
+                .collect()
         };
-        slog::warn!(sb.log, "QEMU exited on its own"; "sandbox_id" => &id, "status" => &status);
-        let exit = TaskExit {
-            container_id: id.clone(),
-            id,
-            pid,
-            exit_status: code,
-            exited_at: MessageField::some(now()),
-            ..Default::default()
-        };
-        events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit)).await;
+        if !exited.is_empty() {
+            slog::warn!(sb.log, "QEMU exited on its own"; "sandbox_id" => &id, "status" => &status);
+        }
+        for (cid, exec_id) in exited {
+            events.exit(&cid, &exec_id, pid, code).await;
+        }
     });
 }
 
@@ -152,9 +271,27 @@ fn tagged_state(id: &str, bundle: &Path, run_root: Option<&Path>) -> Option<Sand
     })
 }
 
-/// The Task service of one shim (one sandbox).
+/// The CRI annotations naming a container's kind and its sandbox.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The sandbox a container of `spec` belongs to, when it is an app container (CRI's
+/// `container-type = container` with the sandbox's id); `None` for a sandbox container.
+fn sandbox_of(annotations: Option<&HashMap<String, String>>) -> Option<String> {
+    let a = annotations?;
+    match a.get(CONTAINER_TYPE).map(String::as_str) {
+        Some("container") => a.get(SANDBOX_ID).cloned(),
+        _ => None,
+    }
+}
+
+fn stdio_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> workload::io::Stdio {
+    workload::io::Stdio { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal }
+}
+
+/// The Task service of one shim (one sandbox and its containers).
 pub struct KataTask {
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    entries: Entries,
     /// The configuration, or why it was refused (Create reports it).
     config: Result<Config, String>,
     events: Events,
@@ -169,8 +306,79 @@ impl KataTask {
 
     async fn pid_of(&self, id: &str) -> ttrpc::Result<u32> {
         let e = self.entries.lock().await;
-        let entry = e.get(id).ok_or_else(|| no_task(id))?;
-        Ok(entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0))
+        Ok(e.get(id).ok_or_else(|| no_task(id))?.pid())
+    }
+
+    /// Create the sandbox container: start the sandbox (its VM and network), then its own
+    /// container in the VM when containers run there.
+    async fn create_sandbox(&self, req: &CreateTaskRequest, spec: oci_spec::runtime::Spec) -> ttrpc::Result<Entry> {
+        let config = self.config.as_ref().map_err(|e| Error::BadConfig(e.clone()))?;
+        let bundle = PathBuf::from(&req.bundle);
+        let net = tokio::task::spawn_blocking(move || SpecNetwork::from_spec(&spec))
+            .await
+            .map_err(|e| Error::Dns(format!("reading the spec's DNS: {e}")))??;
+        let log = self.log.new(slog::o!("sandbox_id" => req.id.clone()));
+        slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
+        let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, config, &log).await?);
+        let undo = |e: Error| async {
+            let _ = sb.vm.stop(Duration::from_secs(1)).await;
+            let _ = sb.state().await.teardown(&log, Some(&config.runtime.run_dir)).await;
+            SandboxState::forget(&bundle);
+            e
+        };
+        let workload = sb.virtiofsd.is_some();
+        if workload {
+            if let Err(e) = workload::create_container(&sb, &req.id, &bundle, &req.rootfs).await {
+                return Err(undo(e).await.into());
+            }
+        }
+        let mgmt = match MgmtServer::start(sb.clone(), &config.runtime.run_dir).await {
+            Ok(m) => m,
+            Err(e) => return Err(undo(e).await.into()),
+        };
+        if config.runtime.follow_netns {
+            if let Err(e) = sandbox::follow(&sb) {
+                slog::error!(log, "not following the namespace"; "error" => crate::error::message(&e));
+            }
+        }
+        watch_exit(self.entries.clone(), self.events.clone(), req.id.clone(), sb.clone());
+        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        Ok(Entry {
+            bundle,
+            sandbox: sb,
+            owns_sandbox: true,
+            mgmt: Some(mgmt),
+            workload,
+            init: Proc::new(stdio, None),
+            execs: HashMap::new(),
+        })
+    }
+
+    /// Create an app container in sandbox `sid`'s VM.
+    async fn create_in(&self, req: &CreateTaskRequest, sid: &str) -> ttrpc::Result<Entry> {
+        let sb = {
+            let e = self.entries.lock().await;
+            let s = e
+                .get(sid)
+                .filter(|s| s.owns_sandbox)
+                .ok_or_else(|| Error::NotFound(format!("no sandbox {sid} in this shim")))?;
+            if !s.workload {
+                return Err(Error::NotSandbox.into());
+            }
+            s.sandbox.clone()
+        };
+        let bundle = PathBuf::from(&req.bundle);
+        workload::create_container(&sb, &req.id, &bundle, &req.rootfs).await?;
+        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        Ok(Entry {
+            bundle,
+            sandbox: sb,
+            owns_sandbox: false,
+            mgmt: None,
+            workload: true,
+            init: Proc::new(stdio, None),
+            execs: HashMap::new(),
+        })
     }
 }
 
@@ -183,41 +391,24 @@ impl std::fmt::Debug for KataTask {
 #[async_trait::async_trait]
 impl Task for KataTask {
     async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
-        let config = self.config.as_ref().map_err(|e| Error::BadConfig(e.clone()))?;
         netmgmt::paths::check_sandbox_id(&req.id).map_err(|_| Error::InvalidId(req.id.clone()))?;
+        if self.entries.lock().await.contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("task {} exists", req.id)).into());
+        }
         let bundle = PathBuf::from(&req.bundle);
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map_err(|source| Error::Bundle { path: bundle.clone(), source })?;
-        let kind = spec.annotations().as_ref().and_then(|a| a.get("io.kubernetes.cri.container-type")).cloned();
-        if kind.as_deref().is_some_and(|k| k != "sandbox") {
-            return Err(Error::NotSandbox.into());
-        }
-        let net = tokio::task::spawn_blocking(move || SpecNetwork::from_spec(&spec))
-            .await
-            .map_err(|e| Error::Dns(format!("reading the spec's DNS: {e}")))??;
-        let log = self.log.new(slog::o!("sandbox_id" => req.id.clone()));
-        slog::info!(log, "creating sandbox"; "netns" => ?net.netns, "bundle" => %bundle.display());
-        let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, config, &log).await?);
-        let mgmt = match MgmtServer::start(sb.clone(), &config.runtime.run_dir).await {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = sb.vm.stop(Duration::from_secs(1)).await;
-                let _ = sb.state().await.teardown(&log, Some(&config.runtime.run_dir)).await;
-                SandboxState::forget(&bundle);
-                return Err(e.into());
-            }
+        let entry = match sandbox_of(spec.annotations().as_ref()) {
+            Some(sid) => self.create_in(&req, &sid).await?,
+            None => self.create_sandbox(&req, spec).await?,
         };
-        let pid = sb.vm.pid();
-        self.entries.lock().await.insert(
-            req.id.clone(),
-            Entry { bundle: bundle.clone(), sandbox: Some(sb.clone()), mgmt: Some(mgmt), started: false, exit: None },
-        );
-        if config.runtime.follow_netns {
-            if let Err(e) = sandbox::follow(&sb) {
-                slog::error!(log, "not following the namespace"; "error" => crate::error::message(&e));
-            }
+        let pid = entry.pid();
+        let (sb, workload, stdio) = (entry.sandbox.clone(), entry.workload, entry.init.stdio.clone());
+        self.entries.lock().await.insert(req.id.clone(), entry);
+        if workload {
+            // Output is copied from now on; the exit is known once the agent says so.
+            follow_process(self.entries.clone(), self.events.clone(), sb, req.id.clone(), String::new(), stdio);
         }
-        watch_exit(self.entries.clone(), self.events.clone(), req.id.clone(), sb);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -232,104 +423,215 @@ impl Task for KataTask {
     }
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        let pid = {
-            let mut e = self.entries.lock().await;
-            let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
-            entry.started = true;
-            entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0)
+        let (sb, workload, spec, stdio) = {
+            let e = self.entries.lock().await;
+            let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            let p = entry.proc(&req.exec_id)?;
+            if p.started || p.exited().is_some() {
+                return Err(Error::AlreadyExists(format!("process {}/{} was started", req.id, req.exec_id)).into());
+            }
+            (entry.sandbox.clone(), entry.workload, p.spec.clone(), p.stdio.clone())
         };
-        self.publish(
-            topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart { container_id: req.id, pid, ..Default::default() }),
-        )
-        .await;
+        if workload && req.exec_id.is_empty() {
+            sb.agent.start_container(&req.id).await.map_err(Error::from)?;
+        } else if workload {
+            let process = spec.ok_or_else(|| Error::Internal("an exec without its process".into()))?;
+            let areq = agent_client::protocols::agent::ExecProcessRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process: MessageField::some(process),
+                ..Default::default()
+            };
+            sb.agent.exec_process(&areq).await.map_err(Error::from)?;
+            follow_process(
+                self.entries.clone(),
+                self.events.clone(),
+                sb.clone(),
+                req.id.clone(),
+                req.exec_id.clone(),
+                stdio,
+            );
+        }
+        {
+            let mut e = self.entries.lock().await;
+            if let Some(entry) = e.get_mut(&req.id) {
+                match req.exec_id.as_str() {
+                    "" => entry.init.started = true,
+                    x => {
+                        if let Some(p) = entry.execs.get_mut(x) {
+                            p.started = true;
+                        }
+                    }
+                }
+            }
+        }
+        let pid = sb.vm.pid();
+        if req.exec_id.is_empty() {
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart { container_id: req.id, pid, ..Default::default() }),
+            )
+            .await;
+        } else {
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted { container_id: req.id, exec_id: req.exec_id, pid, ..Default::default() }),
+            )
+            .await;
+        }
         Ok(StartResponse { pid, ..Default::default() })
     }
 
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
         let e = self.entries.lock().await;
         let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
-        let running = entry.sandbox.as_ref().is_some_and(|s| s.vm.exit_status().is_none());
-        let st = match (&entry.exit, entry.started, running) {
-            (Some(_), _, _) | (None, true, false) => Status::STOPPED,
-            (None, true, true) => Status::RUNNING,
-            (None, false, _) => Status::CREATED,
-        };
+        let p = entry.proc(&req.exec_id)?;
+        let exit = p.exited();
         Ok(StateResponse {
             id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
             bundle: entry.bundle.display().to_string(),
-            pid: entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0),
-            status: EnumOrUnknown::new(st),
-            exit_status: entry.exit.as_ref().map(|(c, _)| *c).unwrap_or(0),
-            exited_at: entry.exit.as_ref().map(|(_, t)| t.clone()).into(),
+            pid: entry.pid(),
+            status: EnumOrUnknown::new(p.status()),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.as_ref().map(|(c, _)| *c).unwrap_or(0),
+            exited_at: exit.map(|(_, t)| t).into(),
             ..Default::default()
         })
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        loop {
-            {
-                let mut e = self.entries.lock().await;
-                let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
-                if entry.exit.is_none() {
-                    if let Some(st) = entry.sandbox.as_ref().and_then(|s| s.vm.exit_status()) {
-                        entry.exit = Some((exit_code(&st), now()));
-                    }
-                }
-                if let Some((code, at)) = &entry.exit {
-                    return Ok(WaitResponse {
-                        exit_status: *code,
-                        exited_at: MessageField::some(at.clone()),
-                        ..Default::default()
-                    });
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut rx = {
+            let e = self.entries.lock().await;
+            let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            entry.proc(&req.exec_id)?.exit.subscribe()
+        };
+        let got = rx.wait_for(|e| e.is_some()).await.map(|e| e.clone());
+        let (code, at) = got.ok().flatten().ok_or_else(|| no_task(&req.id))?;
+        Ok(WaitResponse { exit_status: code, exited_at: MessageField::some(at), ..Default::default() })
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        let (pid, code) = {
+        let (sb, workload) = {
+            let e = self.entries.lock().await;
+            let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            let p = entry.proc(&req.exec_id)?;
+            if p.exited().is_some() && !req.all {
+                return Ok(Empty::new());
+            }
+            (entry.sandbox.clone(), entry.workload)
+        };
+        if workload {
+            let eid = if req.all { "" } else { agent_exec_id(&req.id, &req.exec_id) };
+            sb.agent.signal_process(&req.id, eid, req.signal).await.map_err(Error::from)?;
+            return Ok(Empty::new());
+        }
+        // No workload: the sandbox's task is the VM.
+        let grace = if req.signal == 9 { Duration::from_millis(0) } else { Duration::from_secs(5) };
+        let _ = sb.vm.stop(grace).await;
+        let recorded = {
+            let e = self.entries.lock().await;
+            e.get(&req.id).is_some_and(|entry| entry.init.record_exit(128 + req.signal))
+        };
+        if recorded {
+            self.events.exit(&req.id, "", sb.vm.pid(), 128 + req.signal).await;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        netmgmt::paths::check_sandbox_id(&req.exec_id).map_err(|_| Error::InvalidId(req.exec_id.clone()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&req.spec.value).map_err(|e| Error::Spec(format!("the exec's process: {e}")))?;
+        let process = workload::spec::process(&json)?;
+        {
             let mut e = self.entries.lock().await;
             let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
-            let Some(sb) = entry.sandbox.as_ref() else { return Ok(Empty::new()) };
-            let grace = if req.signal == 9 { Duration::from_millis(0) } else { Duration::from_secs(5) };
-            let _ = sb.vm.stop(grace).await;
-            let code = 128 + req.signal;
-            if entry.exit.is_none() {
-                entry.exit = Some((code, now()));
+            if !entry.workload {
+                return Err(Error::NotSandbox.into());
             }
-            (sb.vm.pid(), entry.exit.as_ref().map(|(c, _)| *c).unwrap_or(code))
-        };
+            if entry.execs.contains_key(&req.exec_id) {
+                return Err(Error::AlreadyExists(format!("exec {} exists", req.exec_id)).into());
+            }
+            let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+            entry.execs.insert(req.exec_id.clone(), Proc::new(stdio, Some(process)));
+        }
         self.publish(
-            topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
-                container_id: req.id.clone(),
-                id: req.id,
-                pid,
-                exit_status: code,
-                exited_at: MessageField::some(now()),
-                ..Default::default()
-            }),
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded { container_id: req.id, exec_id: req.exec_id, ..Default::default() }),
         )
         .await;
         Ok(Empty::new())
     }
 
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let sb = {
+            let e = self.entries.lock().await;
+            let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            entry.proc(&req.exec_id)?;
+            entry.sandbox.clone()
+        };
+        let eid = agent_exec_id(&req.id, &req.exec_id);
+        sb.agent.tty_win_resize(&req.id, eid, req.height, req.width).await.map_err(Error::from)?;
+        Ok(Empty::new())
+    }
+
+    /// The stdin copy closes the process's stdin when containerd's FIFO ends, which comes with
+    /// this call.
+    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        let e = self.entries.lock().await;
+        e.get(&req.id).ok_or_else(|| no_task(&req.id))?.proc(&req.exec_id)?;
+        Ok(Empty::new())
+    }
+
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
-        let entry = self.entries.lock().await.remove(&req.id);
-        let entry = entry.ok_or_else(|| no_task(&req.id))?;
-        let pid = entry.sandbox.as_ref().map(|s| s.vm.pid()).unwrap_or(0);
-        if let Some(m) = entry.mgmt {
-            m.stop().await;
+        if !req.exec_id.is_empty() {
+            let p = {
+                let mut e = self.entries.lock().await;
+                let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
+                entry.proc(&req.exec_id)?;
+                (entry.pid(), entry.execs.remove(&req.exec_id))
+            };
+            let (code, at) = p.1.and_then(|p| p.exited()).unwrap_or((0, now()));
+            return Ok(DeleteResponse {
+                pid: p.0,
+                exit_status: code,
+                exited_at: MessageField::some(at),
+                ..Default::default()
+            });
         }
-        if let Some(sb) = entry.sandbox {
+        let entry = {
+            let mut e = self.entries.lock().await;
+            let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            if entry.owns_sandbox && e.values().any(|o| !o.owns_sandbox && Arc::ptr_eq(&o.sandbox, &entry.sandbox)) {
+                return Err(Error::AlreadyExists(format!("sandbox {} still has containers", req.id)).into());
+            }
+            e.remove(&req.id).ok_or_else(|| no_task(&req.id))?
+        };
+        let pid = entry.pid();
+        let sb = entry.sandbox.clone();
+        if entry.workload && sb.vm.exit_status().is_none() {
+            if let Err(e) = workload::remove_container(&sb, &req.id).await {
+                slog::warn!(self.log, "removing the container from the VM"; "container_id" => &req.id,
+                    "error" => crate::error::message(&e));
+            }
+        }
+        if entry.owns_sandbox {
+            if let Some(m) = entry.mgmt {
+                m.stop().await;
+            }
             let _ = sb.vm.stop(Duration::from_secs(5)).await;
             let run_root = self.config.as_ref().ok().map(|c| c.runtime.run_dir.as_path());
             sb.state().await.teardown(&self.log, run_root).await?;
             SandboxState::forget(&entry.bundle);
+        } else if let Some(d) = &sb.run_dir {
+            // Unshared even when the VM is gone.
+            let _ = sandbox::sharedfs::unshare_container(d, &req.id);
         }
-        let (code, at) = entry.exit.unwrap_or((0, now()));
+        let (code, at) = entry.init.exited().unwrap_or((0, now()));
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -359,7 +661,6 @@ impl Task for KataTask {
             let e = self.entries.lock().await;
             e.get(&req.id).ok_or_else(|| no_task(&req.id))?.sandbox.clone()
         };
-        let sb = sb.ok_or_else(|| no_task(&req.id))?;
         let nics = sb.nic_stats().await?;
         let network = nics
             .iter()
@@ -438,7 +739,9 @@ impl Shim for KataShim {
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         // A bad configuration is reported by Create, as INVALID_ARGUMENT naming the key.
-        let grouping = opts.id.clone();
+        // An app container goes to its sandbox's shim: the one listening for the sandbox's id.
+        let spec = oci_spec::runtime::Spec::load("config.json").ok();
+        let grouping = spec.and_then(|s| sandbox_of(s.annotations().as_ref())).unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
         Ok(address)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tests::containerd::{kata_conf, qemu_running_in, wait_until, Containerd};
 use tests::CniPod;
-use tests::POD_IP;
+use tests::{PEER_IP, POD_IP};
 
 /// containerd, a CNI-like pod namespace, and the namespace as CNI left it.
 fn start_with_pod(tag: &str) -> (Containerd, CniPod, serde_json::Value) {
@@ -450,4 +450,119 @@ fn the_agent_over_hybrid_vsock_and_its_backend_gone_after_teardown_and_after_a_c
         assert!(!run.exists(), "no socket left: the run directory is gone");
         assert_eq!(cni.pod.snapshot(), before);
     }
+}
+
+/// The peer namespace's count of ICMP echo requests received.
+fn echos_received(ns: &tests::TestNs) -> u64 {
+    let out = tests::run(&["ip", "netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);
+    let mut icmp = out.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (icmp.next().unwrap_or_default(), icmp.next().unwrap_or_default());
+    let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
+    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("InEchos value")
+}
+
+/// What is mounted at or under `dir` on the host.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.display().to_string();
+    m.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&d)).map(String::from).collect()
+}
+
+/// After a sandbox went: no QEMU, virtiofsd, mount or run directory of it, the namespace as CNI
+/// left it.
+fn assert_nothing_left(c: &Containerd, id: &str, cni: &CniPod, before: &serde_json::Value) {
+    let run = c.run_dir().join(id);
+    wait_until(Duration::from_secs(20), "QEMU gone", || !qemu_running_in(&run));
+    assert_eq!(tests::containerd::processes_naming(&run, "/usr/lib/qemu/virtiofsd"), 0, "virtiofsd left");
+    assert_eq!(mounts_under(&c.run_dir()), Vec::<String>::new(), "mounts left");
+    assert!(!run.exists(), "{} left", run.display());
+    assert_eq!(&cni.pod.snapshot(), before, "the namespace is as CNI left it");
+}
+
+#[test]
+fn a_command_runs_in_the_vm_reaches_the_peer_and_ctr_returns_its_output_and_exit_code() {
+    let (c, cni, before) = start_with_pod("workload");
+    let resolv = c.dir.0.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.96.0.10\nsearch svc.cluster.local\n").unwrap();
+    let bind = format!("type=bind,src={},dst=/etc/resolv.conf,options=rbind:ro", resolv.display());
+    let echos = echos_received(&cni.peer);
+    let script =
+        format!("ping -c 1 -W 10 {PEER_IP} >/dev/null && echo reached; cat /etc/resolv.conf; ip -o -4 addr show eth0");
+    let out = c.run_fg("wl1", &cni.pod.path(), &["--mount", &bind], &["sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctr run: {out:?}");
+    for want in ["reached", "nameserver 10.96.0.10", "search svc.cluster.local", "inet 10.88.0.5/24"] {
+        assert!(stdout.contains(want), "missing {want:?} in the container's output:\n{stdout}");
+    }
+    // The peer got the echo request (from the VM: the pod's namespace itself sent nothing).
+    assert_eq!(echos_received(&cni.peer), echos + 1, "the peer received the container's ping");
+    assert_nothing_left(&c, "wl1", &cni, &before);
+
+    // An exit code and standard error reach ctr; so does output written just before the exit.
+    let out = c.run_fg("wl2", &cni.pod.path(), &[], &["sh", "-c", "echo to-stderr >&2; echo last-words; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "ctr run returns the command's exit code: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("last-words"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{out:?}");
+    assert_nothing_left(&c, "wl2", &cni, &before);
+}
+
+#[test]
+fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
+    let (c, cni, before) = start_with_pod("exec");
+    c.run_ok("wx1", &cni.pod.path());
+    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "wx1", "sh", "-c", "ip -o -4 addr show eth0; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inet 10.88.0.5/24"), "{out:?}");
+    // stdin reaches an exec and its end ends the process.
+    let mut child = std::process::Command::new("ctr")
+        .args(["-a", c.sock().to_str().unwrap(), "task", "exec", "--exec-id", "e2", "wx1", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    // The init's process: a SIGTERM ends it, ctr sees the task stopped with its status.
+    let out = c.ctr(&["task", "kill", "-s", "SIGTERM", "wx1"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until(Duration::from_secs(30), "task stopped", || c.task_status("wx1") == "STOPPED");
+    assert!(c.ctr(&["task", "rm", "wx1"]).status.success());
+    assert!(c.ctr(&["container", "rm", "wx1"]).status.success());
+    assert_nothing_left(&c, "wx1", &cni, &before);
+}
+
+#[test]
+fn ctr_run_t_gives_an_interactive_shell_that_sees_the_pod_address() {
+    let (c, cni, before) = start_with_pod("tty");
+    tests::require_root_and_tools(&["tmux"]);
+    let session = format!("kata-net-tty-{}", std::process::id());
+    let cmd = format!(
+        "ctr -a {} run -t --rm --runtime io.containerd.kata.v2 --with-ns network:{} {} wt1 sh",
+        c.sock().display(),
+        cni.pod.path(),
+        tests::containerd::IMAGE
+    );
+    struct Tmux(String);
+    impl Drop for Tmux {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &self.0]).status();
+        }
+    }
+    let tmux = Tmux(session.clone());
+    tests::run(&["tmux", "new-session", "-d", "-s", &tmux.0, "-x", "160", "-y", "50", &cmd]);
+    let pane = || tests::run(&["tmux", "capture-pane", "-p", "-t", &session]);
+    wait_until(Duration::from_secs(90), "the shell's prompt", || pane().contains('#'));
+    tests::run(&["tmux", "send-keys", "-t", &session, "ip -o -4 addr show eth0; stty size", "Enter"]);
+    wait_until(Duration::from_secs(20), "ip's output in the terminal", || pane().contains("inet 10.88.0.5/24"));
+    // The terminal's size is the pane's (ResizePty reached the process's terminal).
+    let size = tests::run(&["tmux", "display", "-p", "-t", &session, "#{pane_height} #{pane_width}"]);
+    wait_until(Duration::from_secs(20), "stty size", || pane().contains(size.trim()));
+    tests::run(&["tmux", "send-keys", "-t", &session, "exit", "Enter"]);
+    let gone = || !std::process::Command::new("tmux").args(["has-session", "-t", &session]).status().unwrap().success();
+    wait_until(Duration::from_secs(30), "ctr run -t ended", gone);
+    drop(tmux);
+    assert_nothing_left(&c, "wt1", &cni, &before);
 }

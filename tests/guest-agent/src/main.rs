@@ -2,9 +2,12 @@
 //! virtio-serial port, vsock, or a unix socket, and applies everything through netlink.
 //!
 //! It stands in for kata's agent in this project's tests and demo; it is not shipped.
+//! `guest-agent --launch <json>` is the agent starting a container process (see `launch.rs`).
 
 mod console;
+mod containers;
 mod ipvs;
+mod launch;
 mod netcfg;
 mod serial;
 mod service;
@@ -59,8 +62,18 @@ async fn start(
     Ok(s)
 }
 
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--launch") {
+        let e = launch::run(argv.get(2).map(String::as_str).unwrap_or_default()).unwrap_err();
+        eprintln!("guest-agent: {e:#}");
+        std::process::exit(127);
+    }
+    serve()
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     let args = parse_args()?;
     let (conn, handle, _) = rtnetlink::new_connection().context("open netlink")?;
     tokio::spawn(conn);

@@ -4,8 +4,11 @@
 use std::path::PathBuf;
 
 use agent_client::protocols::agent::{
-    AddARPNeighborsRequest, CreateSandboxRequest, GetMetricsRequest, IPVSResponse, Interfaces, ListInterfacesRequest,
-    ListRoutesRequest, Metrics, Routes, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    AddARPNeighborsRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
+    GetMetricsRequest, IPVSResponse, Interfaces, ListInterfacesRequest, ListRoutesRequest, Metrics, ReadStreamRequest,
+    ReadStreamResponse, RemoveContainerRequest, Routes, SignalProcessRequest, StartContainerRequest,
+    TtyWinResizeRequest, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
+    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use agent_client::protocols::empty::Empty;
 use agent_client::protocols::health::{
@@ -19,15 +22,18 @@ use ttrpc::Code;
 
 use crate::netcfg::{self, Status};
 
+/// The network calls are serialised under `lock`; the container calls are not (a process's
+/// output and exit are waited for without holding anything).
 pub struct Agent {
     handle: rtnetlink::Handle,
     resolv_conf: PathBuf,
     lock: tokio::sync::Mutex<()>,
+    containers: crate::containers::Containers,
 }
 
 impl Agent {
     pub fn new(handle: rtnetlink::Handle, resolv_conf: PathBuf) -> Self {
-        Self { handle, resolv_conf, lock: tokio::sync::Mutex::new(()) }
+        Self { handle, resolv_conf, lock: tokio::sync::Mutex::new(()), containers: Default::default() }
     }
 }
 
@@ -37,6 +43,64 @@ fn status(s: Status) -> ttrpc::Error {
 
 #[async_trait::async_trait]
 impl agent_ttrpc::AgentService for Agent {
+    async fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+        self.containers.create(&req).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<Empty> {
+        self.containers.start(&req.container_id).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+        self.containers.remove(&req.container_id, req.timeout).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let p = req.process.as_ref().ok_or_else(|| status((Code::INVALID_ARGUMENT, "process: missing".into())))?;
+        self.containers.exec(&req.container_id, &req.exec_id, p).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        self.containers.signal(&req.container_id, &req.exec_id, req.signal).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(&self, _: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        let code = self.containers.wait(&req.container_id, &req.exec_id).await.map_err(status)?;
+        Ok(WaitProcessResponse { status: code, ..Default::default() })
+    }
+
+    async fn write_stdin(&self, _: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+        let len = self.containers.write(&req.container_id, &req.exec_id, &req.data).await.map_err(status)?;
+        Ok(WriteStreamResponse { len, ..Default::default() })
+    }
+
+    async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        let data =
+            self.containers.read(&req.container_id, &req.exec_id, false, req.len as usize).await.map_err(status)?;
+        Ok(ReadStreamResponse { data, ..Default::default() })
+    }
+
+    async fn read_stderr(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        let data =
+            self.containers.read(&req.container_id, &req.exec_id, true, req.len as usize).await.map_err(status)?;
+        Ok(ReadStreamResponse { data, ..Default::default() })
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        self.containers.close_stdin(&req.container_id, &req.exec_id).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
+        self.containers.resize(&req.container_id, &req.exec_id, req.row, req.column).map_err(status)?;
+        Ok(Empty::new())
+    }
+
     async fn update_interface(&self, _: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
         let _g = self.lock.lock().await;
         let iface =

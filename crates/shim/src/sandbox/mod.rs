@@ -36,6 +36,8 @@ pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);
 pub struct Sandbox {
     pub id: String,
     pub bundle: PathBuf,
+    /// `<run_dir>/<id>`: the sandbox's sockets and shared directory.
+    pub run_dir: Option<PathBuf>,
     pub vm: Arc<Vm>,
     pub agent: AgentClient,
     /// The agent serves openEuler's extensions of kata's protocol (`UpdateIPVSRule`, routes'

@@ -4,6 +4,13 @@
 //! it to: CreateSandbox's storage `virtio-fs` on `/run/kata-containers/shared/containers/`.
 //! virtiofsd runs as long as its `VirtioFsd` lives (dropped: killed); a crashed shim's `delete`
 //! finds it by its socket in the run directory.
+//!
+//! The shared directory is a mount point of its own with shared propagation, made before
+//! virtiofsd starts: virtiofsd sees the host's mounts in a namespace of its own as a slave, so
+//! what is mounted under the directory later (a container's rootfs at `<cid>/rootfs`, the files
+//! and directories its spec binds at `<cid>/mounts/<name>`) reaches the guest, and goes when it
+//! is unmounted. Everything mounted under the run directory is unmounted before it is removed
+//! (see `unmount_under`), in a teardown and in a crashed shim's `delete` alike.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +42,10 @@ impl VirtioFsd {
         let io = |source| Error::Io { what: "starting virtiofsd for", path: shared.clone(), source };
         std::fs::create_dir(&shared).map_err(io)?;
         std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+        use nix::mount::{mount, MsFlags};
+        let errno = |e: nix::errno::Errno| io(std::io::Error::from(e));
+        mount(Some(&shared), &shared, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno)?;
+        mount(None::<&str>, &shared, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(errno)?;
         let mut cmd = tokio::process::Command::new(&cfg.virtio_fs_daemon);
         cmd.arg(format!("--socket-path={}", socket.display()))
             .arg("-o")
@@ -54,5 +65,137 @@ pub fn storage() -> Storage {
         fstype: "virtiofs".into(),
         mount_point: GUEST_MOUNT_POINT.into(),
         ..Default::default()
+    }
+}
+
+/// A container's directory in the shared directory, on the host.
+pub fn container_dir(run_dir: &Path, cid: &str) -> PathBuf {
+    run_dir.join(SHARED_DIR).join(cid)
+}
+
+/// Where the guest sees container `cid`'s rootfs.
+pub fn guest_rootfs(cid: &str) -> String {
+    format!("{GUEST_MOUNT_POINT}{cid}/rootfs")
+}
+
+/// Mount container `cid`'s rootfs (containerd's mounts, in order; none: the bundle's `rootfs`)
+/// at `<cid>/rootfs` in the shared directory. On failure what was mounted is unmounted.
+pub fn share_rootfs(
+    run_dir: &Path,
+    cid: &str,
+    mounts: &[containerd_shim_protos::types::mount::Mount],
+    bundle: &Path,
+) -> Result<()> {
+    let target = container_dir(run_dir, cid).join("rootfs");
+    let io = |source| Error::Io { what: "making the container's rootfs", path: target.clone(), source };
+    std::fs::create_dir_all(&target).map_err(io)?;
+    let done = if mounts.is_empty() {
+        let src = bundle.join("rootfs");
+        containerd_shim::mount::mount_rootfs(None, src.to_str(), &["rbind".to_owned()], &target)
+    } else {
+        mounts.iter().try_for_each(|m| {
+            containerd_shim::mount::mount_rootfs(Some(m.type_.as_str()), Some(m.source.as_str()), &m.options, &target)
+        })
+    };
+    if let Err(e) = done {
+        let _ = unshare_container(run_dir, cid);
+        return Err(Error::Io {
+            what: "mounting the container's rootfs on",
+            path: target,
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    Ok(())
+}
+
+/// Bind `share.host` at `<cid>/mounts/<name>` in the shared directory (read-only if asked).
+pub fn share_path(run_dir: &Path, cid: &str, share: &crate::workload::spec::Share) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let target = container_dir(run_dir, cid).join("mounts").join(&share.name);
+    let io = |source| Error::Io { what: "sharing a bind mount of the spec at", path: target.clone(), source };
+    let meta = std::fs::metadata(&share.host).map_err(|source| Error::Io {
+        what: "the spec binds",
+        path: share.host.clone(),
+        source,
+    })?;
+    std::fs::create_dir_all(target.parent().unwrap_or(&target)).map_err(io)?;
+    match meta.is_dir() {
+        true => std::fs::create_dir_all(&target).map_err(io)?,
+        false => drop(std::fs::File::create(&target).map_err(io)?),
+    }
+    let errno = |e: nix::errno::Errno| io(std::io::Error::from(e));
+    mount(Some(&share.host), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(errno)?;
+    if share.read_only {
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, &target, None::<&str>, ro, None::<&str>) {
+            let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+            return Err(errno(e));
+        }
+    }
+    Ok(())
+}
+
+/// Unmount and remove container `cid`'s directory in the shared directory.
+pub fn unshare_container(run_dir: &Path, cid: &str) -> Result<()> {
+    let dir = container_dir(run_dir, cid);
+    unmount_under(&dir)?;
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::Io { what: "removing the container's shared directory", path: dir, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The mount points at or under `dir` in the shim's mount namespace, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
+}
+
+/// `/proc/self/mountinfo` writes space, tab, newline and backslash as octal escapes.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmount everything mounted at or under `dir` (deepest first, detached), and check that
+/// nothing is left: a directory is removed only when no mount is under it, so a removal never
+/// reaches into a container's rootfs.
+pub fn unmount_under(dir: &Path) -> Result<()> {
+    for _ in 0..3 {
+        let left = mounts_under(dir);
+        if left.is_empty() {
+            return Ok(());
+        }
+        for m in left {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    match mounts_under(dir).first() {
+        None => Ok(()),
+        Some(m) => {
+            Err(Error::Io { what: "unmounting", path: m.clone(), source: std::io::Error::other("still mounted") })
+        }
     }
 }

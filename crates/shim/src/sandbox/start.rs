@@ -98,6 +98,7 @@ impl Start<'_> {
         Ok(Sandbox {
             id: self.id.to_owned(),
             bundle: self.bundle.to_owned(),
+            run_dir: Some(self.run_dir()),
             vm: Arc::new(vm),
             agent,
             extended_agent,

@@ -89,7 +89,7 @@ impl SandboxState {
     }
 
     /// Remove everything recorded: QEMU, runtime-made devices, the shim's namespace, the run
-    /// directory. Paths are confined first: a run directory other than `<run_root>/<id>` and a
+    /// directory with its shared directory (unmounted first). Paths are confined first: a run directory other than `<run_root>/<id>` and a
     /// namespace other than the shim's own (`kata-net-*`) are left alone and reported. Every
     /// step is tried; the first error is returned.
     pub async fn teardown(&self, log: &slog::Logger, run_root: Option<&Path>) -> Result<()> {
@@ -118,8 +118,16 @@ impl SandboxState {
                 first = Err(e);
             }
         }
+        // The shared directory and what is mounted under it (rootfs, shares) are unmounted
+        // first: the directory is removed only when nothing is mounted under it.
         if let Some(d) = run_dir {
-            let _ = std::fs::remove_dir_all(d);
+            match super::sharedfs::unmount_under(d) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+                Err(e) if first.is_ok() => first = Err(e),
+                Err(_) => {}
+            }
         }
         if let Err(e) = &first {
             slog::error!(log, "teardown incomplete"; "sandbox_id" => &self.id, "error" => crate::error::message(e));

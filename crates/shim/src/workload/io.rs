@@ -1,0 +1,142 @@
+//! A process's standard IO between containerd's FIFOs and the agent's stream calls: stdin
+//! (WriteStdin, then CloseStdin at its end), stdout and stderr (ReadStdout/ReadStderr until the
+//! agent says the stream ended). With a terminal there is one output stream (stdout) and stdin
+//! is never closed (the terminal stays the process's). FIFOs are opened in blocking threads:
+//! opening a FIFO waits for its other end, which containerd opened before asking.
+
+use std::path::PathBuf;
+
+use agent_client::AgentClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+/// The FIFOs containerd gave for a process (empty: none).
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// How much one read asks the agent for.
+const CHUNK: u32 = 32 * 1024;
+
+/// The output copies of a process; done when the agent ended both streams.
+#[derive(Debug)]
+pub struct Copies {
+    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<JoinHandle<()>>,
+}
+
+impl Copies {
+    /// Wait until the output is complete: the agent ended both streams (the process and every
+    /// process it passed its output to closed it, or the process's terminal went). Only then
+    /// is the process waited for: kata's agent drops what a process wrote, unread, once
+    /// WaitProcess reaped it (kata's runtime waits in the same order).
+    pub async fn outputs_done(&mut self) {
+        futures_join(std::mem::take(&mut self.outputs)).await;
+    }
+
+    /// The process is gone: stop copying its stdin.
+    pub fn finish(self) {
+        if let Some(s) = self.stdin {
+            s.abort();
+        }
+    }
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+async fn open(path: PathBuf, write: bool) -> std::io::Result<tokio::fs::File> {
+    let f = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().read(!write).write(write).open(path))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(f))
+}
+
+/// Start copying process `exec_id` of container `cid` (the agent's names) between `stdio` and the
+/// agent.
+pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: &slog::Logger) -> Copies {
+    let mut outputs = Vec::new();
+    let streams: &[bool] = if stdio.terminal { &[false] } else { &[false, true] };
+    for &stderr in streams {
+        let path = if stderr { &stdio.stderr } else { &stdio.stdout };
+        let (agent, cid, eid, path, log) =
+            (agent.clone(), cid.to_owned(), exec_id.to_owned(), path.clone(), log.clone());
+        outputs.push(tokio::spawn(async move {
+            // No FIFO: the output is read and dropped, so the process never blocks on a full pipe.
+            let mut out = match path.is_empty() {
+                true => None,
+                false => match open(path.clone().into(), true).await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        slog::warn!(log, "cannot open the output FIFO"; "path" => &path, "error" => %e);
+                        None
+                    }
+                },
+            };
+            // The stream ends at the second error in a row: kata's agent 3.2 ends a pending read
+            // with "eof" when the process's stdin is closed (CloseStdin wakes its terminal-exit
+            // notifier for every stream), and the next read goes on; a stream that really ended
+            // fails again at once.
+            let mut failed = false;
+            loop {
+                match agent.read_stream(&cid, &eid, stderr, CHUNK).await {
+                    Ok(data) => {
+                        failed = false;
+                        if let Some(f) = out.as_mut() {
+                            if f.write_all(&data).await.is_err() {
+                                out = None;
+                            }
+                        }
+                    }
+                    Err(_) if !failed => failed = true,
+                    Err(_) => break,
+                }
+            }
+            if let Some(mut f) = out {
+                let _ = f.flush().await;
+            }
+        }));
+    }
+    let stdin = match (stdio.stdin.is_empty(), stdio.terminal) {
+        // No stdin: the process reads the end at once, as from /dev/null.
+        (true, false) => {
+            let (agent, cid, eid) = (agent.clone(), cid.to_owned(), exec_id.to_owned());
+            Some(tokio::spawn(async move {
+                let _ = agent.close_stdin(&cid, &eid).await;
+            }))
+        }
+        (true, true) => None,
+        (false, terminal) => {
+            let (agent, cid, eid, path) = (agent.clone(), cid.to_owned(), exec_id.to_owned(), stdio.stdin.clone());
+            Some(tokio::spawn(async move {
+                let Ok(mut f) = open(path.into(), false).await else { return };
+                let mut buf = vec![0u8; CHUNK as usize];
+                loop {
+                    match f.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut at = 0;
+                            while at < n {
+                                match agent.write_stdin(&cid, &eid, &buf[at..n]).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(w) => at += w as usize,
+                                }
+                            }
+                        }
+                    }
+                }
+                if !terminal {
+                    let _ = agent.close_stdin(&cid, &eid).await;
+                }
+            }))
+        }
+    };
+    Copies { outputs, stdin }
+}

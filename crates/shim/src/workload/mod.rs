@@ -1,0 +1,75 @@
+//! The workload in the VM: containers of the sandbox and their processes, run by the guest's
+//! agent (kata's protocol), their root filesystems shared over virtio-fs, their IO carried
+//! between containerd's FIFOs and the agent.
+
+pub mod io;
+pub mod spec;
+
+use std::path::Path;
+
+use agent_client::protocols::agent::CreateContainerRequest;
+use protobuf::MessageField;
+
+use crate::error::{Error, Result};
+use crate::sandbox::sharedfs::{self, GUEST_MOUNT_POINT};
+use crate::sandbox::Sandbox;
+
+/// Make container `cid` in the VM: its rootfs and the spec's bind mounts shared, the container
+/// created by the agent (its init process made, not started). On failure nothing is left.
+pub async fn create_container(
+    sb: &Sandbox,
+    cid: &str,
+    bundle: &Path,
+    rootfs: &[containerd_shim_protos::types::mount::Mount],
+) -> Result<()> {
+    netmgmt::paths::check_sandbox_id(cid).map_err(|_| Error::InvalidId(cid.to_owned()))?;
+    let run_dir = sb.run_dir.clone().ok_or_else(|| Error::Internal("the sandbox has no run directory".into()))?;
+    let path = bundle.join("config.json");
+    let text =
+        std::fs::read(&path).map_err(|source| Error::Io { what: "reading the spec", path: path.clone(), source })?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| Error::Spec(format!("config.json: {e}")))?;
+    let (spec, shares) = spec::to_agent(&json, cid, &sharedfs::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
+    let made = {
+        let (run_dir, cid, bundle, rootfs) = (run_dir.clone(), cid.to_owned(), bundle.to_owned(), rootfs.to_vec());
+        tokio::task::spawn_blocking(move || {
+            sharedfs::share_rootfs(&run_dir, &cid, &rootfs, &bundle)?;
+            shares.iter().try_for_each(|s| sharedfs::share_path(&run_dir, &cid, s))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("sharing the rootfs: {e}")))
+        .and_then(|r| r)
+    };
+    let req = CreateContainerRequest {
+        container_id: cid.to_owned(),
+        exec_id: cid.to_owned(),
+        OCI: MessageField::some(spec),
+        ..Default::default()
+    };
+    let created = match made {
+        Ok(()) => sb.agent.create_container(&req).await.map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = created {
+        let _ = sharedfs::unshare_container(&run_dir, cid);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Remove container `cid` from the VM (its processes killed) and unshare its rootfs and mounts.
+/// Both are tried; the first error is returned.
+pub async fn remove_container(sb: &Sandbox, cid: &str) -> Result<()> {
+    let removed = sb.agent.remove_container(cid, 10).await.map_err(Error::from);
+    let unshared = match &sb.run_dir {
+        Some(d) => {
+            let (d, cid) = (d.clone(), cid.to_owned());
+            tokio::task::spawn_blocking(move || sharedfs::unshare_container(&d, &cid))
+                .await
+                .map_err(|e| Error::Internal(format!("unsharing: {e}")))
+                .and_then(|r| r)
+        }
+        None => Ok(()),
+    };
+    removed.and(unshared)
+}
