@@ -23,6 +23,7 @@ test: deps guest-image
 bench: deps guest-image
 	$(CARGO) bench -p tests
 	$(CARGO) bench -p shim --bench sandbox
+	$(CARGO) bench -p shim --bench workload
 	$(CARGO) build --release -p kata-runtime
 	$(CARGO) bench -p shim --bench mgmt
 

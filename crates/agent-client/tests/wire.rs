@@ -205,15 +205,69 @@ fn service_and_method_names() {
         methods,
         [
             "AddARPNeighbors",
+            "CloseStdin",
+            "CreateContainer",
             "CreateSandbox",
+            "ExecProcess",
             "GetMetrics",
             "ListInterfaces",
             "ListRoutes",
+            "ReadStderr",
+            "ReadStdout",
+            "RemoveContainer",
+            "SignalProcess",
+            "StartContainer",
+            "TtyWinResize",
             "UpdateIPVSRule",
             "UpdateInterface",
-            "UpdateRoutes"
+            "UpdateRoutes",
+            "WaitProcess",
+            "WriteStdin"
         ]
     );
     let h = agent_client::protocols::health_ttrpc::create_health(Arc::new(Nothing));
     assert!(h.contains_key("grpc.Health"));
+}
+
+/// The container calls with kata's numbers (agent.proto, oci.proto).
+#[test]
+fn container_messages() {
+    use agent_client::protocols::oci::{Process, Root, Spec, User};
+    let process = Process {
+        Terminal: true,
+        User: MessageField::some(User { UID: 5, ..Default::default() }),
+        Args: vec!["sh".into()],
+        Cwd: "/".into(),
+        ..Default::default()
+    };
+    let process_bytes =
+        [vec![tag(1, 0), 1], nested(3, &[tag(1, 0), 5]), string_field(4, "sh"), string_field(6, "/")].concat();
+    assert_eq!(process.write_to_bytes().unwrap(), process_bytes);
+    let spec = Spec {
+        Process: MessageField::some(process),
+        Root: MessageField::some(Root { Path: "/r".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let spec_bytes = [nested(2, &process_bytes), nested(3, &string_field(1, "/r"))].concat();
+    assert_eq!(spec.write_to_bytes().unwrap(), spec_bytes);
+    let req = CreateContainerRequest {
+        container_id: "c".into(),
+        exec_id: "c".into(),
+        OCI: MessageField::some(spec),
+        ..Default::default()
+    };
+    let want = [string_field(1, "c"), string_field(2, "c"), nested(6, &spec_bytes)].concat();
+    assert_eq!(req.write_to_bytes().unwrap(), want);
+    let r = ReadStreamRequest { container_id: "c".into(), exec_id: "e".into(), len: 7, ..Default::default() };
+    assert_eq!(r.write_to_bytes().unwrap(), [string_field(1, "c"), string_field(2, "e"), vec![tag(3, 0), 7]].concat());
+    let t = TtyWinResizeRequest { row: 24, column: 80, ..Default::default() };
+    assert_eq!(t.write_to_bytes().unwrap(), vec![tag(3, 0), 24, tag(4, 0), 80]);
+    let s = SignalProcessRequest { signal: 9, ..Default::default() };
+    assert_eq!(s.write_to_bytes().unwrap(), vec![tag(3, 0), 9]);
+    let w = WaitProcessResponse { status: 3, ..Default::default() };
+    assert_eq!(w.write_to_bytes().unwrap(), vec![tag(1, 0), 3]);
+    let d = WriteStreamRequest { data: b"x".to_vec(), ..Default::default() };
+    assert_eq!(d.write_to_bytes().unwrap(), vec![tag(3, 2), 1, b'x']);
+    let rm = RemoveContainerRequest { container_id: "c".into(), timeout: 10, ..Default::default() };
+    assert_eq!(rm.write_to_bytes().unwrap(), [string_field(1, "c"), vec![tag(2, 0), 10]].concat());
 }

@@ -179,6 +179,11 @@ fn follow_process(
         let code = match sb.agent.wait_process(&cid, &eid).await {
             Ok(status) => u32::try_from(status).unwrap_or(UNKNOWN_EXIT),
             Err(e) => {
+                // The VM going is why, most likely: its exit is the process's (see watch_exit).
+                if tokio::time::timeout(Duration::from_secs(3), sb.vm.wait()).await.is_ok() {
+                    copies.finish();
+                    return;
+                }
                 slog::warn!(sb.log, "waiting for a process failed"; "container_id" => &cid, "exec_id" => &eid,
                     "error" => crate::error::message(&Error::from(e)));
                 UNKNOWN_EXIT

@@ -312,9 +312,24 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     assert!(state.exists(), "{}", state.display());
     std::fs::write(&state, b"{ not json").unwrap();
     c.kill_shim("sb2b");
-    wait_until(Duration::from_secs(30), "QEMU and devices removed without a readable state", || {
-        !qemu_running_in(&c.run_dir()) && cni.pod.snapshot() == before && !c.run_dir().join("sb2b").exists()
-    });
+    let gone = || !qemu_running_in(&c.run_dir()) && cni.pod.snapshot() == before && !c.run_dir().join("sb2b").exists();
+    let t = std::time::Instant::now();
+    while !gone() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gone(),
+        "without a readable state, delete left: QEMU {}, namespace changed {}, run dir {:?}, mounts {:?}; {:#?}",
+        qemu_running_in(&c.run_dir()),
+        cni.pod.snapshot() != before,
+        std::fs::read_dir(c.run_dir().join("sb2b")).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+        mounts_under(&c.run_dir()),
+        String::from_utf8_lossy(&std::fs::read(c.dir.0.join("containerd.log")).unwrap_or_default())
+            .lines()
+            .filter(|l| l.contains("sb2b") || l.contains("delete") || l.contains("cleanup"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    );
     let _ = c.ctr(&["container", "rm", "sb2b"]);
 }
 

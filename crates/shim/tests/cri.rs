@@ -1,6 +1,7 @@
 //! The CRI path, as `crictl runp pod-config.json` does it: containerd's CRI plugin with Debian's
 //! CNI plugins (`bridge` + `host-local`), RunPodSandbox through a CRI client (k8s-cri), the pod IP
-//! CNI assigned answers from inside the VM, Stop/RemovePodSandbox clean up.
+//! CNI assigned answers from inside the VM, an app container runs in the same VM and ExecSync
+//! in it reaches the CNI peer, Stop/RemovePodSandbox clean up.
 //!
 //! containerd runs inside a test-owned network namespace that plays the node's, so the CNI
 //! bridge, its veths and ip_forward live there and nothing changes in the machine's own
@@ -12,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    DnsConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec,
+    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tests::containerd::qemu_running_in;
 use tests::vm::Scratch;
@@ -201,12 +204,75 @@ state = "{d}/state"
     assert!(guest.contains(&format!("inet {ip}/24")), "{guest}");
     assert!(guest.contains("default via 10.222.0.1 dev eth0"), "{guest}");
 
+    // An app container in the pod runs in the same VM: ExecSync in it reaches the CNI peer (the
+    // node's bridge counts the echo request) and sees the pod's hostname and DNS.
+    let app = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        log_path: "app.log".into(),
+        ..Default::default()
+    };
+    let created = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(app),
+            sandbox_config: Some(PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: "kata-pod".into(),
+                    uid: "knt-uid-1".into(),
+                    namespace: "default".into(),
+                    attempt: 1,
+                }),
+                hostname: "kata-pod".into(),
+                log_directory: format!("{d}/logs"),
+                linux: Some(LinuxPodSandboxConfig::default()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!("CreateContainer: {e}\n{}", std::fs::read_to_string(dir.0.join("containerd.log")).unwrap_or_default())
+        });
+    let cid = created.into_inner().container_id;
+    cri.start_container(StartContainerRequest { container_id: cid.clone() }).await.expect("StartContainer");
+    let echos = |ns: &TestNs| {
+        let out = tests::run(&["ip", "netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);
+        let mut icmp = out.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap_or_default().to_owned(), icmp.next().unwrap_or_default().to_owned());
+        let i = names.split_whitespace().position(|n| n == "InEchos").unwrap();
+        values.split_whitespace().nth(i).unwrap().parse::<u64>().unwrap()
+    };
+    let before = echos(&node);
+    let cmd = ["sh", "-c", "ping -c 1 -W 10 10.222.0.1 >/dev/null && echo reached; hostname; cat /etc/resolv.conf"];
+    let out = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: cid.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit_code, 0, "ExecSync: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    for want in ["reached", "kata-pod", "nameserver 10.96.0.10"] {
+        assert!(stdout.lines().any(|l| l.contains(want)), "missing {want:?} in the app container: {stdout}");
+    }
+    assert_eq!(echos(&node), before + 1, "the node's bridge received the container's echo request");
+    cri.stop_container(StopContainerRequest { container_id: cid.clone(), timeout: 5 }).await.expect("StopContainer");
+    cri.remove_container(RemoveContainerRequest { container_id: cid.clone() }).await.expect("RemoveContainer");
+    let run = dir.0.join("run").join(&id);
+    assert!(!run.join("shared").join(&cid).exists(), "the app container's shared directory is gone");
+
     cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     assert!(!qemu_running_in(&dir.0), "QEMU left behind");
     let links = node.ip(&["-o", "link"]);
     assert!(!links.contains("veth"), "CNI's veth is gone: {links}");
     assert!(!dir.0.join("run").join(&id).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let run = dir.0.join("run").display().to_string();
+    assert!(!mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&run))), "no mount left");
 }
 
 struct Unmount(PathBuf);

@@ -101,9 +101,8 @@ impl SandboxState {
         // QEMU by its recorded pid, and any QEMU or vsock backend whose command line names the
         // run directory (one spawned just before a crash, not recorded yet).
         if let Some(d) = run_dir {
-            for pid in self.qemu_pid.into_iter().chain(qemus_in(d)) {
-                kill_qemu(pid, d).await;
-            }
+            let pids: Vec<u32> = self.qemu_pid.into_iter().chain(qemus_in(d)).collect();
+            kill_ours(&pids, d).await;
         }
         if let Some(ns) = &self.netns {
             let same = match (self.netns_id, netns_identity(ns)) {
@@ -204,20 +203,32 @@ fn qemus_in(run_dir: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Kill a QEMU by pid, but only if that pid still is our QEMU (its command line names the
-/// sandbox's run directory), so a recycled pid is never hit.
-async fn kill_qemu(pid: u32, run_dir: &Path) {
-    if !is_our_qemu(pid, run_dir) {
-        return;
+/// Whether process `pid` is gone or a zombie (dead, waiting for its parent to reap it: a crashed
+/// shim's children are reaped by whoever inherited them, not by `delete`).
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses and may hold anything.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"),
     }
-    let p = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Kill our processes (QEMU, its helpers) by pid, but only those that still are ours (their
+/// command line names the sandbox's run directory), so a recycled pid is never hit; all at once,
+/// then wait (at most 2 s) until each is dead.
+async fn kill_ours(pids: &[u32], run_dir: &Path) {
+    let ours: Vec<u32> = pids.iter().copied().filter(|p| is_our_qemu(*p, run_dir)).collect();
+    for pid in &ours {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
     for _ in 0..200 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        // Reap those that are our children; others are reaped by their parent.
+        for pid in &ours {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+        if ours.iter().all(|p| dead(*p)) {
             return;
         }
-        // Reap it if it is our child; otherwise wait for its parent to.
-        let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
