@@ -78,6 +78,9 @@ echo "== the VM's routes, as its agent lists them"
 kr kata-network list-routes "$id"
 echo "== the peer pings the pod address: the VM answers"
 ip netns exec "$peer" ping -c 3 -i 0.3 -W 5 10.88.0.5
+echo "== the pod's workload, a container in the VM (ctr task exec), sees its network and reaches the peer"
+ctr -a "$work/containerd.sock" task exec --exec-id demo-look "$id" sh -c \
+  'ip -o -4 addr show eth0; ip route; ping -c 2 -W 5 10.88.0.1'
 echo "== an operator plugs a TAP into the running VM (kata-runtime kata-network)"
 ip -n "$pod" tuntap add dev tap-op mode tap
 ip -n "$pod" addr add 172.16.0.1/16 dev tap-op

@@ -34,6 +34,7 @@ declare -A need=(
   [/usr/lib/qemu/virtiofsd]=qemu-system-common
   [mount]=mount
   [sha256sum]=coreutils
+  [tmux]=tmux
 )
 
 missing=()

@@ -93,7 +93,10 @@ fn bench(agent: Agent, runs: usize) {
     println!("workload bench, {agent:?} agent ({runs} runs, medians, TCG):");
     println!("  ctr run -> first output      {f:8.0} ms ({:.2}x ctr run -d of the sandbox alone: {d:.0} ms)", f / d);
     println!("  ctr task exec round trip     {e:8.0} ms ({:.2}x ctr task ls: {l:.0} ms)", e / l);
-    println!("  virtiofsd per sandbox        {fsd:8} KiB RSS ({:.3}x QEMU's {qemu} KiB)", fsd as f64 / qemu.max(1) as f64);
+    println!(
+        "  virtiofsd per sandbox        {fsd:8} KiB RSS ({:.3}x QEMU's {qemu} KiB)",
+        fsd as f64 / qemu.max(1) as f64
+    );
 }
 
 fn main() {

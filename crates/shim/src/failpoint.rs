@@ -9,7 +9,8 @@
 //!
 //! Steps: `start:netns`, `start:endpoint:<i>`, `start:qemu:spawned`,
 //! `start:agent:interface:<name>`, `start:agent:routes`, `start:agent:neighbors`,
-//! `start:agent:sandbox`; every NIC hotplug (factory mode at start, add-iface later):
+//! `start:agent:sandbox`; a container in the VM: `container:shared` (rootfs and binds mounted),
+//! `container:created` (the agent made it); every NIC hotplug (factory mode at start, add-iface later):
 //! `hotplug:getfd`, `hotplug:netdev_add`, `hotplug:device_add`; the operator's operations:
 //! `add-iface:host`, `add-iface:hotplugged`, `add-iface:configured`, `del-iface:found`,
 //! `ipvs:applied`, `ipvs:restored`; following the namespace (a new pod link):

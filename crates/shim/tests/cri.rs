@@ -15,8 +15,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec,
     LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tests::containerd::qemu_running_in;
 use tests::vm::Scratch;
@@ -231,7 +230,10 @@ state = "{d}/state"
         })
         .await
         .unwrap_or_else(|e| {
-            panic!("CreateContainer: {e}\n{}", std::fs::read_to_string(dir.0.join("containerd.log")).unwrap_or_default())
+            panic!(
+                "CreateContainer: {e}\n{}",
+                std::fs::read_to_string(dir.0.join("containerd.log")).unwrap_or_default()
+            )
         });
     let cid = created.into_inner().container_id;
     cri.start_container(StartContainerRequest { container_id: cid.clone() }).await.expect("StartContainer");

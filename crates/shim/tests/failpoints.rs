@@ -1,6 +1,7 @@
 //! Failure injection through real containerd: at every named step of StartVM (cold plug and
-//! factory mode) and of the operator's operations, a failure leaves the namespace, QEMU, the run
-//! directory and the state file as they were, and a SIGKILL of the shim there, followed by
+//! factory mode), of the sandbox's container in the VM and of the operator's operations, a
+//! failure leaves the namespace, QEMU, the run directory, its mounts and the state file as they
+//! were, and a SIGKILL of the shim there, followed by
 //! containerd's `delete`, leaves nothing either. Also: an operator command killed halfway does
 //! not cut the operation, and a deadline that passed while waiting for the sandbox refuses to
 //! start one. The shim reads its failpoints from the file `KATA_NET_FAILPOINTS` names (debug
@@ -72,7 +73,14 @@ impl Harness {
             Some((cni, before)) => cni.pod.snapshot() == *before,
             None => in_pod || !Path::new("/run/netns").join(format!("kata-net-{id}")).exists(),
         };
-        ns_ok && !qemu_running_in(&self.c.run_dir()) && !self.c.run_dir().join(id).exists() && self.no_state_file()
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let run = self.c.run_dir().display().to_string();
+        let unmounted = !mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&run)));
+        ns_ok
+            && unmounted
+            && !qemu_running_in(&self.c.run_dir())
+            && !self.c.run_dir().join(id).exists()
+            && self.no_state_file()
     }
 
     fn run(&self, id: &str, pod: Option<&CniPod>) -> std::process::Output {
@@ -100,6 +108,9 @@ fn every_start_step_failed_or_killed_leaves_nothing() {
         ("start:agent:routes", true, false),
         ("start:agent:neighbors", true, false),
         ("start:agent:sandbox", true, false),
+        // The sandbox's own container in the VM, after the sandbox started.
+        ("container:shared", true, false),
+        ("container:created", true, false),
     ];
     let mut covered = 0;
     for (n, (step, in_pod, factory)) in steps.iter().enumerate() {

@@ -203,7 +203,8 @@ fn operator_plugs_a_tap_manages_routes_and_unplugs_it() {
         assert!(guest.contains(want), "{want}: {guest}");
     }
     // The sandbox's container, a workload in the VM, sees the new interface and the route.
-    let out = c.ctr(&["task", "exec", "--exec-id", "see-new-nic", id, "sh", "-c", "ip -o -4 addr show eth-test; ip route"]);
+    let out =
+        c.ctr(&["task", "exec", "--exec-id", "see-new-nic", id, "sh", "-c", "ip -o -4 addr show eth-test; ip route"]);
     let seen = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     for want in ["inet 172.16.0.3/16", "177.17.0.0/24 via 172.16.0.1 dev eth-test"] {

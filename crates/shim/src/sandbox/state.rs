@@ -224,7 +224,10 @@ async fn kill_ours(pids: &[u32], run_dir: &Path) {
     for _ in 0..200 {
         // Reap those that are our children; others are reaped by their parent.
         for pid in &ours {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
         if ours.iter().all(|p| dead(*p)) {
             return;

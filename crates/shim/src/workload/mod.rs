@@ -46,11 +46,13 @@ pub async fn create_container(
         OCI: MessageField::some(spec),
         ..Default::default()
     };
-    let created = match made {
+    let created = match made.and_then(|()| Ok(crate::failpoint::hit("container:shared")?)) {
         Ok(()) => sb.agent.create_container(&req).await.map_err(Error::from),
         Err(e) => Err(e),
     };
+    let created = created.and_then(|()| Ok(crate::failpoint::hit("container:created")?));
     if let Err(e) = created {
+        let _ = sb.agent.remove_container(cid, 10).await;
         let _ = sharedfs::unshare_container(&run_dir, cid);
         return Err(e);
     }
