@@ -98,6 +98,16 @@ impl TestNs {
 
     /// Links (name, kind, MAC, MTU, flags), addresses, routes of every table, neighbours,
     /// qdiscs and ingress filters, reduced to the fields that say what the namespace holds.
+    /// How many ICMP echo requests the namespace received (`Icmp: InEchos` of
+    /// `/proc/net/snmp`): whether a ping reached it, whoever answered.
+    pub fn icmp_echos_received(&self) -> u64 {
+        let out = run(&["ip", "netns", "exec", &self.name, "cat", "/proc/net/snmp"]);
+        let mut icmp = out.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap_or_default(), icmp.next().unwrap_or_default());
+        let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos in /proc/net/snmp");
+        values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("InEchos value")
+    }
+
     pub fn snapshot(&self) -> Value {
         let keep = |v: &Value, keys: &[&str]| -> Value {
             let mut m = serde_json::Map::new();

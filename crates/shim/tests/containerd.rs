@@ -467,15 +467,6 @@ fn the_agent_over_hybrid_vsock_and_its_backend_gone_after_teardown_and_after_a_c
     }
 }
 
-/// The peer namespace's count of ICMP echo requests received.
-fn echos_received(ns: &tests::TestNs) -> u64 {
-    let out = tests::run(&["ip", "netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);
-    let mut icmp = out.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (icmp.next().unwrap_or_default(), icmp.next().unwrap_or_default());
-    let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
-    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("InEchos value")
-}
-
 /// What is mounted at or under `dir` on the host.
 fn mounts_under(dir: &Path) -> Vec<String> {
     let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -500,7 +491,7 @@ fn a_command_runs_in_the_vm_reaches_the_peer_and_ctr_returns_its_output_and_exit
     let resolv = c.dir.0.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.96.0.10\nsearch svc.cluster.local\n").unwrap();
     let bind = format!("type=bind,src={},dst=/etc/resolv.conf,options=rbind:ro", resolv.display());
-    let echos = echos_received(&cni.peer);
+    let echos = cni.peer.icmp_echos_received();
     let script =
         format!("ping -c 1 -W 10 {PEER_IP} >/dev/null && echo reached; cat /etc/resolv.conf; ip -o -4 addr show eth0");
     let out = c.run_fg("wl1", &cni.pod.path(), &["--mount", &bind], &["sh", "-c", &script]);
@@ -510,7 +501,7 @@ fn a_command_runs_in_the_vm_reaches_the_peer_and_ctr_returns_its_output_and_exit
         assert!(stdout.contains(want), "missing {want:?} in the container's output:\n{stdout}");
     }
     // The peer got the echo request (from the VM: the pod's namespace itself sent nothing).
-    assert_eq!(echos_received(&cni.peer), echos + 1, "the peer received the container's ping");
+    assert_eq!(cni.peer.icmp_echos_received(), echos + 1, "the peer received the container's ping");
     assert_nothing_left(&c, "wl1", &cni, &before);
 
     // An exit code and standard error reach ctr; so does output written just before the exit.

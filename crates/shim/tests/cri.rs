@@ -65,6 +65,27 @@ fn unmount_under(dir: &Path) {
     }
 }
 
+/// The pod: its name and hostname `kata-pod`, the cluster's DNS, logs in the scratch directory `d`.
+fn pod_config(d: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "kata-pod".into(),
+            uid: "knt-uid-1".into(),
+            namespace: "default".into(),
+            attempt: 1,
+        }),
+        hostname: "kata-pod".into(),
+        log_directory: format!("{d}/logs"),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["svc.cluster.local".into()],
+            options: vec![],
+        }),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
 async fn cri_client(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Channel> {
     let channel =
         tonic::transport::Endpoint::try_from("http://[::]:50051")
@@ -162,23 +183,7 @@ state = "{d}/state"
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let mut cri = cri_client(sock.clone()).await;
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "kata-pod".into(),
-            uid: "knt-uid-1".into(),
-            namespace: "default".into(),
-            attempt: 1,
-        }),
-        hostname: "kata-pod".into(),
-        log_directory: format!("{d}/logs"),
-        dns_config: Some(DnsConfig {
-            servers: vec!["10.96.0.10".into()],
-            searches: vec!["svc.cluster.local".into()],
-            options: vec![],
-        }),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    };
+    let config = pod_config(&d);
     let resp = cri
         .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: "kata".into() })
         .await
@@ -215,18 +220,7 @@ state = "{d}/state"
         .create_container(CreateContainerRequest {
             pod_sandbox_id: id.clone(),
             config: Some(app),
-            sandbox_config: Some(PodSandboxConfig {
-                metadata: Some(PodSandboxMetadata {
-                    name: "kata-pod".into(),
-                    uid: "knt-uid-1".into(),
-                    namespace: "default".into(),
-                    attempt: 1,
-                }),
-                hostname: "kata-pod".into(),
-                log_directory: format!("{d}/logs"),
-                linux: Some(LinuxPodSandboxConfig::default()),
-                ..Default::default()
-            }),
+            sandbox_config: Some(pod_config(&d)),
         })
         .await
         .unwrap_or_else(|e| {
@@ -237,14 +231,7 @@ state = "{d}/state"
         });
     let cid = created.into_inner().container_id;
     cri.start_container(StartContainerRequest { container_id: cid.clone() }).await.expect("StartContainer");
-    let echos = |ns: &TestNs| {
-        let out = tests::run(&["ip", "netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);
-        let mut icmp = out.lines().filter(|l| l.starts_with("Icmp:"));
-        let (names, values) = (icmp.next().unwrap_or_default().to_owned(), icmp.next().unwrap_or_default().to_owned());
-        let i = names.split_whitespace().position(|n| n == "InEchos").unwrap();
-        values.split_whitespace().nth(i).unwrap().parse::<u64>().unwrap()
-    };
-    let before = echos(&node);
+    let before = node.icmp_echos_received();
     let cmd = ["sh", "-c", "ping -c 1 -W 10 10.222.0.1 >/dev/null && echo reached; hostname; cat /etc/resolv.conf"];
     let out = cri
         .exec_sync(ExecSyncRequest {
@@ -260,7 +247,7 @@ state = "{d}/state"
     for want in ["reached", "kata-pod", "nameserver 10.96.0.10"] {
         assert!(stdout.lines().any(|l| l.contains(want)), "missing {want:?} in the app container: {stdout}");
     }
-    assert_eq!(echos(&node), before + 1, "the node's bridge received the container's echo request");
+    assert_eq!(node.icmp_echos_received(), before + 1, "the node's bridge received the container's echo request");
     cri.stop_container(StopContainerRequest { container_id: cid.clone(), timeout: 5 }).await.expect("StopContainer");
     cri.remove_container(RemoveContainerRequest { container_id: cid.clone() }).await.expect("RemoveContainer");
     let run = dir.0.join("run").join(&id);

@@ -120,7 +120,8 @@ fn spawn(p: &Arc<Proc>) -> R<u32> {
     tokio::spawn(async move {
         use std::os::unix::process::ExitStatusExt;
         let code = match child.wait().await {
-            Ok(s) => s.code().or_else(|| s.signal().map(|sig| 128 + sig)).unwrap_or(255),
+            // A killed process's status is the signal's number, as kata's agent gives it.
+            Ok(s) => s.code().or_else(|| s.signal()).unwrap_or(255),
             Err(_) => 255,
         };
         p.exit.send_replace(Some(code));
@@ -247,7 +248,7 @@ impl Containers {
                 }
                 None => {
                     p.launch.lock().unwrap().take();
-                    p.exit.send_replace(Some(128 + sig as i32));
+                    p.exit.send_replace(Some(sig as i32));
                 }
             }
         }
