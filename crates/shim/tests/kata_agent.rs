@@ -22,6 +22,11 @@ fn kata_ipvs_against_kata_agent_says_the_agent_lacks_it_and_changes_nothing() {
     c.run_ok("sbk", &cni.pod.path());
     let run = c.run_dir().join("sbk");
     let k = KataRuntime { bin: kata_runtime_bin(), conf: c.dir.0.join("configuration.toml") };
+    // The guest kernel adds eth0's IPv6 link-local route on its own once the link-local address
+    // is up (not before the sandbox's container started, at times): let it settle first.
+    tests::containerd::wait_until(std::time::Duration::from_secs(30), "the guest's fe80::/64 route", || {
+        k.ok(&["kata-network", "list-routes", "sbk"], None).contains("fe80::/64")
+    });
     let routes = k.ok(&["kata-network", "list-routes", "sbk"], None);
     let guest_before = tests::guest::sh(&run, "cat /proc/version; ls /proc/net/ip_vs 2>&1; ip route");
     assert!(guest_before.contains("Linux version"), "the debug console answers: {guest_before}");
