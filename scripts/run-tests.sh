@@ -3,14 +3,17 @@
 # The end-to-end tests through containerd run twice: on our test agent, then on kata's own agent
 # (KATA_NET_TEST_GUEST=kata: the guest image initrd-kata.img). When something failed, what each
 # failed test said (its panic message) is printed again at the end, where a log's tail shows it.
+# One test at a time: under TCG two VMs booting at once on a 2-core machine made a hybrid vsock
+# start go unanswered now and then (the backend or the guest's vsock wedged under load; see
+# docs/agent.md), and a test run is not the place to meet that.
 set -uo pipefail
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --no-fail-fast -- --show-output 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast -- --show-output --test-threads=1 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 echo "== the end-to-end suite again, on kata's agent"
 KATA_NET_TEST_GUEST=kata cargo test -p shim --no-fail-fast --test containerd --test kata_network --test cri \
-  -- --show-output 2>&1 | tee -a "$log"
+  -- --show-output --test-threads=1 2>&1 | tee -a "$log"
 rc3=${PIPESTATUS[0]}
 ./scripts/ipvlan-tests.sh 2>&1 | tee -a "$log"
 rc2=${PIPESTATUS[0]}

@@ -92,11 +92,18 @@ fn the_shared_directory_over_virtio_fs_reaches_the_guest_and_its_virtiofsd_goes_
         assert!(daemons(&run) >= 1, "the sandbox's virtiofsd runs");
         // What the host puts into the shared directory, the guest reads where kata's agent
         // mounts the share.
-        std::fs::write(run.join("shared/hello"), format!("from the host to {id}\n")).unwrap();
-        let guest =
-            tests::guest::sh(&run, "grep kataShared /proc/mounts; cat /run/kata-containers/shared/containers/hello");
+        std::fs::write(run.join("mounts/hello"), format!("from the host to {id}\n")).unwrap();
+        let script = "grep kataShared /proc/mounts; cat /run/kata-containers/shared/containers/hello; \
+                      ln -s /etc /run/kata-containers/shared/containers/planted 2>&1; \
+                      echo x > /run/kata-containers/shared/containers/hello 2>&1; echo done";
+        let guest = tests::guest::sh(&run, script);
         assert!(guest.contains("kataShared /run/kata-containers/shared/containers virtiofs"), "{guest}");
         assert!(guest.contains(&format!("from the host to {id}")), "{guest}");
+        // The guest cannot leave anything where the host makes files (a symlink there would
+        // steer the host): the share is read-only to it, but inside a container's rootfs.
+        assert!(guest.contains("Read-only file system") && guest.contains("done"), "{guest}");
+        assert!(std::fs::symlink_metadata(run.join("mounts/planted")).is_err(), "the guest planted a symlink");
+        assert_eq!(std::fs::read_to_string(run.join("mounts/hello")).unwrap(), format!("from the host to {id}\n"));
         if crash {
             c.kill_shim(id);
             wait_until(Duration::from_secs(30), "delete removed QEMU, virtiofsd and devices", || {
@@ -567,7 +574,10 @@ fn ctr_run_t_gives_an_interactive_shell_that_sees_the_pod_address() {
     let size = tests::run(&["tmux", "display", "-p", "-t", &session, "#{pane_height} #{pane_width}"]);
     wait_until(Duration::from_secs(20), "stty size", || pane().contains(size.trim()));
     tests::run(&["tmux", "send-keys", "-t", &session, "exit", "Enter"]);
-    let gone = || !std::process::Command::new("tmux").args(["has-session", "-t", &session]).status().unwrap().success();
+    let gone = || {
+        let s = std::process::Command::new("tmux").args(["has-session", "-t", &session]).output().unwrap();
+        !s.status.success()
+    };
     wait_until(Duration::from_secs(30), "ctr run -t ended", gone);
     drop(tmux);
     assert_nothing_left(&c, "wt1", &cni, &before);

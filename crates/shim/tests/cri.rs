@@ -251,7 +251,9 @@ state = "{d}/state"
     cri.stop_container(StopContainerRequest { container_id: cid.clone(), timeout: 5 }).await.expect("StopContainer");
     cri.remove_container(RemoveContainerRequest { container_id: cid.clone() }).await.expect("RemoveContainer");
     let run = dir.0.join("run").join(&id);
-    assert!(!run.join("shared").join(&cid).exists(), "the app container's shared directory is gone");
+    for side in ["mounts", "shared"] {
+        assert!(!run.join(side).join(&cid).exists(), "the app container's {side} directory is gone");
+    }
 
     cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();

@@ -40,7 +40,9 @@ impl VsockBackend {
         let io = |source| Error::Io { what: "starting the hybrid vsock backend for", path: run_dir.to_owned(), source };
         let mut cmd = tokio::process::Command::new(VSOCK_BACKEND);
         cmd.arg("--vm").arg(format!("guest-cid=3,socket={},uds-path={}", socket.display(), uds.display()));
-        let child = spawn_until_socket(cmd, &socket).await.map_err(io)?;
+        // Its log (RUST_LOG from the shim's environment sets the level) beside the console's.
+        let log = std::fs::File::create(run_dir.join("vsock-backend.log")).map_err(io)?;
+        let child = spawn_until_socket(cmd, &socket, log.into()).await.map_err(io)?;
         Ok(Self { child })
     }
 
@@ -50,14 +52,16 @@ impl VsockBackend {
     }
 }
 
-/// Start a helper process of the sandbox (quiet, killed when its `Child` is dropped) and wait,
-/// at most 10 s, for the socket it serves on; an error if it exits first.
+/// Start a helper process of the sandbox (stdin and stdout null, stderr to `stderr`; killed when
+/// its `Child` is dropped) and wait, at most 10 s, for the socket it serves on; an error if it
+/// exits first.
 pub(crate) async fn spawn_until_socket(
     mut cmd: tokio::process::Command,
     socket: &Path,
+    stderr: std::process::Stdio,
 ) -> std::io::Result<tokio::process::Child> {
     use std::process::Stdio;
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn()?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).kill_on_drop(true).spawn()?;
     let t = Instant::now();
     while !socket.exists() {
         if let Some(st) = child.try_wait()? {

@@ -5,12 +5,16 @@
 //! virtiofsd runs as long as its `VirtioFsd` lives (dropped: killed); a crashed shim's `delete`
 //! finds it by its socket in the run directory.
 //!
-//! The shared directory is a mount point of its own with shared propagation, made before
-//! virtiofsd starts: virtiofsd sees the host's mounts in a namespace of its own as a slave, so
-//! what is mounted under the directory later (a container's rootfs at `<cid>/rootfs`, the files
-//! and directories its spec binds at `<cid>/mounts/<name>`) reaches the guest, and goes when it
-//! is unmounted. Everything mounted under the run directory is unmounted before it is removed
-//! (see `unmount_under`), in a teardown and in a crashed shim's `delete` alike.
+//! The guest must not be able to steer the host: it can write into what virtiofsd serves, and a
+//! symlink it left where the host later makes a file or directory would send the host elsewhere.
+//! So, as kata's runtime does it, the host works in `<run_dir>/<id>/mounts` (root's, 0700, a
+//! mount point of its own with shared propagation), and virtiofsd serves `shared`, a read-only
+//! bind of it (a peer: what is mounted under `mounts` later, a container's rootfs at
+//! `<cid>/rootfs`, the files and directories its spec binds at `<cid>/mounts/<name>`, appears
+//! under `shared` too, and virtiofsd's namespace, a slave of the host's, sees it). The guest
+//! writes only inside a container's rootfs (its own mount), where the host never looks up a
+//! path. Everything mounted under the run directory is unmounted before it is removed (see
+//! `unmount_under`), in a teardown and in a crashed shim's `delete` alike.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +25,10 @@ use crate::error::{Error, Result};
 
 /// virtiofsd's vhost-user socket (QEMU's side) in the run directory.
 pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
-/// The shared directory on the host, in the run directory.
+/// What virtiofsd serves, in the run directory: a read-only view of [`HOST_DIR`].
 pub const SHARED_DIR: &str = "shared";
+/// Where the host makes what it shares, in the run directory.
+pub const HOST_DIR: &str = "mounts";
 /// Where kata's agent mounts the share in the guest.
 pub const GUEST_MOUNT_POINT: &str = "/run/kata-containers/shared/containers/";
 
@@ -34,25 +40,31 @@ pub struct VirtioFsd {
 }
 
 impl VirtioFsd {
-    /// Make the shared directory (root's, 0700) and start virtiofsd on it; wait (bounded) for its
-    /// socket.
+    /// Make the host's directory and the guest's read-only view of it (root's, 0700), and start
+    /// virtiofsd on the view; wait (bounded) for its socket.
     pub async fn start(cfg: &QemuConfig, run_dir: &Path) -> Result<Self> {
-        let shared = run_dir.join(SHARED_DIR);
+        let (host, shared) = (run_dir.join(HOST_DIR), run_dir.join(SHARED_DIR));
         let socket = run_dir.join(VIRTIOFSD_SOCKET);
         let io = |source| Error::Io { what: "starting virtiofsd for", path: shared.clone(), source };
-        std::fs::create_dir(&shared).map_err(io)?;
-        std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+        for d in [&host, &shared] {
+            std::fs::create_dir(d).map_err(io)?;
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+        }
         use nix::mount::{mount, MsFlags};
         let errno = |e: nix::errno::Errno| io(std::io::Error::from(e));
-        mount(Some(&shared), &shared, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(errno)?;
-        mount(None::<&str>, &shared, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(errno)?;
+        let none = None::<&str>;
+        mount(Some(&host), &host, none, MsFlags::MS_BIND, none).map_err(errno)?;
+        mount(none, &host, none, MsFlags::MS_SHARED, none).map_err(errno)?;
+        mount(Some(&host), &shared, none, MsFlags::MS_BIND, none).map_err(errno)?;
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(none, &shared, none, ro, none).map_err(errno)?;
         let mut cmd = tokio::process::Command::new(&cfg.virtio_fs_daemon);
         cmd.arg(format!("--socket-path={}", socket.display()))
             .arg("-o")
             .arg(format!("source={}", shared.display()))
             .arg("-o")
             .arg(format!("cache={}", cfg.virtio_fs_cache));
-        let child = super::channel::spawn_until_socket(cmd, &socket).await.map_err(io)?;
+        let child = super::channel::spawn_until_socket(cmd, &socket, std::process::Stdio::null()).await.map_err(io)?;
         Ok(Self { _child: child, socket })
     }
 }
@@ -68,9 +80,9 @@ pub fn storage() -> Storage {
     }
 }
 
-/// A container's directory in the shared directory, on the host.
+/// A container's directory in the host's side of the shared directory.
 pub fn container_dir(run_dir: &Path, cid: &str) -> PathBuf {
-    run_dir.join(SHARED_DIR).join(cid)
+    run_dir.join(HOST_DIR).join(cid)
 }
 
 /// Where the guest sees container `cid`'s rootfs.
