@@ -3,9 +3,8 @@
 # The end-to-end tests through containerd run twice: on our test agent, then on kata's own agent
 # (KATA_NET_TEST_GUEST=kata: the guest image initrd-kata.img). When something failed, what each
 # failed test said (its panic message) is printed again at the end, where a log's tail shows it.
-# One test at a time: under TCG two VMs booting at once on a 2-core machine made a hybrid vsock
-# start go unanswered now and then (the backend or the guest's vsock wedged under load; see
-# docs/agent.md), and a test run is not the place to meet that.
+# One test at a time: two VMs booting at once under TCG on 2 cores slow each guest down enough to
+# stretch every time limit of the tests; one at a time keeps a run's timing close to a user's.
 set -uo pipefail
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -163,10 +163,17 @@ impl AgentClient {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            // One attempt gets at most ATTEMPT_LIMIT: a hybrid vsock CONNECT that reaches the
-            // guest before its vsock driver is up is never answered (seen under load), and only
-            // a new connection gets through.
-            let limit = left.min(ATTEMPT_LIMIT);
+            // One attempt over vsock or a unix socket gets at most ATTEMPT_LIMIT. A hybrid vsock
+            // attempt is never given up while its CONNECT is pending: vhost-device-vsock 0.3.0
+            // writes the guest's late `OK` to a connection the client closed with
+            // `write_all(..).unwrap()`, its worker thread panics, and no connection of the VM is
+            // answered again (seen under load: "did not answer within 90 s"). The guest answers
+            // every request once its vsock driver is up (OK, or a reset when nobody listens),
+            // which the caller waits for first (`Vm::wait_virtio_ready`).
+            let limit = match addr {
+                AgentAddr::HybridVsock { .. } => left,
+                _ => left.min(ATTEMPT_LIMIT),
+            };
             let attempt = match tokio::time::timeout(limit, Self::connect_once(addr)).await {
                 Ok(r) => r,
                 Err(_) if limit < left => continue,
