@@ -13,13 +13,10 @@ use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
     WaitRequest, WaitResponse,
 };
-use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
-};
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskStart};
 use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
@@ -31,224 +28,12 @@ use crate::error::Error;
 use crate::mgmt_server::MgmtServer;
 use crate::sandbox::{self, SandboxState, SpecNetwork};
 use crate::workload;
+use crate::workload::process::{agent_exec_id, follow_process, now, watch_exit, Entries, Entry, Events, Proc};
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
-}
-
 fn no_task(id: &str) -> ttrpc::Error {
     Error::NotFound(format!("no task {id}")).into()
-}
-
-/// One process of a container, as containerd sees it: the container's init (exec id empty) or
-/// an exec. Its pid is QEMU's (as kata's runtime reports it: the process runs in the VM).
-#[derive(Debug)]
-struct Proc {
-    stdio: workload::io::Stdio,
-    /// An exec's process, until it is started.
-    spec: Option<agent_client::protocols::oci::Process>,
-    started: bool,
-    /// Set once, when the process exited (exit status, time).
-    exit: tokio::sync::watch::Sender<Option<(u32, Timestamp)>>,
-}
-
-impl Proc {
-    fn new(stdio: workload::io::Stdio, spec: Option<agent_client::protocols::oci::Process>) -> Self {
-        Self { stdio, spec, started: false, exit: tokio::sync::watch::channel(None).0 }
-    }
-
-    fn exited(&self) -> Option<(u32, Timestamp)> {
-        self.exit.borrow().clone()
-    }
-
-    /// Record the exit unless one is recorded; whether this one was.
-    fn record_exit(&self, code: u32) -> bool {
-        self.exit.send_if_modified(|e| match e {
-            Some(_) => false,
-            None => {
-                *e = Some((code, now()));
-                true
-            }
-        })
-    }
-
-    fn status(&self) -> Status {
-        match (self.exited(), self.started) {
-            (Some(_), _) => Status::STOPPED,
-            (None, true) => Status::RUNNING,
-            (None, false) => Status::CREATED,
-        }
-    }
-}
-
-/// A container of the sandbox: the sandbox container itself (it owns the sandbox, its VM and
-/// its management server) or an app container in the same VM.
-#[derive(Debug)]
-struct Entry {
-    bundle: PathBuf,
-    sandbox: Arc<sandbox::Sandbox>,
-    owns_sandbox: bool,
-    mgmt: Option<MgmtServer>,
-    /// Its processes run in the VM; `false` (no shared filesystem): the sandbox's task is the VM.
-    workload: bool,
-    init: Proc,
-    execs: HashMap<String, Proc>,
-}
-
-impl Entry {
-    fn proc(&self, exec_id: &str) -> ttrpc::Result<&Proc> {
-        match exec_id {
-            "" => Ok(&self.init),
-            e => self.execs.get(e).ok_or_else(|| Error::NotFound(format!("no exec {e}")).into()),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.sandbox.vm.pid()
-    }
-}
-
-/// The agent's name for a process: the container's id for its init.
-fn agent_exec_id<'a>(cid: &'a str, exec_id: &'a str) -> &'a str {
-    match exec_id {
-        "" => cid,
-        e => e,
-    }
-}
-
-type Entries = Arc<Mutex<HashMap<String, Entry>>>;
-
-/// Publishes the Task service's events to containerd.
-#[derive(Clone)]
-struct Events {
-    publisher: Arc<RemotePublisher>,
-    namespace: String,
-}
-
-impl Events {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let _ = self.publisher.publish(ttrpc::context::Context::default(), topic, &self.namespace, event).await;
-    }
-
-    async fn exit(&self, cid: &str, exec_id: &str, pid: u32, code: u32) {
-        let id = agent_exec_id(cid, exec_id).to_owned();
-        let exit = TaskExit {
-            container_id: cid.to_owned(),
-            id,
-            pid,
-            exit_status: code,
-            exited_at: MessageField::some(now()),
-            ..Default::default()
-        };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit)).await;
-    }
-}
-
-/// The exit code containerd gets for QEMU's exit status (`signal: 9 ...` → 137).
-/// The exit code of a status that says nothing (as runc's shim reports it).
-const UNKNOWN_EXIT: u32 = 255;
-
-fn exit_code(status: &str) -> u32 {
-    let number = |prefix: &str| {
-        status.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u32>().ok())
-    };
-    match (number("signal: "), number("exit status: ")) {
-        (Some(sig), _) => 128 + sig,
-        (None, Some(code)) => code,
-        (None, None) => UNKNOWN_EXIT,
-    }
-}
-
-/// Follow process `exec_id` of container `cid` in the VM: start its IO copies, let its output
-/// finish, wait for its exit (WaitProcess), then record the exit and tell containerd (TaskExit).
-fn follow_process(
-    entries: Entries,
-    events: Events,
-    sb: Arc<sandbox::Sandbox>,
-    cid: String,
-    exec_id: String,
-    stdio: workload::io::Stdio,
-) {
-    let eid = agent_exec_id(&cid, &exec_id).to_owned();
-    let mut copies = workload::io::start(&sb.agent, &cid, &eid, &stdio, &sb.log);
-    tokio::spawn(async move {
-        copies.outputs_done().await;
-        let code = match sb.agent.wait_process(&cid, &eid).await {
-            Ok(status) => u32::try_from(status).unwrap_or(UNKNOWN_EXIT),
-            Err(e) => {
-                // The VM going is why, most likely: its exit is the process's (see watch_exit).
-                if tokio::time::timeout(Duration::from_secs(3), sb.vm.wait()).await.is_ok() {
-                    copies.finish();
-                    return;
-                }
-                slog::warn!(sb.log, "waiting for a process failed"; "container_id" => &cid, "exec_id" => &eid,
-                    "error" => crate::error::message(&Error::from(e)));
-                UNKNOWN_EXIT
-            }
-        };
-        copies.finish();
-        let recorded = {
-            let e = entries.lock().await;
-            e.get(&cid).and_then(|entry| entry.proc(&exec_id).ok()).is_some_and(|p| p.record_exit(code))
-        };
-        if recorded {
-            events.exit(&cid, &exec_id, sb.vm.pid(), code).await;
-        }
-    });
-}
-
-/// When QEMU exits on its own (crashed, killed from outside), every process of the sandbox has
-/// exited: record it (Wait and State see it) and tell containerd with TaskExit, once each. A
-/// Kill that stopped the VM recorded its exit first, so this then stays quiet.
-///
-/// The shim library reaps every child on SIGCHLD (`waitpid(-1)`) and reports it to its monitor;
-/// when it reaps QEMU first, QEMU's own waiter gets no status (ECHILD), so the monitor's report
-/// for QEMU's pid is what counts then.
-fn watch_exit(entries: Entries, events: Events, id: String, sb: Arc<sandbox::Sandbox>) {
-    tokio::spawn(async move {
-        use containerd_shim::monitor::{Subject, Topic};
-        let pid = sb.vm.pid();
-        let mut reaped = containerd_shim::asynchronous::monitor::monitor_subscribe(Topic::Pid).await.ok();
-        let status = sb.vm.wait().await;
-        let mut code = exit_code(&status);
-        if let (UNKNOWN_EXIT, Some(sub)) = (code, reaped.as_mut()) {
-            let by_monitor = async {
-                while let Some(ev) = sub.rx.recv().await {
-                    if matches!(ev.subject, Subject::Pid(p) if p as u32 == pid) {
-                        return Some(ev.exit_code as u32);
-                    }
-                }
-                None
-            };
-            if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(2), by_monitor).await {
-                code = c;
-            }
-        }
-        if let Some(sub) = reaped {
-            let _ = containerd_shim::asynchronous::monitor::monitor_unsubscribe(sub.id).await;
-        }
-        let exited: Vec<(String, String)> = {
-            let e = entries.lock().await;
-            e.iter()
-                .filter(|(_, entry)| Arc::ptr_eq(&entry.sandbox, &sb))
-                .flat_map(|(cid, entry)| {
-                    let init = std::iter::once((cid.clone(), String::new(), &entry.init));
-                    init.chain(entry.execs.iter().map(|(x, p)| (cid.clone(), x.clone(), p)))
-                })
-                .filter(|(_, _, p)| p.record_exit(code))
-                .map(|(c, x, _)| (c, x))
-                .collect()
-        };
-        if !exited.is_empty() {
-            slog::warn!(sb.log, "QEMU exited on its own"; "sandbox_id" => &id, "status" => &status);
-        }
-        for (cid, exec_id) in exited {
-            events.exit(&cid, &exec_id, pid, code).await;
-        }
-    });
 }
 
 /// What a sandbox may have made, found by its tags rather than a state file: the run directory
@@ -805,16 +590,5 @@ impl Shim for KataShim {
             exit: self.exit.clone(),
             log,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exit_codes_as_containerd_expects_them() {
-        assert_eq!(super::exit_code("signal: 9 (SIGKILL)"), 137);
-        assert_eq!(super::exit_code("exit status: 1"), 1);
-        assert_eq!(super::exit_code("exit status: 0"), 0);
-        assert_eq!(super::exit_code("unknown"), 255);
     }
 }

@@ -145,33 +145,34 @@ fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
     };
     let (_, guest_start) = stats();
     let start = ip_s();
-    // A measured burst from the peer: 300 echo requests of 1200 bytes, each answered by the VM.
-    tests::run(&[
-        "ip",
-        "netns",
-        "exec",
-        &cni.peer.name,
-        "ping",
-        "-q",
-        "-c",
-        "300",
-        "-i",
-        "0.005",
-        "-s",
-        "1200",
-        "-W",
-        "2",
-        POD_IP,
-    ]);
+    // A measured burst from the peer: 300 echo requests of 1200 bytes, answered by the VM. Under
+    // TCG on a loaded machine a few may be lost (a full TAP queue drops them, counted as drops):
+    // the counters must match within the burst whatever got through, so ping's exit status is
+    // not the check; how many replies came back is.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &cni.peer.name, "ping", "-q", "-c", "300", "-i", "0.005", "-s", "1200", "-W", "2"])
+        .arg(POD_IP)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let replies: u64 = summary
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" received").or_else(|| p.strip_suffix(" packets received")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ping's summary: {summary}"));
+    assert!(replies >= 270, "most of the burst answered: {summary}");
     let low = ip_s();
     let (got, guest_end) = stats();
     let high = ip_s();
-    // The guest's own counters, beside: it received the 300 requests and sent the 300 replies.
+    // The guest's own counters, beside: it received the requests and sent the replies.
     assert!(
-        guest_end.0 >= guest_start.0 + 300 && guest_end.1 >= guest_start.1 + 300,
-        "{guest_start:?} -> {guest_end:?}"
+        guest_end.0 >= guest_start.0 + replies && guest_end.1 >= guest_start.1 + replies,
+        "{guest_start:?} -> {guest_end:?}, {replies} replies"
     );
-    assert!(low.1 >= start.1 + 300 && low.3 >= start.3 + 300, "the burst went through the TAP: {start:?} -> {low:?}");
+    assert!(
+        low.1 >= start.1 + replies && low.3 >= start.3 + replies,
+        "the burst went through the TAP: {start:?} -> {low:?}, {replies} replies"
+    );
     for (name, l, g, h) in [
         ("rx bytes", low.0, got.0, high.0),
         ("rx packets", low.1, got.1, high.1),

@@ -3,6 +3,7 @@
 //! between containerd's FIFOs and the agent.
 
 pub mod io;
+pub(crate) mod process;
 pub mod spec;
 
 use std::path::Path;
