@@ -45,6 +45,9 @@ pub enum Error {
     /// No answer from the guest's agent within `[agent.kata] dial_timeout`.
     #[error("the guest's agent did not answer on {addr} within {secs} s ([agent.kata] dial_timeout; does it serve this agent_channel?): {cause}")]
     AgentSilent { addr: String, secs: u64, cause: String },
+    /// The hybrid vsock backend stopped serving the VM (its worker thread ended).
+    #[error("the hybrid vsock backend (vhost-device-vsock) stopped serving the VM: its worker thread ended (an error in its event handler; its log: {log})")]
+    VsockBackendLost { log: String },
     /// The sandbox's agent does not serve a call the operation needs.
     #[error("the sandbox's agent lacks {0}")]
     AgentLacks(&'static str),
@@ -104,6 +107,7 @@ impl Error {
             | Error::Doc(_) => Code::INVALID_ARGUMENT,
             Error::NoNetns | Error::AgentNotServing => Code::FAILED_PRECONDITION,
             Error::AgentSilent { .. } => Code::DEADLINE_EXCEEDED,
+            Error::VsockBackendLost { .. } => Code::UNAVAILABLE,
             Error::NotSandbox | Error::AgentLacks(_) => Code::UNIMPLEMENTED,
             Error::Network(e) => match e {
                 N::UnsupportedKind { .. } | N::Unsupported { .. } | N::TapMtu { .. } => Code::FAILED_PRECONDITION,

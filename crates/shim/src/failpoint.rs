@@ -3,7 +3,8 @@
 //! a release build [`hit`] is always `Ok` and reads nothing.
 //!
 //! `KATA_NET_FAILPOINTS` names a file (containerd passes its environment to the shims) whose
-//! lines are `<step> fail`, `<step> stall <ms>` or `<step> kill`. The file must be root's and not
+//! lines are `<step> fail`, `<step> fail-once` (the first time in this shim's life only),
+//! `<step> stall <ms>` or `<step> kill`. The file must be root's and not
 //! writable by group or others, or it is ignored. It is read at every step, so a test changes it
 //! between sandboxes without restarting containerd.
 //!
@@ -14,7 +15,8 @@
 //! `hotplug:getfd`, `hotplug:netdev_add`, `hotplug:device_add`; the operator's operations:
 //! `add-iface:host`, `add-iface:hotplugged`, `add-iface:configured`, `del-iface:found`,
 //! `ipvs:applied`, `ipvs:restored`; following the namespace (a new pod link):
-//! `follow:attached`, `follow:hotplugged`.
+//! `follow:attached`, `follow:hotplugged`; while waiting for the agent over hybrid vsock,
+//! `start:vsock:worker` (a failure reads as the backend's worker thread gone).
 
 /// The environment variable naming the failpoint file.
 pub const FAILPOINTS_ENV: &str = "KATA_NET_FAILPOINTS";
@@ -49,6 +51,16 @@ fn action(step: &str) -> Option<Action> {
         }
         match (words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
             (Some("fail"), _) => Some(Action::Fail),
+            (Some("fail-once"), _) => {
+                static FIRED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                let mut fired = FIRED.lock().unwrap_or_else(|e| e.into_inner());
+                if fired.iter().any(|s| s == step) {
+                    None
+                } else {
+                    fired.push(step.to_owned());
+                    Some(Action::Fail)
+                }
+            }
             (Some("stall"), Some(ms)) => Some(Action::Stall(std::time::Duration::from_millis(ms))),
             (Some("kill"), _) => Some(Action::Kill),
             _ => None,
@@ -68,7 +80,12 @@ fn kill_self() {
 /// Pass the step `step`: fail, stall (blocking this thread) or die here if the failpoint file
 /// says so. For steps outside the async runtime's tasks; in them, [`hit_async`].
 pub fn hit(step: &str) -> Result<(), Injected> {
-    match action(step) {
+    act(action(step), step)
+}
+
+/// What `action` does at `step` (a stall blocks this thread).
+fn act(action: Option<Action>, step: &str) -> Result<(), Injected> {
+    match action {
         Some(Action::Fail) => Err(Injected(step.to_owned())),
         Some(Action::Stall(d)) => {
             std::thread::sleep(d);
@@ -89,6 +106,6 @@ pub async fn hit_async(step: &str) -> Result<(), Injected> {
             tokio::time::sleep(d).await;
             Ok(())
         }
-        _ => hit(step),
+        other => act(other, step),
     }
 }

@@ -401,3 +401,42 @@ fn a_shim_killed_while_following_a_new_pod_link_is_cleaned_by_delete() {
     h.set("");
     eprintln!("failure injection: {} follow steps failed (undone) and killed (cleaned by delete)", steps.len());
 }
+
+/// The hybrid vsock backend stops serving the VM while the shim waits for the agent (the fault of
+/// vhost-device-vsock 0.3.0 whose worker thread ends on an error of its event handler; simulated
+/// at `start:vsock:worker`, where the shim looks for that thread): the start is undone and made
+/// once more, and the sandbox runs; lost again, `ctr run` fails with the cause instead of waiting
+/// out dial_timeout, and nothing is left.
+#[test]
+fn a_hybrid_vsock_backend_that_stops_serving_gets_the_start_made_again() {
+    let (h, cni) = Harness::with_pod("fpvsock");
+    tests::require_root_and_tools(&["vhost-device-vsock"]);
+    let conf = kata_conf(&h.c.run_dir()).replace("[agent.kata]", "agent_channel = \"hybrid-vsock\"\n[agent.kata]");
+    std::fs::write(h.c.dir.0.join("configuration.toml"), conf).unwrap();
+    let before = cni.pod.snapshot();
+    let backends = |id: &str| tests::containerd::processes_naming(&h.c.run_dir().join(id), "vhost-device-vsock");
+
+    h.set("start:vsock:worker fail-once\n");
+    let out = h.run("fpvs1", Some(&cni));
+    assert!(out.status.success(), "made again, the start succeeds: {}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(h.c.dir.0.join("containerd.log")).unwrap();
+    assert!(
+        log.contains("the sandbox's start is undone and made again"),
+        "the shim says why it started twice: {}",
+        log.lines().filter(|l| l.contains("fpvs1")).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(backends("fpvs1"), 1, "one backend: the first one is gone");
+    tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", tests::POD_IP]);
+    h.c.remove_sandbox("fpvs1");
+    assert!(h.nothing_left("fpvs1", Some((&cni, &before)), true));
+
+    h.set("start:vsock:worker fail\n");
+    let out = h.run("fpvs2", Some(&cni));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lost twice: ctr run fails");
+    assert!(err.contains("the hybrid vsock backend (vhost-device-vsock) stopped serving the VM"), "{err}");
+    assert!(h.nothing_left("fpvs2", Some((&cni, &before)), true), "something is left");
+    assert_eq!(backends("fpvs2"), 0, "no vhost-device-vsock left");
+    let _ = h.c.ctr(&["container", "rm", "fpvs2"]);
+    h.set("");
+}

@@ -17,6 +17,13 @@ const AGENT_PORT: u32 = 1024;
 pub const VSOCK_BACKEND: &str = "vhost-device-vsock";
 /// The backend's vhost-user socket (QEMU's side) in the run directory.
 pub const VSOCK_BACKEND_SOCKET: &str = "vhost-vsock.sock";
+/// The backend's log in the run directory.
+pub const VSOCK_BACKEND_LOG: &str = "vsock-backend.log";
+/// The backend's thread that serves the VM's queues and the host's connections (vhost-user-backend
+/// names it so).
+const VSOCK_WORKER_THREAD: &str = "vring_worker";
+/// How often the worker thread is looked for while the shim waits for the agent.
+const WORKER_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// How QEMU is told about the channel, where the shim connects, and the backend (if any).
 #[derive(Debug)]
@@ -40,8 +47,12 @@ impl VsockBackend {
         let io = |source| Error::Io { what: "starting the hybrid vsock backend for", path: run_dir.to_owned(), source };
         let mut cmd = tokio::process::Command::new(VSOCK_BACKEND);
         cmd.arg("--vm").arg(format!("guest-cid=3,socket={},uds-path={}", socket.display(), uds.display()));
-        // Its log (RUST_LOG from the shim's environment sets the level) beside the console's.
-        let log = std::fs::File::create(run_dir.join("vsock-backend.log")).map_err(io)?;
+        // Its log beside the console's: RUST_LOG from the shim's environment sets the level,
+        // warnings by default.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let log = std::fs::File::create(run_dir.join(VSOCK_BACKEND_LOG)).map_err(io)?;
         let child = spawn_until_socket(cmd, &socket, log.into()).await.map_err(io)?;
         Ok(Self { child })
     }
@@ -50,6 +61,38 @@ impl VsockBackend {
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Does the backend's worker thread still run? vhost-device-vsock 0.3.0 ends it (the process
+    /// lives on) when its event handler returns an error, and one such error is a host
+    /// connection that arrives while QEMU is still setting up the guest's queues: from then on no
+    /// connection of the VM is ever answered. Read from `/proc/<pid>/task/*/comm`.
+    pub fn worker_alive(&self) -> bool {
+        let Some(pid) = self.child.id() else { return false };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == VSOCK_WORKER_THREAD))
+    }
+
+    /// Resolves once the worker thread is gone (or the test's failpoint `start:vsock:worker` says
+    /// so); never while it runs.
+    pub async fn worker_lost(&self) {
+        loop {
+            if !self.worker_alive() || crate::failpoint::hit_async("start:vsock:worker").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(WORKER_CHECK_EVERY).await;
+        }
+    }
+}
+
+/// The last lines of the hybrid vsock backend's log in `run_dir` (at most 2 KiB), for an error.
+pub fn backend_log_tail(run_dir: &Path) -> String {
+    let text = std::fs::read(run_dir.join(VSOCK_BACKEND_LOG)).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(2048)..];
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// Start a helper process of the sandbox (stdin and stdout null, stderr to `stderr`; killed when
@@ -145,6 +188,25 @@ pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) ->
 
 #[cfg(test)]
 mod tests {
+    /// The worker thread is found in a real vhost-device-vsock (the test fails when the program
+    /// is missing: `.ci/run` installs it), and not in a process without it.
+    #[tokio::test]
+    async fn the_backends_worker_thread_is_seen_and_its_absence_too() {
+        let dir = std::env::temp_dir().join(format!("knt-{}-vsock-worker", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = super::VsockBackend::start(&dir).await.expect("vhost-device-vsock in PATH");
+        assert!(backend.worker_alive(), "vhost-device-vsock runs a {} thread", super::VSOCK_WORKER_THREAD);
+        drop(backend);
+        let child = tokio::process::Command::new("sleep").arg("30").kill_on_drop(true).spawn().unwrap();
+        let other = super::VsockBackend { child };
+        assert!(!other.worker_alive());
+        // A lost worker is reported at once.
+        tokio::time::timeout(std::time::Duration::from_secs(2), other.worker_lost()).await.unwrap();
+        drop(other);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn cids_are_3_and_up_and_differ_by_id() {
         let (a, b) = (super::cid_of("sandbox-a"), super::cid_of("sandbox-b"));

@@ -20,14 +20,25 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 
 /// Start the sandbox `id` of `bundle`. On failure nothing is left.
+///
+/// A start whose hybrid vsock backend stopped serving the VM (a fault of vhost-device-vsock
+/// 0.3.0, see `VsockBackend::worker_alive`) is undone and made once more, from the beginning.
 pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log: &slog::Logger) -> Result<Sandbox> {
-    let mut s = Start { id, bundle, cfg, log, state: SandboxState { id: id.to_owned(), ..Default::default() } };
-    match s.run(net).await {
-        Ok(sb) => Ok(sb),
-        Err(e) => {
-            let _ = s.state.teardown(log, Some(&cfg.runtime.run_dir)).await;
-            SandboxState::forget(bundle);
-            Err(e)
+    let mut again = true;
+    loop {
+        let mut s = Start { id, bundle, cfg, log, state: SandboxState { id: id.to_owned(), ..Default::default() } };
+        match s.run(net).await {
+            Ok(sb) => return Ok(sb),
+            Err(e) => {
+                let _ = s.state.teardown(log, Some(&cfg.runtime.run_dir)).await;
+                SandboxState::forget(bundle);
+                if matches!(e, Error::VsockBackendLost { .. }) && std::mem::take(&mut again) {
+                    slog::warn!(log, "the sandbox's start is undone and made again"; "sandbox_id" => id,
+                        "cause" => crate::error::message(&e));
+                    continue;
+                }
+                return Err(e);
+            }
         }
     }
 }
@@ -79,7 +90,17 @@ impl Start<'_> {
             vm.wait_virtio_ready(hypervisor::cmdline::VSOCK_DEVICE_ID, dial_by - Instant::now()).await?;
         }
         let left = dial_by.saturating_duration_since(Instant::now());
-        let agent = connect_agent(&link.addr, left, self.cfg.agent.kata.dial_timeout).await?;
+        let connect = connect_agent(&link.addr, left, self.cfg.agent.kata.dial_timeout);
+        let agent = match &link.backend {
+            // A backend whose worker ended never answers: no use waiting out dial_timeout.
+            Some(backend) => tokio::select! {
+                agent = connect => agent?,
+                () = backend.worker_lost() => {
+                    return Err(Error::VsockBackendLost { log: super::channel::backend_log_tail(&self.run_dir()) })
+                }
+            },
+            None => connect.await?,
+        };
         let boot_ms = ms(t);
         let t = Instant::now();
         let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
