@@ -216,6 +216,9 @@ impl Containerd {
         wait_until(Duration::from_secs(20), "task stopped", || self.task_status(id) == "STOPPED");
         assert!(self.ctr(&["task", "rm", id]).status.success());
         assert!(self.ctr(&["container", "rm", id]).status.success());
+        // The shim exits once containerd let it go (Shutdown after the delete); nothing it ran
+        // (a FIFO's open waiting for its other end) may keep it alive.
+        wait_until(Duration::from_secs(10), &format!("the shim of {id} exited"), || self.shim_pid(id).is_none());
         // Nothing of the sandbox's left: no hybrid vsock backend, no run directory (sockets).
         let run = self.run_dir().join(id);
         assert_eq!(processes_naming(&run, "vhost-device-vsock"), 0, "a vsock backend of {id} is left");

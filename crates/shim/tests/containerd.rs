@@ -487,6 +487,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 fn assert_nothing_left(c: &Containerd, id: &str, cni: &CniPod, before: &serde_json::Value) {
     let run = c.run_dir().join(id);
     wait_until(Duration::from_secs(20), "QEMU gone", || !qemu_running_in(&run));
+    wait_until(Duration::from_secs(10), "the shim exited", || c.shim_pid(id).is_none());
     assert_eq!(tests::containerd::processes_naming(&run, "/usr/lib/qemu/virtiofsd"), 0, "virtiofsd left");
     assert_eq!(mounts_under(&c.run_dir()), Vec::<String>::new(), "mounts left");
     assert!(!run.exists(), "{} left", run.display());
@@ -524,9 +525,24 @@ fn a_command_runs_in_the_vm_reaches_the_peer_and_ctr_returns_its_output_and_exit
 fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     let (c, cni, before) = start_with_pod("exec");
     c.run_ok("wx1", &cni.pod.path());
+    let shim = c.shim_pid("wx1").expect("the shim runs");
+    let fifo_waits = || {
+        std::fs::read_dir(format!("/proc/{shim}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w == "wait_for_partner"))
+            .count()
+    };
+    // The init's own copies start with it.
+    std::thread::sleep(Duration::from_millis(500));
+    let waits_before = fifo_waits();
     let out = c.ctr(&["task", "exec", "--exec-id", "e1", "wx1", "sh", "-c", "ip -o -4 addr show eth0; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("inet 10.88.0.5/24"), "{out:?}");
+    // ctr's copy of its (empty) stdin came and went before the shim opened the exec's stdin
+    // FIFO: once the exec exited, no thread of the shim waits on that FIFO any more (the init's
+    // stdin may: it runs, and `ctr task attach` could still come).
+    wait_until(Duration::from_secs(5), "no thread waits on the exec's FIFO", || fifo_waits() <= waits_before);
     // stdin reaches an exec and its end ends the process.
     let mut child = std::process::Command::new("ctr")
         .args(["-a", c.sock().to_str().unwrap(), "task", "exec", "--exec-id", "e2", "wx1", "cat"])

@@ -255,9 +255,19 @@ state = "{d}/state"
         assert!(!run.join(side).join(&cid).exists(), "the app container's {side} directory is gone");
     }
 
+    let shims = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let c = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            c.contains("containerd-shim-kata-v2") && c.contains(&dir.0.display().to_string())
+        })
+    };
+    assert!(shims(), "the pod's shim is seen while it runs");
     cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     assert!(!qemu_running_in(&dir.0), "QEMU left behind");
+    // The pod's shim (its app container's too) exits once the pod is removed.
+    tests::containerd::wait_until(std::time::Duration::from_secs(10), "the pod's shim exited", || !shims());
     let links = node.ip(&["-o", "link"]);
     assert!(!links.contains("veth"), "CNI's veth is gone: {links}");
     assert!(!dir.0.join("run").join(&id).exists());

@@ -2,7 +2,9 @@
 //! (WriteStdin, then CloseStdin at its end), stdout and stderr (ReadStdout/ReadStderr until the
 //! agent says the stream ended). With a terminal there is one output stream (stdout) and stdin
 //! is never closed (the terminal stays the process's). FIFOs are opened in blocking threads:
-//! opening a FIFO waits for its other end, which containerd opened before asking.
+//! opening a FIFO waits for its other end, which containerd opened before asking. The stdin
+//! FIFO's writer (ctr's copy of its own stdin) may have come and gone before the shim opens it:
+//! once the process exits, that open is ended by opening the other end for a moment.
 
 use std::path::PathBuf;
 
@@ -27,6 +29,8 @@ const CHUNK: u32 = 32 * 1024;
 pub struct Copies {
     outputs: Vec<JoinHandle<()>>,
     stdin: Option<JoinHandle<()>>,
+    /// The stdin FIFO (empty: none).
+    stdin_path: String,
 }
 
 impl Copies {
@@ -38,10 +42,17 @@ impl Copies {
         futures_join(std::mem::take(&mut self.outputs)).await;
     }
 
-    /// The process is gone: stop copying its stdin.
+    /// The process is gone: stop copying its stdin, and end an open of its FIFO still waiting
+    /// for a writer (its blocking thread would wait for ever, and keep the shim from exiting).
     pub fn finish(self) {
         if let Some(s) = self.stdin {
             s.abort();
+        }
+        if !self.stdin_path.is_empty() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Succeeds only while a reader is there (ENXIO otherwise); closed at once, so that
+            // reader sees the end.
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.stdin_path);
         }
     }
 }
@@ -138,5 +149,5 @@ pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: 
             }))
         }
     };
-    Copies { outputs, stdin }
+    Copies { outputs, stdin, stdin_path: stdio.stdin.clone() }
 }
