@@ -101,4 +101,8 @@ ip -n "$pod" -br link
 if ip -n "$pod" link show tap0_kata >/dev/null 2>&1 || tc -n "$pod" qdisc show dev eth0 | grep -q ingress; then
   echo "demo FAILED: runtime devices left behind" >&2; exit 1
 fi
+for _ in $(seq 100); do pgrep -f "containerd-shim-kata-v2 .*$work/" >/dev/null || break; sleep 0.1; done
+if pgrep -f "containerd-shim-kata-v2 .*$work/" >/dev/null; then
+  echo "demo FAILED: the shim did not exit after the sandbox's removal" >&2; exit 1
+fi
 echo "demo OK"
