@@ -91,8 +91,8 @@ pub fn backend_log_tail(run_dir: &Path) -> String {
     let text = std::fs::read(run_dir.join(VSOCK_BACKEND_LOG)).unwrap_or_default();
     let tail = &text[text.len().saturating_sub(2048)..];
     let text = String::from_utf8_lossy(tail);
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 /// Start a helper process of the sandbox (stdin and stdout null, stderr to `stderr`; killed when
@@ -192,10 +192,9 @@ mod tests {
     /// is missing: `.ci/run` installs it), and not in a process without it.
     #[tokio::test]
     async fn the_backends_worker_thread_is_seen_and_its_absence_too() {
-        let dir = std::env::temp_dir().join(format!("knt-{}-vsock-worker", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let backend = super::VsockBackend::start(&dir).await.expect("vhost-device-vsock in PATH");
+        // Removed on drop, even when an assertion fails; the backends are killed on drop.
+        let dir = tests::vm::Scratch::new("vsock-worker");
+        let backend = super::VsockBackend::start(&dir.0).await.expect("vhost-device-vsock in PATH");
         assert!(backend.worker_alive(), "vhost-device-vsock runs a {} thread", super::VSOCK_WORKER_THREAD);
         drop(backend);
         let child = tokio::process::Command::new("sleep").arg("30").kill_on_drop(true).spawn().unwrap();
@@ -203,8 +202,15 @@ mod tests {
         assert!(!other.worker_alive());
         // A lost worker is reported at once.
         tokio::time::timeout(std::time::Duration::from_secs(2), other.worker_lost()).await.unwrap();
-        drop(other);
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_backends_log_tail_is_its_last_five_lines() {
+        let dir = tests::vm::Scratch::new("vsock-log");
+        assert_eq!(super::backend_log_tail(&dir.0), "", "no log: nothing to quote");
+        let log: String = (1..=8).map(|n| format!("line {n}\n")).collect();
+        std::fs::write(dir.0.join(super::VSOCK_BACKEND_LOG), log).unwrap();
+        assert_eq!(super::backend_log_tail(&dir.0), "line 4 | line 5 | line 6 | line 7 | line 8");
     }
 
     #[test]
