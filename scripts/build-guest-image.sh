@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the test VM's guest image: a kernel from Debian's cloud kernel package (downloaded and
 # unpacked, never installed on the host) and an initramfs with busybox, the guest agent (static),
-# ipvsadm, conntrack with their libraries, and the kernel modules the guest needs; and a second
-# initramfs, initrd-kata.img, the same but for its init: kata's own agent (3.2.0, from
-# tests/kata-agent, or $KATA_AGENT) with the glibc libraries it links, as PID 1.
+# ipvsadm, conntrack with their libraries, and the kernel modules the guest needs. Only when
+# KATA_AGENT=<path to a kata-agent binary> is given (a user's own, e.g. from a kata release): a
+# second initramfs, initrd-kata.img, the same but for its init: that agent with the glibc
+# libraries it links, as PID 1. Nothing built by another project is kept in this repository.
 #
 # Cached and idempotent: the kernel is fetched once; the initramfs is rebuilt only when its
 # inputs change. Output: $GUEST_IMAGE_DIR (default target/guest-image): vmlinuz, initrd.img,
@@ -25,19 +26,20 @@ agent="$root/target/guest/x86_64-unknown-linux-gnu/release/guest-agent"
 ldd "$agent" 2>&1 | grep -qE 'statically linked|not a dynamic' || {
   echo "guest-image: $agent is not static" >&2; exit 1; }
 
-# --- kata's agent: the vendored copy, checked, unless $KATA_AGENT names another -------------------
+# --- kata's agent: only the one the user names ------------------------------------------------------
 kata_agent=${KATA_AGENT:-}
-if [ -z "$kata_agent" ]; then
-  kata_agent="$cache/kata-agent-3.2.0"
-  if [ ! -x "$kata_agent" ]; then
-    xz -dc "$root/tests/kata-agent/kata-agent-3.2.0.xz" > "$kata_agent.tmp"
-    echo "$(cat "$root/tests/kata-agent/kata-agent-3.2.0.sha256")  $kata_agent.tmp" | sha256sum -c --quiet
-    chmod 0755 "$kata_agent.tmp"
-    mv "$kata_agent.tmp" "$kata_agent"
-  fi
+if [ -n "$kata_agent" ]; then
+  case $kata_agent in /*) ;; *) kata_agent="$PWD/$kata_agent" ;; esac
+  [ -f "$kata_agent" ] && [ -x "$kata_agent" ] || {
+    echo "guest-image: KATA_AGENT=$kata_agent is not an executable file" >&2; exit 1; }
+  "$kata_agent" --version 2>/dev/null | grep -q '^kata-agent version' || {
+    echo "guest-image: KATA_AGENT=$kata_agent is not kata's agent (its --version does not say kata-agent)" >&2; exit 1; }
+  log "kata's agent: $kata_agent ($("$kata_agent" --version | head -1))"
+else
+  # An image built earlier with another agent must not be booted as if it were current.
+  rm -f "$out/initrd-kata.img"
+  log "KATA_AGENT not given: initrd-kata.img is not built (the kata pass of the tests will not run)"
 fi
-"$kata_agent" --version | grep -q '^kata-agent version' || {
-  echo "guest-image: $kata_agent is not kata's agent" >&2; exit 1; }
 
 # --- the kernel ------------------------------------------------------------------------------------
 if [ ! -f "$cache/kernel.done" ]; then
@@ -71,8 +73,8 @@ for t in /bin/busybox "${tools[@]}"; do
   [ -x "$t" ] || { echo "guest-image: $t missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
-stamp=$( (sha256sum "$agent" "$kata_agent" "$0" /bin/busybox "${tools[@]}"; echo "$kver ${modules[*]}") | sha256sum | cut -c1-16)
-if [ -f "$out/initrd.img" ] && [ -f "$out/initrd-kata.img" ] && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
+stamp=$( (sha256sum "$agent" ${kata_agent:+"$kata_agent"} "$0" /bin/busybox "${tools[@]}"; echo "$kver ${modules[*]}") | sha256sum | cut -c1-16)
+if [ -f "$out/initrd.img" ] && { [ -z "$kata_agent" ] || [ -f "$out/initrd-kata.img" ]; } && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
   log "up to date ($kver)"
   exit 0
 fi

@@ -3,16 +3,17 @@
 # A pod namespace is prepared the way CNI's bridge plugin leaves one (veth eth0 with an address and
 # routes, the far end in a peer namespace); a private containerd runs the sandbox with
 # `ctr run --runtime io.containerd.kata.v2 --with-ns network:<netns>`; the VM, whose guest runs
-# kata's own agent (3.2.0, the agent production guests run) reached over hybrid vsock, gets the
-# pod's network, and the peer pings it. Everything is removed at the end.
-# DEMO_AGENT=ours runs it on the project's test agent instead.
+# this project's agent reached over hybrid vsock, gets the pod's network, and the peer pings it.
+# Everything is removed at the end. DEMO_AGENT=kata runs it on kata's own agent instead: the image
+# `KATA_AGENT=<path to a kata-agent binary> make guest-image` builds (no kata agent is kept here).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kata-net-demo.XXXXXX)
 pod=kata-net-demo-pod; peer=kata-net-demo-peer; id=demo-sandbox
 img="$root/target/guest-image"
-case "${DEMO_AGENT:-kata}" in
-  kata) initrd=initrd-kata.img ;;
+case "${DEMO_AGENT:-ours}" in
+  kata) initrd=initrd-kata.img
+    [ -f "$img/$initrd" ] || { echo "DEMO_AGENT=kata: $img/$initrd missing; build it with KATA_AGENT=<path> make guest-image" >&2; exit 2; } ;;
   ours) initrd=initrd.img ;;
   *) echo "DEMO_AGENT must be kata or ours" >&2; exit 2 ;;
 esac

@@ -147,11 +147,18 @@ impl Drop for Containerd {
 /// a test can insert keys of either before `[agent.kata]` or `[runtime]`.
 pub fn kata_conf(run_dir: &Path) -> String {
     let img = guest_image();
+    let initrd = img.join(crate::guest::Agent::under_test().initrd());
+    assert!(
+        initrd.is_file(),
+        "{} missing: kata's agent is not in this repository; build the image with \
+         `KATA_AGENT=<path to a kata-agent binary> make guest-image`",
+        initrd.display()
+    );
     format!(
         "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"{}\"\ninitrd = \"{}\"\n\
          [agent.kata]\ndebug_console_enabled = true\n[runtime]\nrun_dir = \"{}\"\n",
         img.join("vmlinuz").display(),
-        img.join(crate::guest::Agent::under_test().initrd()).display(),
+        initrd.display(),
         run_dir.display()
     )
 }

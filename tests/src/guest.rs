@@ -4,7 +4,8 @@
 //! `ip` and files, not from either agent's account of itself.
 //!
 //! `KATA_NET_TEST_GUEST=kata` points the tests' configuration at the image with kata's agent
-//! (`initrd-kata.img`); unset or `ours`, at our test agent's.
+//! (`initrd-kata.img`, built only when `make guest-image` is given `KATA_AGENT`); unset or
+//! `ours`, at our test agent's.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +27,11 @@ impl Agent {
             Ok("kata") => Agent::Kata,
             Ok(other) => panic!("KATA_NET_TEST_GUEST={other:?}: use `ours` or `kata`"),
         }
+    }
+
+    /// Whether `make guest-image` built this agent's image (kata's needs `KATA_AGENT`).
+    pub fn built(self) -> bool {
+        crate::vm::guest_image().join(self.initrd()).is_file()
     }
 
     /// The initramfs file in the guest image directory.

@@ -1,6 +1,8 @@
-//! What only kata's own agent (3.2.0, `initrd-kata.img`) shows, through real containerd: it
-//! lacks openEuler's IPVS extension, and it serves no virtio-serial port. The rest of the
-//! end-to-end suite runs against it with `KATA_NET_TEST_GUEST=kata` (`make test` does both).
+//! What only kata's own agent (`initrd-kata.img`, built by `make guest-image` from the agent
+//! `KATA_AGENT=<path>` names) shows, through real containerd: it lacks openEuler's IPVS
+//! extension, and it serves no virtio-serial port. The rest of the end-to-end suite runs against
+//! it with `KATA_NET_TEST_GUEST=kata`. Ignored in the plain run (no kata agent is in this
+//! repository); `make test` with `KATA_AGENT` runs it, and says it did not run without.
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ fn kata_agent_conf(c: &Containerd) -> String {
 }
 
 #[test]
+#[ignore = "needs kata's agent: `KATA_AGENT=<path> make test` runs it"]
 fn kata_ipvs_against_kata_agent_says_the_agent_lacks_it_and_changes_nothing() {
     let c = tests::containerd::start_containerd("kagent", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
     std::fs::write(c.dir.0.join("configuration.toml"), kata_agent_conf(&c)).unwrap();
