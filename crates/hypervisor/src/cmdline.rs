@@ -11,7 +11,7 @@ use network::{NicBackend, NicConfig, PciPath};
 use crate::nic::{Netdev, NicDevice};
 
 use crate::accel::Accel;
-use crate::config::{AgentChannel, MachineType, QemuConfig};
+use crate::config::{AgentChannel, GuestRoot, MachineType, QemuConfig};
 use crate::error::{Error, Result};
 use crate::slots::{self, Slots};
 
@@ -58,11 +58,21 @@ pub fn build(
         MachineType::Q35 => ("q35", "pcie.0"),
         MachineType::Pc => ("pc", "pci.0"),
     };
+    let root = cfg.root();
+    let nvdimm = matches!(root, GuestRoot::Image { nvdimm: true, .. });
     c.arg("-name", "sandbox");
-    c.arg("-machine", format!("{machine},accel={}", accel.as_str()));
+    c.arg("-machine", format!("{machine},accel={}{}", accel.as_str(), if nvdimm { ",nvdimm=on" } else { "" }));
     c.arg("-cpu", if accel == Accel::Kvm { "host" } else { "max" });
     c.arg("-smp", cfg.default_vcpus.to_string());
-    c.arg("-m", format!("{}M", cfg.default_memory));
+    match (root, nvdimm) {
+        (GuestRoot::Image { path, .. }, true) => {
+            // The NVDIMM is a memory device: one slot, and room for it above the RAM.
+            let len = std::fs::metadata(path).map_err(|source| Error::Spawn { path: path.display().to_string(), source })?.len();
+            let mib = len.div_ceil(1 << 20);
+            c.arg("-m", format!("{}M,slots=1,maxmem={}M", cfg.default_memory, u64::from(cfg.default_memory) + mib));
+        }
+        _ => c.arg("-m", format!("{}M", cfg.default_memory)),
+    }
     // Shared guest memory: vhost-user (NICs, vsock) needs it, for cold plug and hotplug alike.
     c.arg("-object", format!("memory-backend-memfd,id=mem0,size={}M,share=on", cfg.default_memory));
     c.arg("-numa", "node,memdev=mem0");
@@ -72,12 +82,13 @@ pub fn build(
     c.arg("-monitor", "none");
     c.arg("-qmp", format!("unix:{},server=on,wait=off", run_dir.join("qmp.sock").display()));
     c.arg("-kernel", cfg.kernel.display().to_string());
-    c.arg("-initrd", cfg.initrd.display().to_string());
-    let mut append = "console=ttyS0 panic=-1 quiet".to_owned();
-    if !cfg.kernel_params.is_empty() {
-        append = format!("{append} {}", cfg.kernel_params);
-    }
-    c.arg("-append", append);
+    root_device(&mut c, root, root_bus)?;
+    // As kata writes them: the runtime's own, the root's, then the configuration's kernel_params.
+    let append: Vec<&str> = ["console=ttyS0 panic=-1 quiet", root.kernel_params(), cfg.kernel_params.as_str()]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    c.arg("-append", append.join(" "));
     for d in slots.devices() {
         c.arg("-device", d);
     }
@@ -151,6 +162,34 @@ pub fn build(
     Ok((c, paths))
 }
 
+/// The guest's root: `-initrd`, or the image as kata attaches it: an NVDIMM backed by the file
+/// (read-only, shared: the host's page cache serves every VM booting it; `unarmed` tells the
+/// guest it cannot be written) or a read-only virtio-blk disk.
+fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, root_bus: &str) -> Result<()> {
+    match root {
+        GuestRoot::Initrd(p) => c.arg("-initrd", p.display().to_string()),
+        GuestRoot::Image { path, nvdimm, boot_initrd } => {
+            let file = path.display().to_string();
+            if file.contains(',') {
+                // QEMU's option syntax would read it as the next property.
+                return Err(Error::Config { key: "image", why: format!("{file}: a path with a comma") });
+            }
+            if nvdimm {
+                let len = std::fs::metadata(path).map_err(|source| Error::Spawn { path: file.clone(), source })?.len();
+                c.arg("-object", format!("memory-backend-file,id=rootimg,mem-path={file},size={len},readonly=on,share=on"));
+                c.arg("-device", "nvdimm,id=nv0,memdev=rootimg,unarmed=on");
+            } else {
+                c.arg("-drive", format!("file={file},format=raw,if=none,id=rootimg,readonly=on"));
+                c.arg("-device", format!("virtio-blk-pci,drive=rootimg,bus={root_bus},addr={:#x}", slots::ROOT_DISK_SLOT));
+            }
+            if let Some(initrd) = boot_initrd {
+                c.arg("-initrd", initrd.display().to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Make the command's child join the network namespace open on `ns` before it execs (registered
 /// before [`install_fds`], so it runs first; the fd is close-on-exec and closed there anyway).
 pub fn enter_netns(cmd: &mut tokio::process::Command, ns: RawFd) {
@@ -220,6 +259,32 @@ mod tests {
         let slots = Slots::new(cfg.machine_type, 0);
         let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), agent, None, &slots, Vec::new()).unwrap();
         c.args.join(" ")
+    }
+
+    #[test]
+    fn an_image_as_an_nvdimm_or_a_disk_with_kernel_params_after_the_root() {
+        let img = std::env::temp_dir().join(format!("knt-cmdline-{}.img", std::process::id()));
+        std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
+        let agent = AgentChannel::Serial { socket: "/run/kata/sb/agent.sock".into() };
+        let cfg = QemuConfig { image: img.clone(), kernel_params: "agent.log=debug".into(), ..Default::default() };
+        let slots = Slots::new(cfg.machine_type, 0);
+        let args = |cfg: &QemuConfig| {
+            build(cfg, Accel::Tcg, Path::new("/run/kata/sb"), &agent, None, &slots, Vec::new()).unwrap().0.args.join(" ")
+        };
+        let nv = args(&cfg);
+        let blk = args(&QemuConfig { disable_image_nvdimm: true, image_boot_initrd: "/boot/mods.img".into(), ..cfg.clone() });
+        std::fs::remove_file(&img).unwrap();
+        let i = img.display();
+        assert!(nv.contains("-machine q35,accel=tcg,nvdimm=on "), "{nv}");
+        assert!(nv.contains("-m 512M,slots=1,maxmem=640M "), "{nv}");
+        assert!(nv.contains(&format!("-object memory-backend-file,id=rootimg,mem-path={i},size=134217728,readonly=on,share=on")), "{nv}");
+        assert!(nv.contains("-device nvdimm,id=nv0,memdev=rootimg,unarmed=on"), "{nv}");
+        assert!(!nv.contains("-initrd"), "{nv}");
+        assert!(nv.contains("-append console=ttyS0 panic=-1 quiet root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"), "{nv}");
+        assert!(blk.contains(&format!("-drive file={i},format=raw,if=none,id=rootimg,readonly=on")), "{blk}");
+        assert!(blk.contains("-device virtio-blk-pci,drive=rootimg,bus=pcie.0,addr=0x1e"), "{blk}");
+        assert!(blk.contains("-initrd /boot/mods.img") && !blk.contains("nvdimm"), "{blk}");
+        assert!(blk.contains("quiet root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"), "{blk}");
     }
 
     #[test]

@@ -27,14 +27,32 @@ pub enum MachineType {
     Pc,
 }
 
-/// `[hypervisor.qemu]`. Keys are kata's where kata has them; `accelerator`, `hotplug_slots`
-/// and `console_log` are this project's.
+/// This project's guest, where `make install` puts it.
+pub const OUR_KERNEL: &str = "/usr/share/kata-net-rs/vmlinuz";
+pub const OUR_INITRD: &str = "/usr/share/kata-net-rs/initrd.img";
+/// kata-deploy's guest, where kata-deploy puts it: used by default when ours is not installed.
+pub const KATA_DEPLOY_KERNEL: &str = "/opt/kata/share/kata-containers/vmlinux.container";
+pub const KATA_DEPLOY_IMAGE: &str = "/opt/kata/share/kata-containers/kata-containers.img";
+
+/// `[hypervisor.qemu]`. Keys are kata's where kata has them; `accelerator`, `hotplug_slots`,
+/// `image_boot_initrd` and `console_log` are this project's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QemuConfig {
     pub path: PathBuf,
     pub kernel: PathBuf,
+    /// The guest as an initramfs (kata's key); exclusive with `image`.
     pub initrd: PathBuf,
+    /// The guest as a root filesystem image in kata's osbuilder layout (kata's key): a raw disk
+    /// with one ext4 partition, behind a DAX header. Exclusive with `initrd`.
+    pub image: PathBuf,
+    /// Attach `image` as a read-only virtio-blk disk (`root=/dev/vda1`) instead of an NVDIMM
+    /// backed by the file (`root=/dev/pmem0p1`, DAX) (kata's key).
+    pub disable_image_nvdimm: bool,
+    /// This project's: an initramfs that only loads the drivers a distribution kernel has as
+    /// modules (NVDIMM, virtio-blk, ext4) and then boots `image`'s root. kata's guest kernel has
+    /// them built in and needs none.
+    pub image_boot_initrd: PathBuf,
     pub kernel_params: String,
     pub machine_type: MachineType,
     pub default_vcpus: u32,
@@ -67,8 +85,11 @@ impl Default for QemuConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-            kernel: PathBuf::from("/usr/share/kata-net-rs/vmlinuz"),
-            initrd: PathBuf::from("/usr/share/kata-net-rs/initrd.img"),
+            kernel: PathBuf::from(OUR_KERNEL),
+            initrd: PathBuf::new(),
+            image: PathBuf::new(),
+            disable_image_nvdimm: false,
+            image_boot_initrd: PathBuf::new(),
             kernel_params: String::new(),
             machine_type: MachineType::Q35,
             default_vcpus: 1,
@@ -87,6 +108,8 @@ impl Default for QemuConfig {
     }
 }
 
+/// A file QEMU is given (run as root, it decides what the guest runs): absolute, present, and
+/// root's alone to change (`network::trust::check_root_file`).
 fn file(key: &'static str, p: &Path) -> Result<()> {
     if !p.is_absolute() {
         return Err(Error::Config { key, why: format!("{} must be an absolute path", p.display()) });
@@ -94,15 +117,98 @@ fn file(key: &'static str, p: &Path) -> Result<()> {
     if !p.is_file() {
         return Err(Error::Config { key, why: format!("{} does not exist", p.display()) });
     }
-    Ok(())
+    network::trust::check_root_file(p).map_err(|e| Error::Config { key, why: format!("refused: {e}") })
+}
+
+/// What the guest boots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRoot<'a> {
+    Initrd(&'a Path),
+    /// A root filesystem image: an NVDIMM backed by the file, or a read-only virtio-blk disk;
+    /// with the initramfs that loads their drivers first, where the kernel needs one.
+    Image { path: &'a Path, nvdimm: bool, boot_initrd: Option<&'a Path> },
+}
+
+impl GuestRoot<'_> {
+    /// The kernel parameters that name the root, as kata's runtime writes them.
+    pub fn kernel_params(&self) -> &'static str {
+        match self {
+            GuestRoot::Initrd(_) => "",
+            GuestRoot::Image { nvdimm: true, .. } => {
+                "root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"
+            }
+            GuestRoot::Image { nvdimm: false, .. } => {
+                "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+            }
+        }
+    }
 }
 
 impl QemuConfig {
+    /// Fill in what the file left out: the guest is ours where `make install` put it, else
+    /// kata-deploy's where that is installed (kernel `vmlinux.container`, image
+    /// `kata-containers.img`), else ours (and the check names the missing file).
+    pub fn resolve_defaults(&mut self) {
+        let present = |p: &str| Path::new(p).is_file();
+        if self.kernel == Path::new(OUR_KERNEL) && !present(OUR_KERNEL) && present(KATA_DEPLOY_KERNEL) {
+            self.kernel = KATA_DEPLOY_KERNEL.into();
+        }
+        if self.initrd.as_os_str().is_empty() && self.image.as_os_str().is_empty() {
+            match !present(OUR_INITRD) && present(KATA_DEPLOY_IMAGE) {
+                true => self.image = KATA_DEPLOY_IMAGE.into(),
+                false => self.initrd = OUR_INITRD.into(),
+            }
+        }
+    }
+
+    /// What the guest boots from (after [`QemuConfig::validate`]: exactly one of the two is set).
+    pub fn root(&self) -> GuestRoot<'_> {
+        match self.image.as_os_str().is_empty() {
+            true => GuestRoot::Initrd(&self.initrd),
+            false => GuestRoot::Image {
+                path: &self.image,
+                nvdimm: !self.disable_image_nvdimm,
+                boot_initrd: (!self.image_boot_initrd.as_os_str().is_empty()).then_some(&*self.image_boot_initrd),
+            },
+        }
+    }
+
     /// Check every key; the first bad one is the error, naming it.
     pub fn validate(&self) -> Result<()> {
         file("path", &self.path)?;
         file("kernel", &self.kernel)?;
-        file("initrd", &self.initrd)?;
+        let (has_initrd, has_image) = (!self.initrd.as_os_str().is_empty(), !self.image.as_os_str().is_empty());
+        match (has_initrd, has_image) {
+            (true, true) => {
+                return Err(Error::Config {
+                    key: "image",
+                    why: "is exclusive with initrd (as in kata): set one of them".into(),
+                })
+            }
+            (false, false) => {
+                return Err(Error::Config { key: "initrd", why: "neither initrd nor image is set".into() })
+            }
+            (true, false) => file("initrd", &self.initrd)?,
+            (false, true) => {
+                file("image", &self.image)?;
+                let len = std::fs::metadata(&self.image).map(|m| m.len()).unwrap_or(0);
+                if len == 0 || len % (2 << 20) != 0 {
+                    return Err(Error::Config {
+                        key: "image",
+                        why: format!(
+                            "{} is {len} bytes: a guest image is a whole number of 2 MiB blocks (kata's layout)",
+                            self.image.display()
+                        ),
+                    });
+                }
+            }
+        }
+        if !self.image_boot_initrd.as_os_str().is_empty() {
+            if !has_image {
+                return Err(Error::Config { key: "image_boot_initrd", why: "is only for an image".into() });
+            }
+            file("image_boot_initrd", &self.image_boot_initrd)?;
+        }
         if !(1..=255).contains(&self.default_vcpus) {
             return Err(Error::Config {
                 key: "default_vcpus",
@@ -229,6 +335,9 @@ enable_template = true"#,
             (QemuConfig { initrd: "/nonexistent/initrd".into(), ..base.clone() }, "initrd"),
             (QemuConfig { hotplug_slots: 15, ..base.clone() }, "hotplug_slots"),
             (QemuConfig { kernel_params: "a\nb".into(), ..base.clone() }, "kernel_params"),
+            (QemuConfig { image: "/bin/true".into(), ..base.clone() }, "image"),
+            (QemuConfig { initrd: "".into(), ..base.clone() }, "initrd"),
+            (QemuConfig { image_boot_initrd: "/bin/true".into(), ..base.clone() }, "image_boot_initrd"),
         ];
         for (c, key) in cases {
             match c.validate() {
@@ -237,5 +346,65 @@ enable_template = true"#,
             }
         }
         base.validate().unwrap();
+    }
+
+    /// A scratch file of `len` bytes and `mode`, root's; removed on drop.
+    struct Image(PathBuf);
+    impl Image {
+        fn new(tag: &str, len: u64, mode: u32) -> Self {
+            use std::os::unix::fs::PermissionsExt;
+            let p = std::env::temp_dir().join(format!("knt-img-{}-{tag}", std::process::id()));
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_len(len).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Image {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_image_instead_of_an_initrd_as_kata_boots_it() {
+        let img = Image::new("ok", 8 << 20, 0o644);
+        let c = QemuConfig { path: "/bin/true".into(), kernel: "/bin/true".into(), image: img.0.clone(), ..Default::default() };
+        c.validate().unwrap();
+        assert_eq!(c.root(), GuestRoot::Image { path: &img.0, nvdimm: true, boot_initrd: None });
+        assert_eq!(
+            c.root().kernel_params(),
+            "root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"
+        );
+        let blk = QemuConfig { disable_image_nvdimm: true, image_boot_initrd: "/bin/true".into(), ..c.clone() };
+        blk.validate().unwrap();
+        assert_eq!(blk.root().kernel_params(), "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4");
+        assert_eq!(blk.root(), GuestRoot::Image { path: &img.0, nvdimm: false, boot_initrd: Some(Path::new("/bin/true")) });
+
+        // Another user could write it: refused, naming the key and the rule.
+        let writable = Image::new("ww", 8 << 20, 0o666);
+        let e = QemuConfig { image: writable.0.clone(), ..c.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("[hypervisor.qemu] image: refused:") && e.contains("writable by group or others"), "{e}");
+        // Not kata's layout (a whole number of 2 MiB blocks).
+        let odd = Image::new("odd", (8 << 20) + 512, 0o644);
+        let e = QemuConfig { image: odd.0.clone(), ..c.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("2 MiB"), "{e}");
+        // Both: kata's rule.
+        let e = QemuConfig { initrd: "/bin/true".into(), ..c }.validate().unwrap_err().to_string();
+        assert!(e.contains("image: is exclusive with initrd"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_ours_and_the_file_may_name_either() {
+        let mut c = QemuConfig::default();
+        c.resolve_defaults();
+        // Ours or kata-deploy's, never both, never neither.
+        assert!(c.initrd.as_os_str().is_empty() != c.image.as_os_str().is_empty(), "{c:?}");
+        if !Path::new(KATA_DEPLOY_IMAGE).exists() {
+            assert_eq!(c.initrd, Path::new(OUR_INITRD));
+        }
+        let mut named: QemuConfig = toml::from_str("image = \"/x/kata-containers.img\"").unwrap();
+        named.resolve_defaults();
+        assert_eq!((named.initrd.as_os_str().is_empty(), named.image), (true, PathBuf::from("/x/kata-containers.img")));
     }
 }

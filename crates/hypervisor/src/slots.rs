@@ -1,7 +1,8 @@
 //! Where NICs go in the guest's PCI tree.
 //!
 //! Root bus, fixed: 0x02 the PCI bridge (pc), 0x03 virtio-serial, 0x04 the vsock device, 0x05
-//! the virtio-fs device, 0x06.. cold-plugged NICs (at most 10), 0x10.. PCIe root ports for hotplug (q35, at most 14).
+//! the virtio-fs device, 0x06.. cold-plugged NICs (at most 10), 0x10.. PCIe root ports for hotplug (q35, at most 14),
+//! 0x1e the guest image's disk when it is not an NVDIMM.
 //! On q35 a hotplugged NIC sits alone behind its root port (path `<port slot>/00`); on pc it sits
 //! in a slot of the bridge (path `02/<slot>`).
 
@@ -17,6 +18,8 @@ pub const FS_SLOT: u8 = 0x05;
 pub const FIRST_COLD_NIC_SLOT: u8 = 0x06;
 pub const MAX_COLD_NICS: usize = 10;
 pub const FIRST_ROOT_PORT_SLOT: u8 = 0x10;
+/// The guest image as a virtio-blk disk (`disable_image_nvdimm`), after the last root port.
+pub const ROOT_DISK_SLOT: u8 = 0x1e;
 
 /// A place for one hotplugged NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]

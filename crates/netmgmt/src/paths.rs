@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 pub const MGMT_SOCKET: &str = "mgmt.sock";
 /// The environment variable naming the configuration file, as kata reads it.
 pub const CONF_ENV: &str = "KATA_CONF_FILE";
-/// Where the configuration file is looked for when `KATA_CONF_FILE` is not set, in order.
-pub const CONF_PATHS: [&str; 2] =
-    ["/etc/kata-containers/configuration.toml", "/usr/share/defaults/kata-containers/configuration.toml"];
+/// Where the configuration file is looked for when `KATA_CONF_FILE` is not set, in order: ours
+/// (kata's own places), then kata-deploy's (a node that has kata-deploy's assets).
+pub const CONF_PATHS: [&str; 4] = [
+    "/etc/kata-containers/configuration.toml",
+    "/usr/share/defaults/kata-containers/configuration.toml",
+    "/opt/kata/share/defaults/kata-containers/configuration.toml",
+    "/opt/kata/share/defaults/kata-containers/configuration-qemu.toml",
+];
 /// `[runtime] run_dir` when the configuration does not set it.
 pub const DEFAULT_RUN_DIR: &str = "/run/kata-net-rs";
 

@@ -124,7 +124,7 @@ pub enum ConfigError {
 impl Config {
     /// Parse and check a file's text; `path` is for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| {
+        let mut c: Config = toml::from_str(text).map_err(|e| {
             // Name the key: the message alone says "unknown variant" without saying whose.
             let message = match e.span() {
                 Some(span) => {
@@ -137,6 +137,7 @@ impl Config {
             };
             ConfigError::Parse { path: path.to_owned(), message }
         })?;
+        c.hypervisor.qemu.resolve_defaults();
         c.hypervisor.qemu.validate().map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })?;
         if c.runtime.network_queues > 16 {
             return Err(ConfigError::Runtime {
