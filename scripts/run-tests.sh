@@ -12,7 +12,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-kata_targets=(--test containerd --test kata_network --test cri --test kata_agent)
+kata_targets=(--test containerd --test kata_network --test cri --test guest_image --test kata_agent)
 cargo test --workspace --no-fail-fast -- --show-output --test-threads=1 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 rc3=0
