@@ -75,7 +75,7 @@ for t in /bin/busybox "${tools[@]}"; do
   [ -x "$t" ] || { echo "guest-image: $t missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
-stamp=$( (sha256sum "$agent" ${kata_agent:+"$kata_agent"} "$0" /bin/busybox "${tools[@]}"; echo "$kver ${modules[*]}") | sha256sum | cut -c1-16)
+stamp=$( (sha256sum "$agent" ${kata_agent:+"$kata_agent"} "$0" /bin/busybox /usr/bin/ip "${tools[@]}"; echo "$kver ${modules[*]}") | sha256sum | cut -c1-16)
 if [ -f "$out/initrd.img" ] && [ -f "$out/rootfs.img" ] && [ -f "$out/boot-initrd.img" ] &&
    { [ -z "$kata_agent" ] || { [ -f "$out/initrd-kata.img" ] && [ -f "$out/rootfs-kata.img" ]; }; } && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
   log "up to date ($kver)"
@@ -84,12 +84,19 @@ fi
 
 tree="$out/initramfs.d"
 rm -rf "$tree"
-mkdir -p "$tree"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,etc,root,lib/modules/"$kver"}
+mkdir -p "$tree"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,etc,root,var,lib/modules/"$kver"}
+# /var/run is /run (a tmpfs), as on kata's images: kata's agent keeps the sandbox's namespaces
+# there, which a read-only root could not hold.
+ln -s ../run "$tree/var/run"
 cp /bin/busybox "$tree/bin/busybox"
 cp "$agent" "$tree/sbin/guest-agent"
 strip "$tree/sbin/guest-agent"
-for t in "${tools[@]}"; do
-  cp "$t" "$tree/sbin/"
+# iproute2's ip beside busybox's (which the guest's /init and the tests' reads use): it shows
+# what busybox's does not, such as a route's MTU. At /usr/lib/iproute2/ip, off PATH.
+mkdir -p "$tree/usr/lib/iproute2"
+cp /usr/bin/ip "$tree/usr/lib/iproute2/ip"
+for t in "${tools[@]}" /usr/bin/ip; do
+  [ "$t" = /usr/bin/ip ] || cp "$t" "$tree/sbin/"
   ldd "$t" | awk '/=> \// {print $3} /^[ \t]*\/lib/ {print $1}' | while read -r lib; do
     mkdir -p "$tree$(dirname "$lib")"
     cp -L "$lib" "$tree$lib"

@@ -193,3 +193,18 @@ async fn ipvlan_scans_and_builds_an_endpoint() {
     let macvtap = EndpointConfig { model: NetworkModel::Macvtap, ..EndpointConfig::default() };
     assert!(matches!(Endpoint::from_scan(&info, &macvtap), Err(Error::Unsupported { .. })));
 }
+
+#[tokio::test]
+async fn a_routes_mtu_is_written_and_read_back() {
+    require_root_and_tools(&["ip"]);
+    let cni = CniPod::new();
+    let ctx = NetCtx::open(cni.pod.netns(), quiet_logger()).unwrap();
+    let index = cni.pod.ifindex("eth0");
+    let r = Route { mtu: 1400, ..route(Some("10.66.0.0/16"), Some("10.88.0.254"), 0, false, 0) };
+    network::nl::replace_routes(&ctx.handle, index, &[r.clone()]).await.unwrap();
+    let shown = cni.pod.ip(&["route", "show", "10.66.0.0/16"]);
+    assert!(shown.contains("via 10.88.0.254 dev eth0") && shown.contains("mtu 1400"), "{shown}");
+    let info = ctx.scan().await.unwrap();
+    let back = info.routes.iter().find(|x| x.dest == r.dest).expect("the route is scanned");
+    assert_eq!(back.mtu, 1400);
+}

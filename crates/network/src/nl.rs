@@ -3,7 +3,7 @@
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::link::{LinkMessage, MacVtapMode};
-use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use netlink_packet_route::route::{RouteAttribute, RouteMetric, RouteProtocol, RouteScope};
 use netlink_packet_route::tc::TcHandle;
 use rtnetlink::{Handle, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
 
@@ -273,6 +273,10 @@ pub fn route_message(r: &Route, index: u32) -> Result<netlink_packet_route::rout
     b = b.scope(RouteScope::from(r.scope)).protocol(RouteProtocol::from(r.protocol));
     if r.metric != 0 {
         b = b.priority(r.metric);
+    }
+    if r.mtu != 0 {
+        // The route's own MTU (`ip route ... mtu N`; Cilium sets them).
+        b.get_mut().attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(r.mtu)]));
     }
     Ok(b.build())
 }

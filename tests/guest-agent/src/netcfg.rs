@@ -265,7 +265,13 @@ async fn parse_route(handle: &Handle, n: usize, r: &pb::Route, increment: bool) 
         (0, None) if dest.is_some() => 253,
         (s, _) => s as u8,
     };
-    let route = network::Route { dest, gateway, device, source, scope, ipv6, flags: 0, mtu: 0, protocol: 3, metric: 0 };
+    // The route's MTU (field 8), applied as kata's agent does since 3.17; 0 means none.
+    let mtu = match r.mtu {
+        0 => 0,
+        m @ 68..=65535 => m,
+        m => return Err(invalid(&f("mtu"), format!("{m} is outside 68..=65535"))),
+    };
+    let route = network::Route { dest, gateway, device, source, scope, ipv6, flags: 0, mtu, protocol: 3, metric: 0 };
     Ok(RouteReq { route, index, delete })
 }
 
