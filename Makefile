@@ -40,6 +40,8 @@ install: build guest-image
 	install -D -m 0755 target/release/containerd-shim-kata-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-kata-v2
 	install -D -m 0644 target/guest-image/vmlinuz $(DESTDIR)/usr/share/kata-net-rs/vmlinuz
 	install -D -m 0644 target/guest-image/initrd.img $(DESTDIR)/usr/share/kata-net-rs/initrd.img
+	install -D -m 0644 target/guest-image/rootfs.img $(DESTDIR)/usr/share/kata-net-rs/rootfs.img
+	install -D -m 0644 target/guest-image/boot-initrd.img $(DESTDIR)/usr/share/kata-net-rs/boot-initrd.img
 	if [ -f target/guest-image/initrd-kata.img ]; then \
 	  install -D -m 0644 target/guest-image/initrd-kata.img $(DESTDIR)/usr/share/kata-net-rs/initrd-kata.img; fi
 

@@ -35,6 +35,12 @@ declare -A need=(
   [mount]=mount
   [sha256sum]=coreutils
   [tmux]=tmux
+  [python3]=python3
+  [mkfs.ext4]=e2fsprogs
+  [pkg-config]=pkg-config
+  [/usr/include/seccomp.h]=libseccomp-dev
+  [/usr/include/cap-ng.h]=libcap-ng-dev
+  [/usr/bin/ip]=iproute2
 )
 
 missing=()
@@ -61,6 +67,13 @@ command -v cargo >/dev/null 2>&1 || {
   echo "install-deps: cargo not found; this machine kind ships the Rust toolchain (rustup)" >&2
   exit 1
 }
+
+# The Rust virtiofsd (what kata ships; QEMU 8 dropped the C one), from crates.io into
+# /usr/local/bin, where the runtime looks for it first (about a minute and a half to build).
+if [ ! -x /usr/local/bin/virtiofsd ]; then
+  echo "install-deps: installing virtiofsd"
+  cargo install --locked --quiet --root /usr/local virtiofsd
+fi
 
 # The hybrid-vsock backend for the VM tests, from crates.io (about a minute to build).
 if ! command -v vhost-device-vsock >/dev/null 2>&1; then

@@ -188,6 +188,22 @@ pub fn processes_naming(dir: &Path, program: &str) -> usize {
         .count()
 }
 
+/// How many virtiofsd processes (either kind: the program's file name is `virtiofsd`) have a
+/// command line that names `dir`.
+pub fn virtiofsds_in(dir: &Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+            Path::new(&*String::from_utf8_lossy(argv0)).file_name() == Some("virtiofsd".as_ref())
+                && String::from_utf8_lossy(&c).contains(&needle)
+        })
+        .count()
+}
+
 pub fn qemu_running_in(dir: &Path) -> bool {
     qemu_pid_in(dir).is_some()
 }

@@ -67,7 +67,9 @@ pub fn build(
     match (root, nvdimm) {
         (GuestRoot::Image { path, .. }, true) => {
             // The NVDIMM is a memory device: one slot, and room for it above the RAM.
-            let len = std::fs::metadata(path).map_err(|source| Error::Spawn { path: path.display().to_string(), source })?.len();
+            let len = std::fs::metadata(path)
+                .map_err(|source| Error::Spawn { path: path.display().to_string(), source })?
+                .len();
             let mib = len.div_ceil(1 << 20);
             c.arg("-m", format!("{}M,slots=1,maxmem={}M", cfg.default_memory, u64::from(cfg.default_memory) + mib));
         }
@@ -176,11 +178,17 @@ fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, root_bus: &str) -> Resu
             }
             if nvdimm {
                 let len = std::fs::metadata(path).map_err(|source| Error::Spawn { path: file.clone(), source })?.len();
-                c.arg("-object", format!("memory-backend-file,id=rootimg,mem-path={file},size={len},readonly=on,share=on"));
+                c.arg(
+                    "-object",
+                    format!("memory-backend-file,id=rootimg,mem-path={file},size={len},readonly=on,share=on"),
+                );
                 c.arg("-device", "nvdimm,id=nv0,memdev=rootimg,unarmed=on");
             } else {
                 c.arg("-drive", format!("file={file},format=raw,if=none,id=rootimg,readonly=on"));
-                c.arg("-device", format!("virtio-blk-pci,drive=rootimg,bus={root_bus},addr={:#x}", slots::ROOT_DISK_SLOT));
+                c.arg(
+                    "-device",
+                    format!("virtio-blk-pci,drive=rootimg,bus={root_bus},addr={:#x}", slots::ROOT_DISK_SLOT),
+                );
             }
             if let Some(initrd) = boot_initrd {
                 c.arg("-initrd", initrd.display().to_string());
@@ -269,22 +277,37 @@ mod tests {
         let cfg = QemuConfig { image: img.clone(), kernel_params: "agent.log=debug".into(), ..Default::default() };
         let slots = Slots::new(cfg.machine_type, 0);
         let args = |cfg: &QemuConfig| {
-            build(cfg, Accel::Tcg, Path::new("/run/kata/sb"), &agent, None, &slots, Vec::new()).unwrap().0.args.join(" ")
+            build(cfg, Accel::Tcg, Path::new("/run/kata/sb"), &agent, None, &slots, Vec::new())
+                .unwrap()
+                .0
+                .args
+                .join(" ")
         };
         let nv = args(&cfg);
-        let blk = args(&QemuConfig { disable_image_nvdimm: true, image_boot_initrd: "/boot/mods.img".into(), ..cfg.clone() });
+        let blk =
+            args(&QemuConfig { disable_image_nvdimm: true, image_boot_initrd: "/boot/mods.img".into(), ..cfg.clone() });
         std::fs::remove_file(&img).unwrap();
         let i = img.display();
         assert!(nv.contains("-machine q35,accel=tcg,nvdimm=on "), "{nv}");
         assert!(nv.contains("-m 512M,slots=1,maxmem=640M "), "{nv}");
-        assert!(nv.contains(&format!("-object memory-backend-file,id=rootimg,mem-path={i},size=134217728,readonly=on,share=on")), "{nv}");
+        assert!(
+            nv.contains(&format!(
+                "-object memory-backend-file,id=rootimg,mem-path={i},size=134217728,readonly=on,share=on"
+            )),
+            "{nv}"
+        );
         assert!(nv.contains("-device nvdimm,id=nv0,memdev=rootimg,unarmed=on"), "{nv}");
         assert!(!nv.contains("-initrd"), "{nv}");
         assert!(nv.contains("-append console=ttyS0 panic=-1 quiet root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"), "{nv}");
         assert!(blk.contains(&format!("-drive file={i},format=raw,if=none,id=rootimg,readonly=on")), "{blk}");
         assert!(blk.contains("-device virtio-blk-pci,drive=rootimg,bus=pcie.0,addr=0x1e"), "{blk}");
         assert!(blk.contains("-initrd /boot/mods.img") && !blk.contains("nvdimm"), "{blk}");
-        assert!(blk.contains("quiet root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"), "{blk}");
+        assert!(
+            blk.contains(
+                "quiet root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"
+            ),
+            "{blk}"
+        );
     }
 
     #[test]

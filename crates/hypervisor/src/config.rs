@@ -33,6 +33,24 @@ pub const OUR_INITRD: &str = "/usr/share/kata-net-rs/initrd.img";
 /// kata-deploy's guest, where kata-deploy puts it: used by default when ours is not installed.
 pub const KATA_DEPLOY_KERNEL: &str = "/opt/kata/share/kata-containers/vmlinux.container";
 pub const KATA_DEPLOY_IMAGE: &str = "/opt/kata/share/kata-containers/kata-containers.img";
+/// Where virtiofsd is looked for when `virtio_fs_daemon` is unset, in order: the Rust virtiofsd
+/// (`cargo install --root /usr/local virtiofsd`, a distribution's package, kata-deploy's), then
+/// QEMU 7.2's C one (Debian's qemu-system-common; QEMU 8 removed it).
+pub const VIRTIOFSD_PATHS: [&str; 4] =
+    ["/usr/local/bin/virtiofsd", "/usr/libexec/virtiofsd", "/opt/kata/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
+
+/// `virtio_fs_cache` (kata's values): `auto` (the default), `always`, `never` (the C
+/// virtiofsd's `none`, accepted as an alias) or `metadata` (the Rust virtiofsd only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioFsCache {
+    #[default]
+    Auto,
+    Always,
+    #[serde(alias = "none")]
+    Never,
+    Metadata,
+}
 
 /// `[hypervisor.qemu]`. Keys are kata's where kata has them; `accelerator`, `hotplug_slots`,
 /// `image_boot_initrd` and `console_log` are this project's.
@@ -71,10 +89,14 @@ pub struct QemuConfig {
     /// The sandbox's shared directory in the guest (kata's key): `virtio-fs` (a virtiofsd per
     /// sandbox, mounted by the agent at `/run/kata-containers/shared/containers/`) or `none`.
     pub shared_fs: SharedFs,
-    /// virtiofsd (kata's key).
+    /// virtiofsd (kata's key): the Rust virtiofsd (what kata ships) or QEMU's C one, each given
+    /// its own command line. Unset: the first installed of [`VIRTIOFSD_PATHS`].
     pub virtio_fs_daemon: PathBuf,
-    /// virtiofsd's cache mode (kata's key): `auto`, `always` or `none`.
-    pub virtio_fs_cache: String,
+    /// virtiofsd's cache mode (kata's key).
+    pub virtio_fs_cache: VirtioFsCache,
+    /// More arguments for virtiofsd, after the runtime's own (kata's key), e.g.
+    /// `["--thread-pool-size=1"]`.
+    pub virtio_fs_extra_args: Vec<String>,
     /// Look for DPDK/OVS vhost-user sockets of the pod's links (kata's key; off by default).
     pub enable_vhost_user_store: bool,
     /// Where they are: `<path>/vhostuser_<pod IPv4>/vhu.sock`; every part must be root's.
@@ -100,8 +122,9 @@ impl Default for QemuConfig {
             hotplug_slots: 8,
             agent_channel: AgentChannelChoice::Auto,
             shared_fs: SharedFs::VirtioFs,
-            virtio_fs_daemon: PathBuf::from("/usr/lib/qemu/virtiofsd"),
-            virtio_fs_cache: "auto".into(),
+            virtio_fs_daemon: PathBuf::new(),
+            virtio_fs_cache: VirtioFsCache::Auto,
+            virtio_fs_extra_args: Vec::new(),
             enable_vhost_user_store: false,
             vhost_user_store_path: PathBuf::from("/var/run/kata-containers/vhost-user"),
         }
@@ -126,7 +149,11 @@ pub enum GuestRoot<'a> {
     Initrd(&'a Path),
     /// A root filesystem image: an NVDIMM backed by the file, or a read-only virtio-blk disk;
     /// with the initramfs that loads their drivers first, where the kernel needs one.
-    Image { path: &'a Path, nvdimm: bool, boot_initrd: Option<&'a Path> },
+    Image {
+        path: &'a Path,
+        nvdimm: bool,
+        boot_initrd: Option<&'a Path>,
+    },
 }
 
 impl GuestRoot<'_> {
@@ -152,6 +179,10 @@ impl QemuConfig {
         let present = |p: &str| Path::new(p).is_file();
         if self.kernel == Path::new(OUR_KERNEL) && !present(OUR_KERNEL) && present(KATA_DEPLOY_KERNEL) {
             self.kernel = KATA_DEPLOY_KERNEL.into();
+        }
+        if self.virtio_fs_daemon.as_os_str().is_empty() {
+            let found = VIRTIOFSD_PATHS.iter().find(|p| present(p)).unwrap_or(&VIRTIOFSD_PATHS[3]);
+            self.virtio_fs_daemon = PathBuf::from(found);
         }
         if self.initrd.as_os_str().is_empty() && self.image.as_os_str().is_empty() {
             match !present(OUR_INITRD) && present(KATA_DEPLOY_IMAGE) {
@@ -237,10 +268,10 @@ impl QemuConfig {
         if self.shared_fs == SharedFs::VirtioFs {
             file("virtio_fs_daemon", &self.virtio_fs_daemon)?;
         }
-        if !["auto", "always", "none"].contains(&self.virtio_fs_cache.as_str()) {
+        if let Some(a) = self.virtio_fs_extra_args.iter().find(|a| !a.starts_with('-') || a.contains(['\n', '\0'])) {
             return Err(Error::Config {
-                key: "virtio_fs_cache",
-                why: format!("{:?} is not auto, always or none", self.virtio_fs_cache),
+                key: "virtio_fs_extra_args",
+                why: format!("{a:?}: each is one option, starting with '-'"),
             });
         }
         if self.kernel_params.contains(['\n', '\0']) {
@@ -301,6 +332,7 @@ mod tests {
             r#"path = "/bin/true"
 kernel = "/bin/true"
 initrd = "/bin/true"
+virtio_fs_daemon = "/bin/true"
 machine_type = "pc"
 default_vcpus = 2
 default_memory = 1024
@@ -313,10 +345,18 @@ enable_template = true"#,
         c.validate().unwrap();
         let e = toml::from_str::<QemuConfig>("block_device_driver = \"virtio-scsi\"").unwrap_err();
         assert!(e.to_string().contains("unknown field `block_device_driver`"), "{e}");
-        let fs: QemuConfig = toml::from_str("shared_fs = \"virtio-fs\"\nvirtio_fs_cache = \"sometimes\"").unwrap();
-        assert_eq!(fs.shared_fs, SharedFs::VirtioFs);
-        let e = QemuConfig { path: c.path.clone(), kernel: c.kernel.clone(), initrd: c.initrd.clone(), ..fs };
-        assert!(e.validate().unwrap_err().to_string().contains("virtio_fs_cache"));
+        let e = toml::from_str::<QemuConfig>("shared_fs = \"virtio-fs\"\nvirtio_fs_cache = \"sometimes\"").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `sometimes`"), "{e}");
+        let fs: QemuConfig = toml::from_str("virtio_fs_cache = \"none\"\nvirtio_fs_extra_args = [\"x\"]").unwrap();
+        assert_eq!((fs.shared_fs, fs.virtio_fs_cache), (SharedFs::VirtioFs, VirtioFsCache::Never));
+        let e = QemuConfig {
+            path: c.path.clone(),
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            virtio_fs_daemon: "/bin/true".into(),
+            ..fs
+        };
+        assert!(e.validate().unwrap_err().to_string().contains("virtio_fs_extra_args"));
         assert!(toml::from_str::<QemuConfig>("machine_type = \"virt\"").is_err());
     }
 
@@ -326,6 +366,7 @@ enable_template = true"#,
             path: "/bin/true".into(),
             kernel: "/bin/true".into(),
             initrd: "/bin/true".into(),
+            virtio_fs_daemon: "/bin/true".into(),
             ..Default::default()
         };
         let cases: Vec<(QemuConfig, &str)> = vec![
@@ -369,7 +410,13 @@ enable_template = true"#,
     #[test]
     fn an_image_instead_of_an_initrd_as_kata_boots_it() {
         let img = Image::new("ok", 8 << 20, 0o644);
-        let c = QemuConfig { path: "/bin/true".into(), kernel: "/bin/true".into(), image: img.0.clone(), ..Default::default() };
+        let c = QemuConfig {
+            path: "/bin/true".into(),
+            kernel: "/bin/true".into(),
+            image: img.0.clone(),
+            virtio_fs_daemon: "/bin/true".into(),
+            ..Default::default()
+        };
         c.validate().unwrap();
         assert_eq!(c.root(), GuestRoot::Image { path: &img.0, nvdimm: true, boot_initrd: None });
         assert_eq!(
@@ -378,8 +425,14 @@ enable_template = true"#,
         );
         let blk = QemuConfig { disable_image_nvdimm: true, image_boot_initrd: "/bin/true".into(), ..c.clone() };
         blk.validate().unwrap();
-        assert_eq!(blk.root().kernel_params(), "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4");
-        assert_eq!(blk.root(), GuestRoot::Image { path: &img.0, nvdimm: false, boot_initrd: Some(Path::new("/bin/true")) });
+        assert_eq!(
+            blk.root().kernel_params(),
+            "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+        );
+        assert_eq!(
+            blk.root(),
+            GuestRoot::Image { path: &img.0, nvdimm: false, boot_initrd: Some(Path::new("/bin/true")) }
+        );
 
         // Another user could write it: refused, naming the key and the rule.
         let writable = Image::new("ww", 8 << 20, 0o666);

@@ -85,9 +85,9 @@ fn bench(agent: Agent, runs: usize) {
         ls.push(ms(t));
     }
     let run = c.run_dir().join("bx");
-    let fsd = rss_of(&run, "/usr/lib/qemu/virtiofsd");
+    let fsd = rss_of(&run, "/usr/local/bin/virtiofsd");
     let qemu = qemu_pid_in(&run).map(vm_rss).unwrap_or(0);
-    assert!(processes_naming(&run, "/usr/lib/qemu/virtiofsd") >= 1);
+    assert!(processes_naming(&run, "/usr/local/bin/virtiofsd") >= 1);
     c.remove_sandbox("bx");
     let (f, d, e, l) = (median(first), median(detached), median(exec), median(ls));
     println!("workload bench, {agent:?} agent ({runs} runs, medians, TCG):");

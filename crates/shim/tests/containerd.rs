@@ -82,14 +82,19 @@ fn factory_mode_hotplugs_the_pod_nic_and_the_guest_configures_it() {
 #[test]
 fn the_shared_directory_over_virtio_fs_reaches_the_guest_and_its_virtiofsd_goes_with_the_sandbox() {
     let (c, cni, before) = start_with_pod("virtiofs");
-    let conf = kata_conf(&c.run_dir()).replace("[agent.kata]", "shared_fs = \"virtio-fs\"\n[agent.kata]");
-    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
-    let daemons = |run: &Path| tests::containerd::processes_naming(run, "/usr/lib/qemu/virtiofsd");
-    for (id, crash) in [("sbfs1", false), ("sbfs2", true)] {
+    // The Rust virtiofsd (the default where installed, as kata ships it) and QEMU 7.2's C one.
+    let rust = "/usr/local/bin/virtiofsd";
+    let qemu_c = "/usr/lib/qemu/virtiofsd";
+    for (id, crash, daemon) in [("sbfs1", false, rust), ("sbfs2", true, rust), ("sbfs3", false, qemu_c)] {
+        let keys = format!("shared_fs = \"virtio-fs\"\nvirtio_fs_daemon = \"{daemon}\"\n[agent.kata]");
+        let conf = kata_conf(&c.run_dir()).replace("[agent.kata]", &keys);
+        std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+        let daemons = |run: &Path| tests::containerd::processes_naming(run, daemon);
         c.run_ok(id, &cni.pod.path());
         let run = c.run_dir().join(id);
         // virtiofsd forks its sandboxed worker: two processes of one daemon.
-        assert!(daemons(&run) >= 1, "the sandbox's virtiofsd runs");
+        assert!(daemons(&run) >= 1, "the sandbox's virtiofsd ({daemon}) runs");
+        assert_eq!(tests::containerd::virtiofsds_in(&run), daemons(&run), "only {daemon} serves {id}");
         // What the host puts into the shared directory, the guest reads where kata's agent
         // mounts the share.
         std::fs::write(run.join("mounts/hello"), format!("from the host to {id}\n")).unwrap();
@@ -488,7 +493,7 @@ fn assert_nothing_left(c: &Containerd, id: &str, cni: &CniPod, before: &serde_js
     let run = c.run_dir().join(id);
     wait_until(Duration::from_secs(20), "QEMU gone", || !qemu_running_in(&run));
     wait_until(Duration::from_secs(10), "the shim exited", || c.shim_pid(id).is_none());
-    assert_eq!(tests::containerd::processes_naming(&run, "/usr/lib/qemu/virtiofsd"), 0, "virtiofsd left");
+    assert_eq!(tests::containerd::virtiofsds_in(&run), 0, "virtiofsd left");
     assert_eq!(mounts_under(&c.run_dir()), Vec::<String>::new(), "mounts left");
     assert!(!run.exists(), "{} left", run.display());
     assert_eq!(&cni.pod.snapshot(), before, "the namespace is as CNI left it");

@@ -57,8 +57,14 @@ fn boots_and_carries_the_pod(nvdimm: bool) {
     let root = guest.lines().find(|l| l.contains(" / ") && !l.starts_with("rootfs")).unwrap_or_default().to_owned();
     if nvdimm {
         assert!(cmdline.contains("-device nvdimm,id=nv0,memdev=rootimg,unarmed=on"), "{cmdline}");
-        assert!(root.starts_with("/dev/pmem0p1 / ext4 ro,") && root.contains("dax"), "the root is the NVDIMM, read-only, DAX:\n{guest}");
-        assert!(guest.contains("root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"), "{guest}");
+        assert!(
+            root.starts_with("/dev/pmem0p1 / ext4 ro,") && root.contains("dax"),
+            "the root is the NVDIMM, read-only, DAX:\n{guest}"
+        );
+        assert!(
+            guest.contains("root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"),
+            "{guest}"
+        );
     } else {
         assert!(cmdline.contains("-device virtio-blk-pci,drive=rootimg"), "{cmdline}");
         assert!(!cmdline.contains("nvdimm"), "{cmdline}");
@@ -72,7 +78,10 @@ fn boots_and_carries_the_pod(nvdimm: bool) {
     // Busybox's `ip` does not print it: iproute2's, in the image for this, does.
     if Agent::under_test() == Agent::Ours {
         let route = tests::guest::sh(&run, "/usr/lib/iproute2/ip route show 10.66.0.0/16");
-        assert!(route.contains("10.66.0.0/16 via 10.88.0.254 dev eth0") && route.contains("mtu 1400"), "the route's MTU:\n{route}");
+        assert!(
+            route.contains("10.66.0.0/16 via 10.88.0.254 dev eth0") && route.contains("mtu 1400"),
+            "the route's MTU:\n{route}"
+        );
     }
 
     // The peer's ping is answered by the VM: the pod namespace's own kernel saw no echo.
@@ -89,7 +98,7 @@ fn boots_and_carries_the_pod(nvdimm: bool) {
 
     c.remove_sandbox(id);
     wait_until(Duration::from_secs(20), "QEMU gone", || !qemu_running_in(&run));
-    assert_eq!(tests::containerd::processes_naming(&run, "virtiofsd"), 0, "virtiofsd left");
+    assert_eq!(tests::containerd::virtiofsds_in(&run), 0, "virtiofsd left");
     assert_eq!(mounts_under(&c.run_dir()), 0, "mounts left");
     assert!(!run.exists(), "{} left", run.display());
     assert_eq!(cni.pod.snapshot(), before, "the namespace is as CNI left it");
@@ -111,7 +120,8 @@ fn an_image_another_user_can_write_is_refused_naming_the_key_and_nothing_starts(
     let copy = c.dir.0.join("rootfs-copy.img");
     std::fs::copy(guest_image().join("rootfs.img"), &copy).unwrap();
     std::os::unix::fs::chown(&copy, Some(65534), None).unwrap();
-    let conf = image_conf(&c, true).replace(&guest_image().join("rootfs.img").display().to_string(), &copy.display().to_string());
+    let conf = image_conf(&c, true)
+        .replace(&guest_image().join("rootfs.img").display().to_string(), &copy.display().to_string());
     let conf = conf.replace(&guest_image().join("rootfs-kata.img").display().to_string(), &copy.display().to_string());
     std::fs::write(c.dir.0.join("configuration.toml"), &conf).unwrap();
     let cni = CniPod::new();
@@ -121,7 +131,8 @@ fn an_image_another_user_can_write_is_refused_naming_the_key_and_nothing_starts(
     assert!(!out.status.success(), "an image owned by another user must be refused");
     assert!(err.contains("[hypervisor.qemu] image: refused:") && err.contains("owned by uid 65534, not root"), "{err}");
     // Both at once: kata's rule, named.
-    let both = conf.replace("image = ", &format!("initrd = \"{}\"\nimage = ", guest_image().join("initrd.img").display()));
+    let both =
+        conf.replace("image = ", &format!("initrd = \"{}\"\nimage = ", guest_image().join("initrd.img").display()));
     std::fs::write(c.dir.0.join("configuration.toml"), both).unwrap();
     let _ = c.ctr(&["container", "rm", "imgbad"]);
     let out = c.run("imgbad", &cni.pod.path(), &[]);

@@ -59,14 +59,76 @@ impl VirtioFsd {
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(none, &shared, none, ro, none).map_err(errno)?;
         let mut cmd = tokio::process::Command::new(&cfg.virtio_fs_daemon);
-        cmd.arg(format!("--socket-path={}", socket.display()))
-            .arg("-o")
-            .arg(format!("source={}", shared.display()))
-            .arg("-o")
-            .arg(format!("cache={}", cfg.virtio_fs_cache));
+        cmd.args(daemon_args(Flavour::of(&cfg.virtio_fs_daemon).await?, cfg, &socket, &shared)?);
         let child = super::channel::spawn_until_socket(cmd, &socket, std::process::Stdio::null()).await.map_err(io)?;
         Ok(Self { _child: child, socket })
     }
+}
+
+/// Which virtiofsd: the two take different command lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The Rust virtiofsd (what kata ships; on crates.io): `virtiofsd 1.x`.
+    Rust,
+    /// QEMU's C virtiofsd (7.2 and before): `virtiofsd version 7.2.x`.
+    C,
+}
+
+impl Flavour {
+    /// As the daemon's `--version` says.
+    pub async fn of(daemon: &Path) -> Result<Self> {
+        let io = |source| Error::Io { what: "asking the version of", path: daemon.to_owned(), source };
+        let out = tokio::process::Command::new(daemon)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(io)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Self::from_version(text.lines().next().unwrap_or_default())
+            .ok_or_else(|| io(std::io::Error::other(format!("not a virtiofsd this runtime knows: {:?}", text.trim()))))
+    }
+
+    fn from_version(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("virtiofsd ")?;
+        match rest.strip_prefix("version ") {
+            Some(_) => Some(Flavour::C),
+            None => rest.starts_with(|c: char| c.is_ascii_digit()).then_some(Flavour::Rust),
+        }
+    }
+}
+
+/// virtiofsd's command line, in its own syntax: serve `shared` on `socket` with the configured
+/// cache mode, then the configuration's extra arguments.
+pub fn daemon_args(flavour: Flavour, cfg: &QemuConfig, socket: &Path, shared: &Path) -> Result<Vec<String>> {
+    use hypervisor::config::VirtioFsCache as Cache;
+    let mut args = vec![format!("--socket-path={}", socket.display())];
+    match flavour {
+        Flavour::Rust => {
+            let cache = match cfg.virtio_fs_cache {
+                Cache::Auto => "auto",
+                Cache::Always => "always",
+                Cache::Never => "never",
+                Cache::Metadata => "metadata",
+            };
+            args.extend([format!("--shared-dir={}", shared.display()), format!("--cache={cache}")]);
+        }
+        Flavour::C => {
+            let cache =
+                match cfg.virtio_fs_cache {
+                    Cache::Auto => "auto",
+                    Cache::Always => "always",
+                    Cache::Never => "none",
+                    Cache::Metadata => return Err(Error::BadConfig(
+                        "[hypervisor.qemu] virtio_fs_cache: \"metadata\" needs the Rust virtiofsd (virtio_fs_daemon)"
+                            .into(),
+                    )),
+                };
+            args.extend(["-o".into(), format!("source={}", shared.display()), "-o".into(), format!("cache={cache}")]);
+        }
+    }
+    args.extend(cfg.virtio_fs_extra_args.iter().cloned());
+    Ok(args)
 }
 
 /// The storage CreateSandbox carries for the share, as kata's runtime sends it.
@@ -209,5 +271,54 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
         Some(m) => {
             Err(Error::Io { what: "unmounting", path: m.clone(), source: std::io::Error::other("still mounted") })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypervisor::config::VirtioFsCache;
+
+    #[test]
+    fn each_virtiofsd_gets_its_own_command_line() {
+        assert_eq!(Flavour::from_version("virtiofsd 1.14.0"), Some(Flavour::Rust));
+        assert_eq!(Flavour::from_version("virtiofsd version 7.2.22 (Debian 1:7.2+dfsg-7)"), Some(Flavour::C));
+        assert_eq!(Flavour::from_version("qemu-system-x86_64 7.2"), None);
+        let cfg = QemuConfig {
+            virtio_fs_cache: VirtioFsCache::Never,
+            virtio_fs_extra_args: vec!["--thread-pool-size=1".into()],
+            ..Default::default()
+        };
+        let (sock, dir) = (Path::new("/run/k/sb/virtiofsd.sock"), Path::new("/run/k/sb/shared"));
+        assert_eq!(
+            daemon_args(Flavour::Rust, &cfg, sock, dir).unwrap(),
+            [
+                "--socket-path=/run/k/sb/virtiofsd.sock",
+                "--shared-dir=/run/k/sb/shared",
+                "--cache=never",
+                "--thread-pool-size=1"
+            ]
+        );
+        assert_eq!(
+            daemon_args(Flavour::C, &cfg, sock, dir).unwrap(),
+            [
+                "--socket-path=/run/k/sb/virtiofsd.sock",
+                "-o",
+                "source=/run/k/sb/shared",
+                "-o",
+                "cache=none",
+                "--thread-pool-size=1"
+            ]
+        );
+        let meta = QemuConfig { virtio_fs_cache: VirtioFsCache::Metadata, ..cfg };
+        assert!(daemon_args(Flavour::C, &meta, sock, dir).unwrap_err().to_string().contains("virtio_fs_cache"));
+    }
+
+    #[tokio::test]
+    async fn the_installed_virtiofsds_say_which_they_are() {
+        // Both are installed by scripts/install-deps.sh; a missing one fails here, loudly.
+        assert_eq!(Flavour::of(Path::new("/usr/local/bin/virtiofsd")).await.unwrap(), Flavour::Rust);
+        assert_eq!(Flavour::of(Path::new("/usr/lib/qemu/virtiofsd")).await.unwrap(), Flavour::C);
+        assert!(Flavour::of(Path::new("/bin/true")).await.is_err());
     }
 }
