@@ -75,16 +75,27 @@ pub enum Flavour {
 }
 
 impl Flavour {
-    /// As the daemon's `--version` says.
+    /// As the daemon's `--version` says. Its output is read to its end and its exit status is
+    /// not asked for: the shim reaps every child it has (containerd-shim's reaper), so a wait
+    /// here could find the child already gone (ECHILD).
     pub async fn of(daemon: &Path) -> Result<Self> {
+        use tokio::io::AsyncReadExt;
         let io = |source| Error::Io { what: "asking the version of", path: daemon.to_owned(), source };
-        let out = tokio::process::Command::new(daemon)
+        let mut child = tokio::process::Command::new(daemon)
             .arg("--version")
             .stdin(std::process::Stdio::null())
-            .output()
-            .await
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
             .map_err(io)?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        let mut out = Vec::new();
+        let mut stdout = child.stdout.take().expect("piped");
+        tokio::time::timeout(std::time::Duration::from_secs(10), (&mut stdout).take(4096).read_to_end(&mut out))
+            .await
+            .map_err(|_| io(std::io::Error::other("no answer within 10 s")))?
+            .map_err(io)?;
+        let _ = child.try_wait();
+        let text = String::from_utf8_lossy(&out);
         Self::from_version(text.lines().next().unwrap_or_default())
             .ok_or_else(|| io(std::io::Error::other(format!("not a virtiofsd this runtime knows: {:?}", text.trim()))))
     }
