@@ -37,13 +37,15 @@ impl Drop for Scratch {
 /// `[hypervisor.qemu]` for the guest image, with the accelerator probed (`auto`).
 pub fn qemu_config(hotplug_slots: u32) -> hypervisor::QemuConfig {
     let img = guest_image();
-    hypervisor::QemuConfig {
+    let mut c = hypervisor::QemuConfig {
         path: "/usr/bin/qemu-system-x86_64".into(),
         kernel: img.join("vmlinuz"),
         initrd: img.join("initrd.img"),
         hotplug_slots,
         ..Default::default()
-    }
+    };
+    c.resolve_defaults();
+    c
 }
 
 /// Wait for the guest agent's ready line on the console.

@@ -201,7 +201,7 @@ async fn a_routes_mtu_is_written_and_read_back() {
     let ctx = NetCtx::open(cni.pod.netns(), quiet_logger()).unwrap();
     let index = cni.pod.ifindex("eth0");
     let r = Route { mtu: 1400, ..route(Some("10.66.0.0/16"), Some("10.88.0.254"), 0, false, 0) };
-    network::nl::replace_routes(&ctx.handle, index, &[r.clone()]).await.unwrap();
+    network::nl::replace_routes(&ctx.handle, index, std::slice::from_ref(&r)).await.unwrap();
     let shown = cni.pod.ip(&["route", "show", "10.66.0.0/16"]);
     assert!(shown.contains("via 10.88.0.254 dev eth0") && shown.contains("mtu 1400"), "{shown}");
     let info = ctx.scan().await.unwrap();

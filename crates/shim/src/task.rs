@@ -75,8 +75,17 @@ fn sandbox_of(annotations: Option<&HashMap<String, String>>) -> Option<String> {
     }
 }
 
-fn stdio_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> workload::io::Stdio {
-    workload::io::Stdio { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal }
+/// The process's standard IO as containerd names it: FIFO paths. containerd's log URIs
+/// (`binary://`, `file://`, as `ctr run --log-uri` gives them) are refused, naming the stream.
+fn stdio_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Result<workload::io::Stdio, Error> {
+    for (name, p) in [("stdin", stdin), ("stdout", stdout), ("stderr", stderr)] {
+        if let Some((scheme, _)) = p.split_once("://") {
+            return Err(Error::Spec(format!(
+                "process {name}: {scheme}:// log URIs are not supported by this runtime (its output goes to containerd's FIFOs)"
+            )));
+        }
+    }
+    Ok(workload::io::Stdio { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal })
 }
 
 /// The Task service of one shim (one sandbox and its containers).
@@ -103,6 +112,8 @@ impl KataTask {
     /// container in the VM when containers run there.
     async fn create_sandbox(&self, req: &CreateTaskRequest, spec: oci_spec::runtime::Spec) -> ttrpc::Result<Entry> {
         let config = self.config.as_ref().map_err(|e| Error::BadConfig(e.clone()))?;
+        // Checked before anything is made.
+        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
         let net = tokio::task::spawn_blocking(move || SpecNetwork::from_spec(&spec))
             .await
@@ -132,7 +143,6 @@ impl KataTask {
             }
         }
         watch_exit(self.entries.clone(), self.events.clone(), req.id.clone(), sb.clone());
-        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         Ok(Entry {
             bundle,
             sandbox: sb,
@@ -157,9 +167,9 @@ impl KataTask {
             }
             s.sandbox.clone()
         };
+        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
         workload::create_container(&sb, &req.id, &bundle, &req.rootfs).await?;
-        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         Ok(Entry {
             bundle,
             sandbox: sb,
@@ -336,6 +346,13 @@ impl Task for KataTask {
 
     async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
         netmgmt::paths::check_sandbox_id(&req.exec_id).map_err(|_| Error::InvalidId(req.exec_id.clone()))?;
+        if req.exec_id == req.id {
+            return Err(Error::Spec(format!(
+                "exec id {:?}: is the container's own id (it would alias its init)",
+                req.exec_id
+            ))
+            .into());
+        }
         let json: serde_json::Value =
             serde_json::from_slice(&req.spec.value).map_err(|e| Error::Spec(format!("the exec's process: {e}")))?;
         let process = workload::spec::process(&json)?;
@@ -348,7 +365,7 @@ impl Task for KataTask {
             if entry.execs.contains_key(&req.exec_id) {
                 return Err(Error::AlreadyExists(format!("exec {} exists", req.exec_id)).into());
             }
-            let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+            let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
             entry.execs.insert(req.exec_id.clone(), Proc::new(stdio, Some(process)));
         }
         self.publish(
@@ -544,6 +561,22 @@ impl Shim for KataShim {
         // (a crash before the first record) or it cannot be read.
         let log = crate::logging::stderr_logger();
         let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let stopped = containerd_shim::api::DeleteResponse {
+            exit_status: 137,
+            exited_at: MessageField::some(now()),
+            ..Default::default()
+        };
+        // containerd runs `delete` whenever a container's connection to its shim closes (after a
+        // normal Delete too: runtime/v2's cleanupAfterDeadShim), and for CRI's app containers
+        // that is a bundle of a live pod's. An app container owns nothing of the sandbox's: the
+        // sandbox's shim removes its mounts at Delete, and if that shim died, the sandbox's own
+        // `delete` removes everything of the VM. So nothing of the pod is touched here.
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
+        if let Some(sandbox) = spec.and_then(|s| sandbox_of(s.annotations().as_ref())).filter(|s| s != &self.id) {
+            slog::info!(log, "delete of an app container: nothing of its sandbox is touched";
+                "container_id" => &self.id, "sandbox_id" => sandbox);
+            return Ok(stopped);
+        }
         let config = Config::load().ok().map(|(c, _)| c);
         let run_root = config.as_ref().map(|c| c.runtime.run_dir.clone());
         let state = match SandboxState::load(&bundle) {
@@ -561,11 +594,7 @@ impl Shim for KataShim {
             }
         }
         SandboxState::forget(&bundle);
-        Ok(containerd_shim::api::DeleteResponse {
-            exit_status: 137,
-            exited_at: MessageField::some(now()),
-            ..Default::default()
-        })
+        Ok(stopped)
     }
 
     async fn wait(&mut self) {

@@ -305,6 +305,68 @@ fn ctr_run_cni_configures_the_pod_never_the_host_and_the_vm_answers_on_the_cni_a
     assert_eq!(host_network(), host_before);
 }
 
+/// Run the shim binary's `delete` as containerd does (in the bundle, with containerd's flags) for
+/// `id`, with a bundle whose spec names `netns` and carries `annotations`, and no state file.
+fn delete_in_bundle(c: &Containerd, id: &str, netns: &str, annotations: serde_json::Value) -> std::process::Output {
+    let bundle = c.dir.0.join(format!("bundle-{id}"));
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["sh"], "cwd": "/"},
+        "linux": {"namespaces": [{"type": "network", "path": netns}]},
+        "annotations": annotations,
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let b = bundle.display().to_string();
+    let sock = c.sock().display().to_string();
+    let args = [
+        "-namespace",
+        "default",
+        "-address",
+        &sock,
+        "-publish-binary",
+        "/bin/false",
+        "-id",
+        id,
+        "-bundle",
+        &b,
+        "delete",
+    ];
+    std::process::Command::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"))
+        .args(args)
+        .current_dir(&bundle)
+        .env("TTRPC_ADDRESS", format!("{sock}.ttrpc"))
+        .env("KATA_CONF_FILE", c.dir.0.join("configuration.toml"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn delete_for_an_app_container_or_another_id_leaves_a_live_sandbox_and_its_network_alone() {
+    let (c, cni, before) = start_with_pod("deltag");
+    c.run_ok("sbl", &cni.pod.path());
+    let live = cni.pod.snapshot();
+    assert_ne!(live, before, "the sandbox's TAP and redirect are in the namespace");
+    // containerd runs `delete` for every closed container connection: a CRI app container of the
+    // pod (its spec names the pod's namespace) and, as after a crash before the first record, an
+    // id with no state whose spec names the same namespace.
+    let app =
+        serde_json::json!({"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sbl"});
+    for (id, annotations) in [("sbl-app", app), ("stranger", serde_json::json!({}))] {
+        let out = delete_in_bundle(&c, id, &cni.pod.path(), annotations);
+        assert!(out.status.success(), "delete {id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(cni.pod.snapshot(), live, "delete of {id} changed the live sandbox's namespace");
+        assert!(qemu_running_in(&c.run_dir().join("sbl")), "delete of {id} stopped the live sandbox");
+    }
+    // The VM still answers on the pod's address (not the pod namespace's own kernel).
+    let echos = cni.pod.icmp_echos_received();
+    tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
+    assert_eq!(cni.pod.icmp_echos_received(), echos, "the VM answers, not the namespace");
+    c.remove_sandbox("sbl");
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
 #[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
@@ -560,6 +622,10 @@ fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    // An exec id that is the container's own would alias its init: refused, naming it.
+    let out = c.ctr(&["task", "exec", "--exec-id", "wx1", "wx1", "true"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the container's own id"), "{out:?}");
     // The init's process: a SIGTERM ends it, ctr sees the task stopped with its status.
     let out = c.ctr(&["task", "kill", "-s", "SIGTERM", "wx1"]);
     assert!(out.status.success(), "{out:?}");
@@ -567,6 +633,18 @@ fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     assert!(c.ctr(&["task", "rm", "wx1"]).status.success());
     assert!(c.ctr(&["container", "rm", "wx1"]).status.success());
     assert_nothing_left(&c, "wx1", &cni, &before);
+
+    // containerd's log URIs (`--log-uri`: file://, binary://) are refused before anything is
+    // made, naming the stream.
+    for uri in ["file:///dev/null", "binary:///bin/true"] {
+        let out = c.run("wxlog", &cni.pod.path(), &["--log-uri", uri]);
+        assert!(!out.status.success(), "{uri}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("process stdout:") && err.contains("log URIs are not supported"), "{uri}: {err}");
+        let _ = c.ctr(&["container", "rm", "wxlog"]);
+        assert!(!qemu_running_in(&c.run_dir()), "{uri}: a VM was started");
+        assert_eq!(cni.pod.snapshot(), before);
+    }
 }
 
 #[test]

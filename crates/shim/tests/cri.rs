@@ -255,6 +255,60 @@ state = "{d}/state"
         assert!(!run.join(side).join(&cid).exists(), "the app container's {side} directory is gone");
     }
 
+    // containerd runs the shim binary's `delete` for the removed container's bundle once its
+    // connection closes (runtime/v2's cleanupAfterDeadShim, on every close): that must leave the
+    // pod alone. The VM still answers on the pod's address (the pod namespace's own kernel did
+    // not: its InEchos stays), and a new app container reaches the gateway.
+    let log = || std::fs::read_to_string(dir.0.join("containerd.log")).unwrap_or_default();
+    tests::containerd::wait_until(Duration::from_secs(20), "containerd ran delete for the app container", || {
+        log().lines().any(|l| l.contains("shim disconnected") && l.contains(&cid))
+    });
+    std::thread::sleep(Duration::from_secs(1)); // the delete's own run, after the log line
+    let qemu = tests::containerd::qemu_pid_in(&dir.0).expect("the pod's QEMU runs on");
+    let pod_echos = || {
+        let snmp = tests::run(&["nsenter", &format!("--net=/proc/{qemu}/ns/net"), "cat", "/proc/net/snmp"]);
+        let mut rows = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (rows.next().unwrap_or_default(), rows.next().unwrap_or_default());
+        let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
+        values.split_whitespace().nth(i).and_then(|v| v.parse::<u64>().ok()).expect("a count")
+    };
+    let echos = pod_echos();
+    tests::run(&["ip", "netns", "exec", &node.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", &ip]);
+    assert_eq!(pod_echos(), echos, "after the app container's removal the pod namespace answered, not the VM");
+    let again = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "app2".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        log_path: "app2.log".into(),
+        ..Default::default()
+    };
+    let cid2 = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(again),
+            sandbox_config: Some(pod_config(&d)),
+        })
+        .await
+        .expect("CreateContainer (second app container)")
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest { container_id: cid2.clone() }).await.expect("StartContainer");
+    let ping = ["sh", "-c", "ping -c 1 -W 10 10.222.0.1 >/dev/null && echo reached"];
+    let out = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: cid2.clone(),
+            cmd: ping.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reached"),
+        "a new app container reaches the gateway: {out:?}"
+    );
+    cri.stop_container(StopContainerRequest { container_id: cid2.clone(), timeout: 5 }).await.expect("StopContainer");
+    cri.remove_container(RemoveContainerRequest { container_id: cid2 }).await.expect("RemoveContainer");
+
     let shims = || {
         std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
             let c = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())

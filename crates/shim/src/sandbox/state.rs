@@ -110,7 +110,7 @@ impl SandboxState {
                 _ => true,
             };
             let res = match same {
-                true => self.detach_and_remove_netns(ns, log).await,
+                true => self.detach_and_remove_netns(ns, log, run_dir).await,
                 false => Err(Error::Confined { what: "network namespace (another one now)", path: ns.clone() }),
             };
             if let (Err(e), true) = (res, first.is_ok()) {
@@ -141,10 +141,20 @@ impl SandboxState {
     /// missing or unreadable), what carries the runtime's tags goes instead: every device of its
     /// link group, every ingress qdisc holding its redirect filters (by their priority). Every
     /// step is recorded before it is taken otherwise, so a normal teardown needs no sweep.
-    async fn detach(&self, ctx: &NetCtx) -> Result<()> {
+    async fn detach(&self, ctx: &NetCtx, run_dir: Option<&Path>) -> Result<()> {
         let recorded = network::detach_all(ctx, &self.endpoints).await;
         if !self.by_tags {
             return recorded.map_err(Error::from);
+        }
+        // The tags are the runtime's, not this sandbox's: another sandbox's VM living in the same
+        // namespace would lose its devices. Sweep only a namespace no other VM of ours is in.
+        if let Some(pid) = other_vm_in(ctx.netns.path(), run_dir) {
+            slog::warn!(ctx.log, "another sandbox's VM is in this namespace: no sweep by tags";
+                "netns" => %ctx.netns.path().display(), "qemu_pid" => pid);
+            return recorded.map_err(Error::from).and(Err(Error::Confined {
+                what: "network namespace (another sandbox's VM is in it: no sweep by tags)",
+                path: ctx.netns.path().to_owned(),
+            }));
         }
         recorded
             .and(network::nl::delete_tagged_ingress(&ctx.handle).await)
@@ -153,10 +163,10 @@ impl SandboxState {
     }
 
     /// Detach the endpoints in `ns` and remove it if it is the shim's own. Both are tried.
-    async fn detach_and_remove_netns(&self, ns: &Path, log: &slog::Logger) -> Result<()> {
+    async fn detach_and_remove_netns(&self, ns: &Path, log: &slog::Logger, run_dir: Option<&Path>) -> Result<()> {
         let detached = match ns.exists() {
             true => match NetCtx::open(NetNs::new(ns), log.clone()) {
-                Ok(ctx) => self.detach(&ctx).await,
+                Ok(ctx) => self.detach(&ctx, run_dir).await,
                 Err(e) => Err(e.into()),
             },
             false => Ok(()),
@@ -188,6 +198,20 @@ fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
         arg.starts_with(qmp.as_bytes())
             || arg == fsd.as_bytes()
             || arg.windows(vsock.len()).any(|w| w == vsock.as_bytes())
+    })
+}
+
+/// A QEMU (a process with a QMP socket on its command line) whose network namespace is the one at
+/// `ns`, other than the sandbox's own (whose command line names `own_run_dir`).
+fn other_vm_in(ns: &Path, own_run_dir: Option<&Path>) -> Option<u32> {
+    let ident = netns_identity(ns)?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        if netns_identity(&e.path().join("ns/net")) != Some(ident) || own_run_dir.is_some_and(|d| is_our_qemu(pid, d)) {
+            return None;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline.split(|b| *b == 0).any(|a| a == b"-qmp").then_some(pid)
     })
 }
 
