@@ -588,6 +588,15 @@ impl Shim for KataShim {
                 tagged_state(&self.id, &bundle, run_root.as_deref())
             }
         };
+        // A run directory held by a live shim is another sandbox's with the same id (another
+        // containerd namespace): nothing of it is ours to remove.
+        let held = state.as_ref().and_then(|s| s.run_dir.as_deref()).is_some_and(sandbox::run_dir_held);
+        if held {
+            slog::warn!(log, "the run directory is held by a live shim: the same sandbox id runs elsewhere; nothing touched";
+                "sandbox_id" => &self.id);
+            SandboxState::forget(&bundle);
+            return Ok(stopped);
+        }
         if let Some(state) = state {
             if let Err(e) = state.teardown(&log, run_root.as_deref()).await {
                 slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));

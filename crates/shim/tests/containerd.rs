@@ -368,6 +368,59 @@ fn delete_for_an_app_container_or_another_id_leaves_a_live_sandbox_and_its_netwo
 }
 
 #[test]
+fn the_same_id_in_a_second_containerd_namespace_is_refused_and_the_first_sandbox_is_untouched() {
+    let (c, cni, before) = start_with_pod("dupid");
+    c.run_ok("sbdup", &cni.pod.path());
+    let live = cni.pod.snapshot();
+    let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("sbdup")).expect("QEMU of the first");
+    // The same id, another containerd namespace, another pod.
+    let other = CniPod::new();
+    let other_before = other.pod.snapshot();
+    let image = c.dir.0.join("image.tar");
+    assert!(c.ctr(&["-n", "second", "images", "import", image.to_str().unwrap()]).status.success());
+    let ns = format!("network:{}", other.pod.path());
+    let args = [
+        "-n",
+        "second",
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.kata.v2",
+        "--with-ns",
+        &ns,
+        tests::containerd::IMAGE,
+        "sbdup",
+    ];
+    let out = c.ctr(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second sandbox with the same id must be refused");
+    assert!(err.contains("sandbox id \"sbdup\" is in use by a running sandbox"), "{err}");
+    let _ = c.ctr(&["-n", "second", "container", "rm", "sbdup"]);
+    // containerd ran the second's delete too: the first is as it was, and still answers.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tests::containerd::qemu_pid_in(&c.run_dir().join("sbdup")), Some(qemu), "the first sandbox's QEMU");
+    assert_eq!(cni.pod.snapshot(), live, "the first sandbox's devices");
+    assert_eq!(other.pod.snapshot(), other_before, "nothing was made in the second pod");
+    let echos = cni.pod.icmp_echos_received();
+    tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
+    assert_eq!(cni.pod.icmp_echos_received(), echos, "the first sandbox's VM answers");
+    c.remove_sandbox("sbdup");
+    assert_eq!(cni.pod.snapshot(), before);
+    // Its id is free again: a sandbox of that id now starts in the second namespace.
+    let out = c.ctr(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.ctr(&["-n", "second", "task", "kill", "-s", "SIGKILL", "sbdup"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until(Duration::from_secs(20), "stopped", || {
+        String::from_utf8_lossy(&c.ctr(&["-n", "second", "task", "ls"]).stdout).contains("STOPPED")
+    });
+    assert!(c.ctr(&["-n", "second", "task", "rm", "sbdup"]).status.success());
+    assert!(c.ctr(&["-n", "second", "container", "rm", "sbdup"]).status.success());
+    wait_until(Duration::from_secs(20), "the second's run directory gone", || !c.run_dir().join("sbdup").exists());
+    assert_eq!(other.pod.snapshot(), other_before);
+}
+
+#[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
     c.run_ok("sb2", &cni.pod.path());

@@ -26,7 +26,7 @@ pub use follow::follow;
 pub use iface::Added;
 pub use spec::{SpecNetwork, DNS_ANNOTATION};
 pub use start::start;
-pub use state::{netns_identity, own_netns_path, SandboxState, STATE_FILE};
+pub use state::{claim_run_dir, netns_identity, own_netns_path, run_dir_held, SandboxState, STATE_FILE};
 
 /// How long the guest may take to show a NIC at its PCI path.
 pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);
@@ -56,6 +56,8 @@ pub struct Sandbox {
     /// Operations on the sandbox run one at a time, holding this.
     pub ops: tokio::sync::Mutex<Ops>,
     pub log: slog::Logger,
+    /// The run directory's claim, held while the sandbox lives (`state::claim_run_dir`).
+    pub claim: std::fs::File,
 }
 
 /// What changes after start, under [`Sandbox::ops`].

@@ -68,6 +68,18 @@ fn ms(t: Instant) -> String {
 impl Start<'_> {
     async fn run(&mut self, net: &SpecNetwork) -> Result<Sandbox> {
         let t = Instant::now();
+        // First of all: the id's run directory must be free. Held, it is another live sandbox's
+        // (the same id in another containerd namespace): refused, and nothing of it is touched
+        // (the run directory is recorded only once it is ours).
+        let claim = super::claim_run_dir(&self.run_dir())?.ok_or_else(|| {
+            Error::AlreadyExists(format!(
+                "sandbox id {:?} is in use by a running sandbox (its run directory {} is held by a live shim: \
+                 the same id in another containerd namespace?)",
+                self.id,
+                self.run_dir().display()
+            ))
+        })?;
+        self.state.run_dir = Some(self.run_dir());
         let ctx = self.namespace(net)?;
         let (info, eps, ep_cfg) = self.scan(&ctx).await?;
         let scan_ms = ms(t);
@@ -129,6 +141,7 @@ impl Start<'_> {
             ep_cfg,
             vsock_backend: tokio::sync::Mutex::new(link.backend),
             virtiofsd,
+            claim,
             ops: tokio::sync::Mutex::new(Ops {
                 state: self.state.clone(),
                 added: Vec::new(),

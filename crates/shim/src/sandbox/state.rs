@@ -181,6 +181,41 @@ impl SandboxState {
     }
 }
 
+/// The file in a sandbox's run directory that its shim holds locked (`flock`) while the sandbox
+/// lives: the same sandbox id started again (in another containerd namespace) finds it held and
+/// is refused, and a `delete` for that id leaves a held run directory alone.
+pub const CLAIM_FILE: &str = "claim.lock";
+
+/// Claim `<run_root>/<id>` for this shim: made if missing (root's, 0700), its claim file locked.
+/// `Ok(None)`: another live shim holds it (nothing was touched).
+pub fn claim_run_dir(run_dir: &Path) -> Result<Option<std::fs::File>> {
+    let io = |source| Error::Io { what: "claiming the run directory", path: run_dir.to_owned(), source };
+    std::fs::create_dir_all(run_dir).map_err(io)?;
+    std::fs::set_permissions(run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(run_dir.join(CLAIM_FILE))
+        .map_err(io)?;
+    // SAFETY: flock on an fd this function owns; no memory is shared.
+    match unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } {
+        0 => Ok(Some(f)),
+        _ => match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            e => Err(io(e)),
+        },
+    }
+}
+
+/// Whether a live shim (another process, or another claim in this one) holds `run_dir`.
+pub fn run_dir_held(run_dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(run_dir.join(CLAIM_FILE)) else { return false };
+    // SAFETY: as above; a lock taken here is released when `f` closes at the end of the call.
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 /// The identity of the namespace at `path`: device and inode of the nsfs file it resolves to.
 pub fn netns_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
