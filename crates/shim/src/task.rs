@@ -32,6 +32,9 @@ use crate::workload::process::{agent_exec_id, follow_process, now, watch_exit, E
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
+/// How long a kill waits for the guest's agent to signal a process.
+const KILL_AGENT_WAIT: Duration = Duration::from_secs(10);
+
 fn no_task(id: &str) -> ttrpc::Error {
     Error::NotFound(format!("no task {id}")).into()
 }
@@ -315,7 +318,7 @@ impl Task for KataTask {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        let (sb, workload) = {
+        let (sb, workload, pod_init) = {
             let e = self.entries.lock().await;
             let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             // An exited process has nothing left to signal; with `all`, neither has its
@@ -324,11 +327,25 @@ impl Task for KataTask {
             if p.exited().is_some() {
                 return Ok(Empty::new());
             }
-            (entry.sandbox.clone(), entry.workload)
+            (entry.sandbox.clone(), entry.workload, entry.owns_sandbox && req.exec_id.is_empty())
         };
         if workload {
             let eid = if req.all { "" } else { agent_exec_id(&req.id, &req.exec_id) };
-            sb.agent.signal_process(&req.id, eid, req.signal).await.map_err(Error::from)?;
+            let signalled = tokio::time::timeout(KILL_AGENT_WAIT, sb.agent.signal_process(&req.id, eid, req.signal));
+            match (signalled.await, pod_init) {
+                (Ok(r), _) => r.map_err(Error::from)?,
+                (Err(_), false) => {
+                    let what = format!("the guest's agent to signal {} ({} s)", req.id, KILL_AGENT_WAIT.as_secs());
+                    return Err(Error::from(hypervisor::Error::Timeout(what)).into());
+                }
+                // The pod must always be stoppable: a wedged agent cannot hold its init, so the
+                // VM ends, and with it every process of the pod (TaskExit 137, by QEMU's watcher).
+                (Err(_), true) => {
+                    slog::warn!(self.log, "the agent did not answer a kill of the sandbox's init: stopping the VM";
+                        "sandbox_id" => &req.id, "waited_s" => KILL_AGENT_WAIT.as_secs());
+                    let _ = sb.vm.stop(Duration::from_millis(0)).await;
+                }
+            }
             return Ok(Empty::new());
         }
         // No workload: the sandbox's task is the VM.

@@ -421,6 +421,27 @@ fn the_same_id_in_a_second_containerd_namespace_is_refused_and_the_first_sandbox
 }
 
 #[test]
+fn a_pod_whose_agent_is_wedged_still_stops_when_its_init_is_killed() {
+    let (c, cni, before) = start_with_pod("wedged");
+    c.run_ok("sbw", &cni.pod.path());
+    let run = c.run_dir().join("sbw");
+    // The agent's channel wedged: its hybrid vsock backend stopped (SIGSTOP), so no agent call
+    // is answered any more.
+    let backend = tests::run(&["pgrep", "-f", &format!("vhost-device-vsock.*{}", run.display())]);
+    let backend = backend.split_whitespace().next().expect("the sandbox's vsock backend").to_owned();
+    tests::run(&["kill", "-STOP", &backend]);
+    let out = c.ctr(&["task", "kill", "-s", "SIGTERM", "sbw"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until(Duration::from_secs(40), "the task stopped", || c.task_status("sbw") == "STOPPED");
+    // The VM ended, and the exit is a killed process's.
+    assert!(!qemu_running_in(&run), "QEMU still runs");
+    let out = c.ctr(&["task", "rm", "sbw"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exit code 137"), "{out:?}");
+    assert!(c.ctr(&["container", "rm", "sbw"]).status.success());
+    assert_nothing_left(&c, "sbw", &cni, &before);
+}
+
+#[test]
 fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
     c.run_ok("sb2", &cni.pod.path());
