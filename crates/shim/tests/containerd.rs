@@ -2,7 +2,7 @@
 //! `ctr run --runtime io.containerd.kata.v2 --with-ns network:<netns>` on a CNI-like namespace.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tests::containerd::{kata_conf, qemu_running_in, wait_until, Containerd};
@@ -660,6 +660,92 @@ fn a_command_runs_in_the_vm_reaches_the_peer_and_ctr_returns_its_output_and_exit
     assert!(String::from_utf8_lossy(&out.stdout).contains("last-words"), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{out:?}");
     assert_nothing_left(&c, "wl2", &cni, &before);
+}
+
+fn mountinfo() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(String::from).collect()
+}
+
+/// The peer group (`shared:N`) of the mount whose mount point is `at`.
+fn peer_group(info: &[String], at: &Path) -> Option<String> {
+    let at = at.display().to_string();
+    info.iter()
+        .find(|l| l.split(' ').nth(4) == Some(at.as_str()))
+        .and_then(|l| l.split(' ').find(|f| f.starts_with("shared:")).map(String::from))
+}
+
+#[test]
+fn a_read_only_rbind_of_a_shared_source_is_a_private_read_only_copy_and_its_removal_leaves_the_hosts_mounts() {
+    // As on a systemd node: the source is a shared mount, with a submount inside.
+    let (c, cni, before) = start_with_pod("binds");
+    let src = c.dir.0.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    tests::run(&["mount", "-t", "tmpfs", "knt-src", src.to_str().unwrap()]);
+    tests::run(&["mount", "--make-shared", src.to_str().unwrap()]);
+    std::fs::create_dir(src.join("sub")).unwrap();
+    tests::run(&["mount", "-t", "tmpfs", "knt-sub", src.join("sub").to_str().unwrap()]);
+    std::fs::write(src.join("top.txt"), "top\n").unwrap();
+    std::fs::write(src.join("sub/inner.txt"), "inner\n").unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = tests::try_run(&["umount", "-R", "-l", self.0.to_str().unwrap()]);
+        }
+    }
+    let _src_mounts = Unmount(src.clone());
+    let host_before = mountinfo();
+    let group = peer_group(&host_before, &src).expect("the source is shared");
+    // Each virtiofsd serves the copies as they are (the Rust one announces the submount).
+    for daemon in ["/usr/local/bin/virtiofsd", "/usr/lib/qemu/virtiofsd"] {
+        let keys = format!("virtio_fs_daemon = \"{daemon}\"\n[agent.kata]");
+        std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&c.run_dir()).replace("[agent.kata]", &keys))
+            .unwrap();
+        one_read_only_rbind(&c, &cni, &src, &group, &host_before, daemon);
+    }
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
+fn one_read_only_rbind(c: &Containerd, cni: &CniPod, src: &Path, group: &str, host_before: &[String], daemon: &str) {
+    let bind = format!("type=bind,src={},dst=/data,options=rbind:ro", src.display());
+    let out = c.run("sbbind", &cni.pod.path(), &["--mount", &bind]);
+    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    let run = c.run_dir().join("sbbind");
+    // Every copy the host keeps for the guest (in mounts/ and in shared/, the source and its
+    // submount) is read-only and in none of the source's peer groups.
+    let info = mountinfo();
+    let copies: Vec<&String> = info
+        .iter()
+        .filter(|l| {
+            l.split(' ').nth(4).is_some_and(|m| m.starts_with(&run.display().to_string()) && m.contains("/mounts/"))
+        })
+        .filter(|l| l.contains("knt-src") || l.contains("knt-sub"))
+        .collect();
+    assert!(copies.len() >= 4, "the source and its submount, in mounts/ and shared/: {copies:#?}");
+    for l in &copies {
+        let opts = l.split(' ').nth(5).unwrap_or_default();
+        assert!(opts.split(',').any(|o| o == "ro"), "a copy is writable: {l}");
+        assert!(!l.split(' ').any(|f| f == group), "a copy joined the source's peer group {group}: {l}");
+    }
+    // The container sees both files and cannot write either.
+    let script = "cat /data/top.txt /data/sub/inner.txt; echo x > /data/top.txt; echo x > /data/sub/inner.txt; true";
+    let out = c.ctr(&["task", "exec", "--exec-id", "b1", "sbbind", "sh", "-c", script]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("top") && stdout.contains("inner"), "{daemon}: {out:?}");
+    assert_eq!(stderr.matches("Read-only file system").count(), 2, "{daemon}: {out:?}");
+    assert_eq!(std::fs::read_to_string(src.join("top.txt")).unwrap(), "top\n");
+
+    c.remove_sandbox("sbbind");
+    // The host's own mounts are all there, and nothing more.
+    let after = mountinfo();
+    assert_eq!(after.len(), host_before.len(), "mount count back where it was");
+    for m in [src.to_path_buf(), src.join("sub")] {
+        assert!(
+            after.iter().any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap())),
+            "{} was unmounted",
+            m.display()
+        );
+    }
+    assert_eq!(std::fs::read_to_string(src.join("sub/inner.txt")).unwrap(), "inner\n");
 }
 
 #[test]

@@ -97,6 +97,24 @@ fn make_proc(launch: Launch, size: Option<(u16, u16)>) -> R<Proc> {
     })
 }
 
+/// Wait (10 s at most) until the launcher closed its end of the ready pipe.
+fn wait_ready(r: std::os::fd::OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&r), PollFlags::POLLIN)];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut buf = [0u8; 16];
+    while std::time::Instant::now() < deadline {
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => match nix::unistd::read(&r, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Err(_) => return,
+        }
+    }
+}
+
 /// Start the process (once): the launcher with its IO; its exit is recorded when it comes.
 fn spawn(p: &Arc<Proc>) -> R<u32> {
     let (launch, io) = p
@@ -106,14 +124,27 @@ fn spawn(p: &Arc<Proc>) -> R<u32> {
         .take()
         .ok_or_else(|| (Code::FAILED_PRECONDITION, "the process was started".to_owned()))?;
     let json = serde_json::to_string(&launch).map_err(|e| internal("launch", e))?;
-    let mut child = tokio::process::Command::new("/proc/self/exe")
-        .arg("--launch")
+    // The launcher holds the write end of this pipe as fd 3 until it execs the process (the fd is
+    // close-on-exec there) or fails: its end (EOF) says the process's root and mounts are made,
+    // so an exec that joins them right after Start finds them whole.
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("a pipe", e))?;
+    let w = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg("--launch")
         .arg(json)
         .stdin(std::process::Stdio::from(io.stdin))
         .stdout(std::process::Stdio::from(io.stdout))
-        .stderr(std::process::Stdio::from(io.stderr))
-        .spawn()
-        .map_err(|e| internal("start the process", e))?;
+        .stderr(std::process::Stdio::from(io.stderr));
+    // SAFETY: dup2 is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || match libc::dup2(w, crate::launch::READY_FD) {
+            -1 => Err(std::io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| internal("start the process", e))?;
+    drop(ready_w);
+    wait_ready(ready_r);
     let pid = child.id().unwrap_or(0);
     *p.pid.lock().unwrap() = Some(pid);
     let p = p.clone();

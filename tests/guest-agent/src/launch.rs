@@ -151,8 +151,14 @@ fn join(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The launcher's end of the agent's ready pipe: closed at the exec of the process (or when the
+/// launcher fails), which tells the agent the process's root is made.
+pub const READY_FD: i32 = 3;
+
 /// Run the launch and exec the process; returns only on failure.
 pub fn run(json: &str) -> anyhow::Result<()> {
+    // SAFETY: fcntl on a plain fd number; a missing fd only makes it fail.
+    unsafe { libc::fcntl(READY_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     let l: Launch = serde_json::from_str(json).context("the launch")?;
     if l.args.is_empty() {
         bail!("no program to run");

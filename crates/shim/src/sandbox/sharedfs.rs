@@ -193,9 +193,12 @@ pub fn share_rootfs(
     Ok(())
 }
 
-/// Bind `share.host` at `<cid>/mounts/<name>` in the shared directory (read-only if asked).
+/// Bind `share.host` at `<cid>/mounts/<name>` in the shared directory: a detached copy of the
+/// source (with its submounts for `rbind`), made private (so it joins no peer group of the
+/// host's: nothing done to it propagates back, and an unmount of it never reaches the host's own
+/// mounts) and read-only in every mount of it when asked, before it becomes visible anywhere.
+/// Attached under the shared directory, it is propagated to what virtiofsd serves as it is.
 pub fn share_path(run_dir: &Path, cid: &str, share: &crate::workload::spec::Share) -> Result<()> {
-    use nix::mount::{mount, MsFlags};
     let target = container_dir(run_dir, cid).join("mounts").join(&share.name);
     let io = |source| Error::Io { what: "sharing a bind mount of the spec at", path: target.clone(), source };
     let meta = std::fs::metadata(&share.host).map_err(|source| Error::Io {
@@ -208,16 +211,95 @@ pub fn share_path(run_dir: &Path, cid: &str, share: &crate::workload::spec::Shar
         true => std::fs::create_dir_all(&target).map_err(io)?,
         false => drop(std::fs::File::create(&target).map_err(io)?),
     }
-    let errno = |e: nix::errno::Errno| io(std::io::Error::from(e));
-    mount(Some(&share.host), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(errno)?;
-    if share.read_only {
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, &target, None::<&str>, ro, None::<&str>) {
-            let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
-            return Err(errno(e));
+    let copy = detached::private_copy(&share.host, share.recursive, share.read_only).map_err(|source| Error::Io {
+        what: "making a private copy of the spec's bind",
+        path: share.host.clone(),
+        source,
+    })?;
+    detached::attach(&copy, &target).map_err(io)
+}
+
+/// Mounts made with the new mount API (Linux 5.12+): a copy of a tree that is never attached
+/// until it is as it must be.
+mod detached {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+    /// The kernel's `struct mount_attr`.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+
+    fn cpath(p: &Path) -> std::io::Result<CString> {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other("a path with a NUL byte"))
+    }
+
+    fn check(r: libc::c_long) -> std::io::Result<libc::c_long> {
+        match r < 0 {
+            true => Err(std::io::Error::last_os_error()),
+            false => Ok(r),
         }
     }
-    Ok(())
+
+    /// A detached copy of the mount at `src` (and the mounts under it when `recursive`), each
+    /// private and, when `read_only`, read-only.
+    pub fn private_copy(src: &Path, recursive: bool, read_only: bool) -> std::io::Result<OwnedFd> {
+        let c = cpath(src)?;
+        let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
+        // SAFETY: open_tree reads a NUL-terminated path and returns a new fd, owned from here.
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(check(libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags))? as i32)
+        };
+        let attr = MountAttr {
+            attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        };
+        let empty = c"";
+        let at = libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE;
+        // SAFETY: the attribute struct outlives the call and its size is passed with it.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                at,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        })?;
+        Ok(fd)
+    }
+
+    /// Attach a detached tree at `target`.
+    pub fn attach(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+        let c = cpath(target)?;
+        let empty = c"";
+        // SAFETY: both paths are NUL-terminated and live through the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        })
+        .map(drop)
+    }
 }
 
 /// Unmount and remove container `cid`'s directory in the shared directory.

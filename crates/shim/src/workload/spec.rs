@@ -21,6 +21,8 @@ pub struct Share {
     pub name: String,
     pub guest: String,
     pub read_only: bool,
+    /// `rbind`: the source's submounts come along (plain `bind`: the source's mount alone).
+    pub recursive: bool,
 }
 
 fn bad(field: &str, rule: &str) -> Error {
@@ -151,7 +153,8 @@ pub fn to_agent(spec: &Value, cid: &str, guest_root: &str, shared_guest: &str) -
         let name = format!("{n}-{base}");
         let guest = format!("{shared_guest}{cid}/mounts/{name}");
         let read_only = options.iter().any(|o| o == "ro");
-        shares.push(Share { host: source.into(), name, guest: guest.clone(), read_only });
+        let recursive = options.iter().any(|o| o == "rbind");
+        shares.push(Share { host: source.into(), name, guest: guest.clone(), read_only, recursive });
         let opts = options.into_iter().filter(|o| o != "rbind").chain(["bind".to_owned()]);
         mounts.push(oci::Mount {
             destination: dest.into(),
@@ -245,7 +248,8 @@ mod tests {
                 host: "/var/lib/x/resolv.conf".into(),
                 name: "1-resolv.conf".into(),
                 guest: format!("{g}c1/mounts/1-resolv.conf"),
-                read_only: true
+                read_only: true,
+                recursive: true
             }]
         );
         let m: Vec<(&str, &str, &str)> =
