@@ -126,7 +126,7 @@ impl KataTask {
         let sb = Arc::new(sandbox::start(&req.id, &bundle, &net, config, &log).await?);
         let undo = |e: Error| async {
             let _ = sb.vm.stop(Duration::from_secs(1)).await;
-            let _ = sb.state().await.teardown(&log, Some(&config.runtime.run_dir)).await;
+            let _ = sb.closing_state().await.teardown(&log, Some(&config.runtime.run_dir)).await;
             SandboxState::forget(&bundle);
             e
         };
@@ -451,7 +451,7 @@ impl Task for KataTask {
             }
             let _ = sb.vm.stop(Duration::from_secs(5)).await;
             let run_root = self.config.as_ref().ok().map(|c| c.runtime.run_dir.as_path());
-            sb.state().await.teardown(&self.log, run_root).await?;
+            sb.closing_state().await.teardown(&self.log, run_root).await?;
             SandboxState::forget(&entry.bundle);
         } else if let Some(d) = &sb.run_dir {
             // Unshared even when the VM is gone.

@@ -199,6 +199,37 @@ fn nic_counters_read_on_the_host_match_ip_s_link_within_a_burst() {
 }
 
 #[test]
+fn a_nic_whose_device_went_away_does_not_take_the_others_counters() {
+    let c = start_containerd("stats2");
+    let cni = CniPod::new();
+    // A second pod link, so the sandbox has two NICs.
+    cni.pod.ip(&["link", "add", "eth1", "type", "veth", "peer", "name", "veth1", "netns", &cni.peer.name]);
+    cni.pod.ip(&["addr", "add", "10.89.0.5/24", "dev", "eth1"]);
+    cni.pod.ip(&["link", "set", "eth1", "up"]);
+    let before = cni.pod.snapshot();
+    c.run_ok("sbst2", &cni.pod.path());
+    let names = |m: &serde_json::Value| -> Vec<String> {
+        m["network"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["name"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let metrics = || {
+        let out = c.ctr(&["task", "metrics", "--format", "json", "sbst2"]);
+        assert!(out.status.success(), "ctr task metrics: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let mut both = names(&metrics());
+    both.sort();
+    assert_eq!(both, ["eth0", "eth1"]);
+    // eth1's TAP removed behind the runtime's back: eth0's counters still come.
+    cni.pod.ip(&["link", "del", "tap1_kata"]);
+    assert_eq!(names(&metrics()), ["eth0"]);
+    c.remove_sandbox("sbst2");
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
+#[test]
 fn following_the_namespace_a_link_added_after_start_reaches_the_vm_and_its_removal_leaves_nothing() {
     let (c, cni, before) = start_with_pod("follow");
     // follow_netns is on by default.

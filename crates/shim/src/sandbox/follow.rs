@@ -58,6 +58,9 @@ impl Sandbox {
     /// Scan the namespace and bring the VM in line with it (see the module's text).
     pub async fn bring_in_line(&self) -> Result<()> {
         let mut ops = self.ops.lock().await;
+        if ops.closed {
+            return Ok(());
+        }
         let info = self.ctx.scan().await?;
         let gone: Vec<PodNic> = ops.pod.iter().filter(|p| info.link(p.link.name.as_str()).is_none()).cloned().collect();
         for p in gone {

@@ -261,7 +261,23 @@ impl Sandbox {
     /// `EndpointState::host_device`), read in the sandbox's namespace: the pod's NICs (named in
     /// the guest as their links are), then the operator's. A vhost-user NIC has no such device.
     pub async fn nic_stats(&self) -> Result<Vec<mg::NicStats>> {
-        let ops = self.ops.lock().await;
+        // What to read, taken under the operation lock and read without it: the guest's answer
+        // may take a while, and nothing else on the sandbox waits for that.
+        let nics: Vec<(network::IfName, String, bool)> = {
+            let ops = self.ops.lock().await;
+            ops.state
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let device = e.host_device()?.clone();
+                    let name = match ops.added.iter().find(|a| &a.device == e.link()) {
+                        Some(a) => a.name.clone(),
+                        None => e.link().to_string(),
+                    };
+                    Some((device, name, e.host_device_is_macvtap()))
+                })
+                .collect()
+        };
         // The guest's own counters, beside (an agent without GetMetrics gives none).
         let guest = match self.agent.get_metrics().await {
             Ok(text) => agent_client::metrics::guest_netdev(&text),
@@ -271,14 +287,16 @@ impl Sandbox {
             }
         };
         let mut out = Vec::new();
-        for e in &ops.state.endpoints {
-            let Some(device) = e.host_device() else { continue };
-            let name = match ops.added.iter().find(|a| &a.device == e.link()) {
-                Some(a) => a.name.clone(),
-                None => e.link().to_string(),
+        for (device, name, macvtap) in nics {
+            // A device gone (being unplugged, removed under the runtime) costs its own row only.
+            let c = match network::nl::link_counters(&self.ctx.handle, device.as_str()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    slog::warn!(self.log, "no counters for a NIC"; "device" => device.as_str(), "error" => e.to_string());
+                    continue;
+                }
             };
-            let c = network::nl::link_counters(&self.ctx.handle, device.as_str()).await?;
-            let kind = if e.host_device_is_macvtap() { "macvtap" } else { "tap" };
+            let kind = if macvtap { "macvtap" } else { "tap" };
             let in_guest = guest.get(&name).map(counters_pb);
             out.push(mg::NicStats {
                 name,

@@ -79,6 +79,9 @@ pub struct Ops {
     /// tried again until the link is made again, so a refusal does not turn into a loop (the
     /// undo's own netlink events would start the next attempt).
     pub refused: Vec<(network::IfName, u32)>,
+    /// The sandbox is being torn down: following the namespace stops here, so no late event
+    /// records state again after the teardown forgot it.
+    pub closed: bool,
 }
 
 /// A pod link with a NIC in the VM.
@@ -108,5 +111,12 @@ impl Sandbox {
     /// The persisted state as it is now.
     pub async fn state(&self) -> SandboxState {
         self.ops.lock().await.state.clone()
+    }
+
+    /// The state to tear down from, with the sandbox marked closed (see [`Ops::closed`]).
+    pub async fn closing_state(&self) -> SandboxState {
+        let mut ops = self.ops.lock().await;
+        ops.closed = true;
+        ops.state.clone()
     }
 }

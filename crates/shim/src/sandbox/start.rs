@@ -151,6 +151,7 @@ impl Start<'_> {
                 pod,
                 pod_neighbors,
                 refused: Vec::new(),
+                closed: false,
             }),
             log: self.log.clone(),
         })
