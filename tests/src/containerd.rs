@@ -174,34 +174,32 @@ pub fn qemu_pid_in(dir: &Path) -> Option<u32> {
     })
 }
 
-/// How many processes of `program` have a command line that names `dir`.
-pub fn processes_naming(dir: &Path, program: &str) -> usize {
+/// How many processes have a command line that names `dir` and whose argv (NUL-separated)
+/// `pick` accepts.
+fn processes_with(dir: &Path, pick: impl Fn(&[u8]) -> bool) -> usize {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let c = String::from_utf8_lossy(&c);
-            c.starts_with(program) && c.contains(&needle)
+            pick(&c) && String::from_utf8_lossy(&c).contains(&needle)
         })
         .count()
+}
+
+/// How many processes of `program` have a command line that names `dir`.
+pub fn processes_naming(dir: &Path, program: &str) -> usize {
+    processes_with(dir, |c| c.starts_with(program.as_bytes()))
 }
 
 /// How many virtiofsd processes (either kind: the program's file name is `virtiofsd`) have a
 /// command line that names `dir`.
 pub fn virtiofsds_in(dir: &Path) -> usize {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
-            Path::new(&*String::from_utf8_lossy(argv0)).file_name() == Some("virtiofsd".as_ref())
-                && String::from_utf8_lossy(&c).contains(&needle)
-        })
-        .count()
+    processes_with(dir, |c| {
+        let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+        Path::new(&*String::from_utf8_lossy(argv0)).file_name() == Some("virtiofsd".as_ref())
+    })
 }
 
 pub fn qemu_running_in(dir: &Path) -> bool {
@@ -232,8 +230,19 @@ impl Containerd {
         assert!(out.status.success(), "ctr run {id}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The socket file the shim of sandbox `id` serves on (its `-socket` argument).
+    pub fn shim_socket(&self, id: &str) -> Option<PathBuf> {
+        let pid = self.shim_pid(id)?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let i = args.iter().position(|a| a == "-socket")?;
+        args.get(i + 1)?.strip_prefix("unix://").map(PathBuf::from)
+    }
+
     /// Stop sandbox `id` (SIGKILL), and remove its task and container: what an operator does.
     pub fn remove_sandbox(&self, id: &str) {
+        let socket = self.shim_socket(id).expect("the sandbox's shim and its socket");
+        assert!(socket.exists(), "{} is there while the shim runs", socket.display());
         let out = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         wait_until(Duration::from_secs(20), "task stopped", || self.task_status(id) == "STOPPED");
@@ -242,6 +251,7 @@ impl Containerd {
         // The shim exits once containerd let it go (Shutdown after the delete); nothing it ran
         // (a FIFO's open waiting for its other end) may keep it alive.
         wait_until(Duration::from_secs(10), &format!("the shim of {id} exited"), || self.shim_pid(id).is_none());
+        assert!(!socket.exists(), "the exited shim left its socket {}", socket.display());
         // Nothing of the sandbox's left: no hybrid vsock backend, no run directory (sockets).
         let run = self.run_dir().join(id);
         assert_eq!(processes_naming(&run, "vhost-device-vsock"), 0, "a vsock backend of {id} is left");

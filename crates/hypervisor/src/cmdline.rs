@@ -64,16 +64,19 @@ pub fn build(
     c.arg("-machine", format!("{machine},accel={}{}", accel.as_str(), if nvdimm { ",nvdimm=on" } else { "" }));
     c.arg("-cpu", if accel == Accel::Kvm { "host" } else { "max" });
     c.arg("-smp", cfg.default_vcpus.to_string());
-    match (root, nvdimm) {
-        (GuestRoot::Image { path, .. }, true) => {
-            // The NVDIMM is a memory device: one slot, and room for it above the RAM.
-            let len = std::fs::metadata(path)
-                .map_err(|source| Error::Spawn { path: path.display().to_string(), source })?
-                .len();
-            let mib = len.div_ceil(1 << 20);
-            c.arg("-m", format!("{}M,slots=1,maxmem={}M", cfg.default_memory, u64::from(cfg.default_memory) + mib));
+    // The NVDIMM is a memory device: one slot, and room for it above the RAM.
+    let image_len = match root {
+        GuestRoot::Image { path, nvdimm: true, .. } => Some(
+            std::fs::metadata(path).map_err(|source| Error::Spawn { path: path.display().to_string(), source })?.len(),
+        ),
+        _ => None,
+    };
+    match image_len {
+        Some(len) => {
+            let max = u64::from(cfg.default_memory) + len.div_ceil(1 << 20);
+            c.arg("-m", format!("{}M,slots=1,maxmem={max}M", cfg.default_memory))
         }
-        _ => c.arg("-m", format!("{}M", cfg.default_memory)),
+        None => c.arg("-m", format!("{}M", cfg.default_memory)),
     }
     // Shared guest memory: vhost-user (NICs, vsock) needs it, for cold plug and hotplug alike.
     c.arg("-object", format!("memory-backend-memfd,id=mem0,size={}M,share=on", cfg.default_memory));
@@ -84,7 +87,7 @@ pub fn build(
     c.arg("-monitor", "none");
     c.arg("-qmp", format!("unix:{},server=on,wait=off", run_dir.join("qmp.sock").display()));
     c.arg("-kernel", cfg.kernel.display().to_string());
-    root_device(&mut c, root, root_bus)?;
+    root_device(&mut c, root, image_len, root_bus)?;
     // As kata writes them: the runtime's own, the root's, then the configuration's kernel_params.
     let append: Vec<&str> = ["console=ttyS0 panic=-1 quiet", root.kernel_params(), cfg.kernel_params.as_str()]
         .into_iter()
@@ -167,7 +170,7 @@ pub fn build(
 /// The guest's root: `-initrd`, or the image as kata attaches it: an NVDIMM backed by the file
 /// (read-only, shared: the host's page cache serves every VM booting it; `unarmed` tells the
 /// guest it cannot be written) or a read-only virtio-blk disk.
-fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, root_bus: &str) -> Result<()> {
+fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, image_len: Option<u64>, root_bus: &str) -> Result<()> {
     match root {
         GuestRoot::Initrd(p) => c.arg("-initrd", p.display().to_string()),
         GuestRoot::Image { path, nvdimm, boot_initrd } => {
@@ -176,8 +179,7 @@ fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, root_bus: &str) -> Resu
                 // QEMU's option syntax would read it as the next property.
                 return Err(Error::Config { key: "image", why: format!("{file}: a path with a comma") });
             }
-            if nvdimm {
-                let len = std::fs::metadata(path).map_err(|source| Error::Spawn { path: file.clone(), source })?.len();
+            if let (true, Some(len)) = (nvdimm, image_len) {
                 c.arg(
                     "-object",
                     format!("memory-backend-file,id=rootimg,mem-path={file},size={len},readonly=on,share=on"),

@@ -545,6 +545,29 @@ pub struct KataShim {
     exit: Arc<ExitSignal>,
     namespace: String,
     id: String,
+    /// The socket this shim serves on (`-socket`, the serving process only).
+    socket: String,
+    /// containerd's address (`-address`): where the socket of this id's shim is derived from.
+    address: String,
+}
+
+/// The file of a `unix://` socket address.
+fn socket_file(address: &str) -> Option<&Path> {
+    address.strip_prefix("unix://").map(Path::new).filter(|p| p.is_absolute())
+}
+
+/// Remove the socket at `address` when nobody listens there any more (its shim died): a live
+/// shim's is left alone.
+fn remove_dead_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(path) = socket_file(address) else { return };
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    let refused = || {
+        std::os::unix::net::UnixStream::connect(path).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    if is_socket && refused() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 impl std::fmt::Debug for KataShim {
@@ -560,7 +583,13 @@ impl Shim for KataShim {
     async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
         // tokio reaps QEMU itself; the crate's reaper would steal its exit status.
         config.no_reaper = true;
-        KataShim { exit: Arc::new(ExitSignal::default()), namespace: args.namespace.clone(), id: args.id.clone() }
+        KataShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            socket: args.socket.clone(),
+            address: args.address.clone(),
+        }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
@@ -620,11 +649,19 @@ impl Shim for KataShim {
             }
         }
         SandboxState::forget(&bundle);
+        // A killed shim leaves its socket behind: removed once nothing listens there.
+        remove_dead_socket(&containerd_shim::socket_address(&self.address, &self.namespace, &self.id));
         Ok(stopped)
     }
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // The library removes the socket only through the bundle's `address` file, which
+        // containerd may have deleted with the bundle by now: every shim left its socket in
+        // /run/containerd/s/. Removed here; the listening socket serves on until the exit.
+        if let Some(path) = socket_file(&self.socket) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

@@ -477,6 +477,7 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     let (c, cni, before) = start_with_pod("crash");
     c.run_ok("sb2", &cni.pod.path());
     assert!(qemu_running_in(&c.run_dir()));
+    let socket = c.shim_socket("sb2").expect("the shim's socket");
     c.kill_shim("sb2");
     // containerd notices the dead shim and runs `containerd-shim-kata-v2 ... delete` in the bundle.
     wait_until(Duration::from_secs(30), "QEMU and devices removed after the shim died", || {
@@ -484,6 +485,8 @@ fn a_killed_shim_is_cleaned_up_by_the_delete_subcommand() {
     });
     let _ = c.ctr(&["container", "rm", "sb2"]);
     assert_eq!(cni.pod.snapshot(), before);
+    // The killed shim's socket is removed by delete (nothing listens there any more).
+    wait_until(Duration::from_secs(10), "the dead shim's socket removed", || !socket.exists());
 
     // A state file that cannot be read: delete logs it and removes what is tagged as the
     // sandbox's (its QEMU by the run directory, the runtime's devices by their link group).
