@@ -198,22 +198,28 @@ pub fn claim_run_dir(run_dir: &Path) -> Result<Option<std::fs::File>> {
         .write(true)
         .open(run_dir.join(CLAIM_FILE))
         .map_err(io)?;
-    // SAFETY: flock on an fd this function owns; no memory is shared.
-    match unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } {
-        0 => Ok(Some(f)),
+    match try_lock(&f).map_err(io)? {
+        true => Ok(Some(f)),
+        false => Ok(None),
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `false` when another open file holds the lock.
+fn try_lock(f: &std::fs::File) -> std::io::Result<bool> {
+    // SAFETY: flock on an fd the caller owns; no memory is shared.
+    match unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(f), libc::LOCK_EX | libc::LOCK_NB) } {
+        0 => Ok(true),
         _ => match std::io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
-            e => Err(io(e)),
+            e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+            e => Err(e),
         },
     }
 }
 
 /// Whether a live shim (another process, or another claim in this one) holds `run_dir`.
 pub fn run_dir_held(run_dir: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(run_dir.join(CLAIM_FILE)) else { return false };
-    // SAFETY: as above; a lock taken here is released when `f` closes at the end of the call.
-    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    // A lock taken here is released when the file closes at the end of the call.
+    std::fs::File::open(run_dir.join(CLAIM_FILE)).is_ok_and(|f| matches!(try_lock(&f), Ok(false)))
 }
 
 /// The identity of the namespace at `path`: device and inode of the nsfs file it resolves to.
