@@ -97,7 +97,7 @@ fn the_shared_directory_over_virtio_fs_reaches_the_guest_and_its_virtiofsd_goes_
         assert_eq!(tests::containerd::virtiofsds_in(&run), daemons(&run), "only {daemon} serves {id}");
         // What the host puts into the shared directory, the guest reads where kata's agent
         // mounts the share.
-        std::fs::write(run.join("mounts/hello"), format!("from the host to {id}\n")).unwrap();
+        std::fs::write(run.join("fs/mounts/hello"), format!("from the host to {id}\n")).unwrap();
         let script = "grep kataShared /proc/mounts; cat /run/kata-containers/shared/containers/hello; \
                       ln -s /etc /run/kata-containers/shared/containers/planted 2>&1; \
                       echo x > /run/kata-containers/shared/containers/hello 2>&1; echo done";
@@ -107,8 +107,8 @@ fn the_shared_directory_over_virtio_fs_reaches_the_guest_and_its_virtiofsd_goes_
         // The guest cannot leave anything where the host makes files (a symlink there would
         // steer the host): the share is read-only to it, but inside a container's rootfs.
         assert!(guest.contains("Read-only file system") && guest.contains("done"), "{guest}");
-        assert!(std::fs::symlink_metadata(run.join("mounts/planted")).is_err(), "the guest planted a symlink");
-        assert_eq!(std::fs::read_to_string(run.join("mounts/hello")).unwrap(), format!("from the host to {id}\n"));
+        assert!(std::fs::symlink_metadata(run.join("fs/mounts/planted")).is_err(), "the guest planted a symlink");
+        assert_eq!(std::fs::read_to_string(run.join("fs/mounts/hello")).unwrap(), format!("from the host to {id}\n"));
         if crash {
             c.kill_shim(id);
             wait_until(Duration::from_secs(30), "delete removed QEMU, virtiofsd and devices", || {
@@ -780,6 +780,77 @@ fn one_read_only_rbind(c: &Containerd, cni: &CniPod, src: &Path, group: &str, ho
         );
     }
     assert_eq!(std::fs::read_to_string(src.join("sub/inner.txt")).unwrap(), "inner\n");
+}
+
+/// The mount points at or under `dir`, from the host's mount table.
+fn mount_points_under(info: &[String], dir: &Path) -> Vec<String> {
+    info.iter()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_sandboxs_mounts_never_leave_its_run_directory_and_another_sandboxs_rbind_of_run_copies_none_of_them() {
+    // As on a systemd node: the run root lies in a shared mount (standing for `/run`), which has
+    // a peer elsewhere (another view of `/run`), and both sandboxes bind it recursively.
+    let c = start_containerd("bounded");
+    let node = c.dir.0.join("node");
+    let peer = c.dir.0.join("peer");
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for m in &self.0 {
+                let _ = tests::try_run(&["umount", "-R", "-l", m.to_str().unwrap()]);
+            }
+        }
+    }
+    let _mounts = Unmount(vec![peer.clone(), node.clone()]);
+    for d in [&node, &peer] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    tests::run(&["mount", "-t", "tmpfs", "knt-node", node.to_str().unwrap()]);
+    tests::run(&["mount", "--make-shared", node.to_str().unwrap()]);
+    tests::run(&["mount", "--bind", node.to_str().unwrap(), peer.to_str().unwrap()]);
+    let root = node.join("kn");
+    std::fs::write(c.dir.0.join("configuration.toml"), kata_conf(&root)).unwrap();
+    let bind = format!("type=bind,src={},dst=/node,options=rbind:ro", node.display());
+    let pods = [CniPod::new(), CniPod::new()];
+    let as_cni_left: Vec<serde_json::Value> = pods.iter().map(|p| p.pod.snapshot()).collect();
+    let base = mountinfo();
+    assert_eq!(peer_group(&base, &node), peer_group(&base, &peer), "the peer is in the node's peer group");
+    let mut added = Vec::new();
+    for (id, pod) in ["sbra", "sbrb"].iter().zip(&pods) {
+        let out = c.run(id, &pod.pod.path(), &["--mount", &bind]);
+        assert!(out.status.success(), "ctr run {id}: {}", String::from_utf8_lossy(&out.stderr));
+        added.push(mount_points_under(&mountinfo(), &root.join(id)));
+    }
+    // Each sandbox adds as many mounts as its own binds make: the second one's recursive copy
+    // of the node's tree holds nothing of the first sandbox's.
+    assert!(added[0].iter().any(|m| m.ends_with("-node")), "sbra's bind is there: {:#?}", added[0]);
+    assert_eq!(added[0].len(), added[1].len(), "sbra: {:#?}\nsbrb: {:#?}", added[0], added[1]);
+    assert!(!added[1].iter().any(|m| m.contains("/sbra/")), "sbrb's copy holds sbra's mounts: {:#?}", added[1]);
+    // Nothing propagates to the node's peer but each sandbox's (empty) `fs` tmpfs, once.
+    let at_peer = mount_points_under(&mountinfo(), &peer);
+    let want: Vec<String> = [peer.clone(), peer.join("kn/sbra/fs"), peer.join("kn/sbrb/fs")]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(at_peer, want, "what the sandboxes' mounts reached in the node's peer");
+    for ((id, pod), before) in ["sbra", "sbrb"].iter().zip(&pods).zip(&as_cni_left) {
+        c.remove_sandbox(id);
+        assert!(!root.join(id).exists(), "{id}'s run directory is gone");
+        assert_eq!(&pod.pod.snapshot(), before);
+    }
+    let after = mountinfo();
+    assert_eq!(
+        after.len(),
+        base.len(),
+        "the mount table is back where it was: {:#?}",
+        mount_points_under(&after, &c.dir.0)
+    );
+    assert_eq!(mount_points_under(&after, &peer), [peer.display().to_string()]);
 }
 
 #[test]

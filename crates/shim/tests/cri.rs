@@ -251,7 +251,7 @@ state = "{d}/state"
     cri.stop_container(StopContainerRequest { container_id: cid.clone(), timeout: 5 }).await.expect("StopContainer");
     cri.remove_container(RemoveContainerRequest { container_id: cid.clone() }).await.expect("RemoveContainer");
     let run = dir.0.join("run").join(&id);
-    for side in ["mounts", "shared"] {
+    for side in ["fs/mounts", "fs/shared"] {
         assert!(!run.join(side).join(&cid).exists(), "the app container's {side} directory is gone");
     }
 

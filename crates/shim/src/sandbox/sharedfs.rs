@@ -7,14 +7,22 @@
 //!
 //! The guest must not be able to steer the host: it can write into what virtiofsd serves, and a
 //! symlink it left where the host later makes a file or directory would send the host elsewhere.
-//! So, as kata's runtime does it, the host works in `<run_dir>/<id>/mounts` (root's, 0700, a
-//! mount point of its own with shared propagation), and virtiofsd serves `shared`, a read-only
-//! bind of it (a peer: what is mounted under `mounts` later, a container's rootfs at
+//! So, as kata's runtime does it, the host works in `mounts` and virtiofsd serves `shared`, a
+//! read-only bind of it (a peer: what is mounted under `mounts` later, a container's rootfs at
 //! `<cid>/rootfs`, the files and directories its spec binds at `<cid>/mounts/<name>`, appears
 //! under `shared` too, and virtiofsd's namespace, a slave of the host's, sees it). The guest
 //! writes only inside a container's rootfs (its own mount), where the host never looks up a
 //! path. Everything mounted under the run directory is unmounted before it is removed (see
 //! `unmount_under`), in a teardown and in a crashed shim's `delete` alike.
+//!
+//! Both live in `<run_dir>/<id>/fs`, a tmpfs of the sandbox's own made unbindable (so private):
+//! on a systemd host `/run` is shared, and a mount made under it would be propagated to every
+//! peer and slave of `/run` and grow each time another sandbox binds `/run` (or `/`, or
+//! `/var/run`) recursively. Under an unbindable mount nothing propagates out, and a recursive
+//! copy of a tree above it (another sandbox's rbind) leaves the whole subtree out. Only the `fs`
+//! tmpfs itself is propagated, once, when it is mounted (its parent is shared), and its unmount
+//! takes those copies along. `mounts` is a tmpfs of its own (a bind's source may not lie under
+//! an unbindable mount), shared, so that `shared` is its peer.
 
 use std::path::{Path, PathBuf};
 
@@ -25,10 +33,12 @@ use crate::error::{Error, Result};
 
 /// virtiofsd's vhost-user socket (QEMU's side) in the run directory.
 pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
+/// The sandbox's unbindable tmpfs in the run directory, holding [`HOST_DIR`] and [`SHARED_DIR`].
+pub const FS_DIR: &str = "fs";
 /// What virtiofsd serves, in the run directory: a read-only view of [`HOST_DIR`].
-pub const SHARED_DIR: &str = "shared";
+pub const SHARED_DIR: &str = "fs/shared";
 /// Where the host makes what it shares, in the run directory.
-pub const HOST_DIR: &str = "mounts";
+pub const HOST_DIR: &str = "fs/mounts";
 /// Where kata's agent mounts the share in the guest.
 pub const GUEST_MOUNT_POINT: &str = "/run/kata-containers/shared/containers/";
 
@@ -40,21 +50,26 @@ pub struct VirtioFsd {
 }
 
 impl VirtioFsd {
-    /// Make the host's directory and the guest's read-only view of it (root's, 0700), and start
-    /// virtiofsd on the view; wait (bounded) for its socket.
+    /// Make the sandbox's unbindable tmpfs, the host's directory in it and the guest's read-only
+    /// view of that (root's, 0700), and start virtiofsd on the view; wait (bounded) for its socket.
     pub async fn start(cfg: &QemuConfig, run_dir: &Path) -> Result<Self> {
-        let (host, shared) = (run_dir.join(HOST_DIR), run_dir.join(SHARED_DIR));
+        let (fs, host, shared) = (run_dir.join(FS_DIR), run_dir.join(HOST_DIR), run_dir.join(SHARED_DIR));
         let socket = run_dir.join(VIRTIOFSD_SOCKET);
         let io = |source| Error::Io { what: "starting virtiofsd for", path: shared.clone(), source };
-        for d in [&host, &shared] {
-            std::fs::create_dir(d).map_err(io)?;
-            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
-        }
         use nix::mount::{mount, MsFlags};
         let errno = |e: nix::errno::Errno| io(std::io::Error::from(e));
         let none = None::<&str>;
-        mount(Some(&host), &host, none, MsFlags::MS_BIND, none).map_err(errno)?;
+        let tmpfs = |at: &Path| {
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            std::fs::create_dir(at).map_err(io)?;
+            mount(Some("kata-net-fs"), at, Some("tmpfs"), flags, Some("mode=0700,size=1m")).map_err(errno)
+        };
+        tmpfs(&fs)?;
+        mount(none, &fs, none, MsFlags::MS_UNBINDABLE, none).map_err(errno)?;
+        tmpfs(&host)?;
         mount(none, &host, none, MsFlags::MS_SHARED, none).map_err(errno)?;
+        std::fs::create_dir(&shared).map_err(io)?;
+        std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
         mount(Some(&host), &shared, none, MsFlags::MS_BIND, none).map_err(errno)?;
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(none, &shared, none, ro, none).map_err(errno)?;
