@@ -82,8 +82,8 @@ pub struct QemuConfig {
     pub accelerator: AccelChoice,
     /// Free slots kept for hotplugged NICs.
     pub hotplug_slots: u32,
-    /// How the shim reaches the agent: `auto` (the default, kata's choice: vsock where the host
-    /// has `/dev/vhost-vsock`, else hybrid vsock), `hybrid-vsock` (a vhost-user-vsock device and a
+    /// How the shim reaches the agent: `auto` (the default: hybrid vsock, whose socket only root
+    /// reaches; kata would take kernel vsock where the host has it), `hybrid-vsock` (a vhost-user-vsock device and a
     /// `vhost-device-vsock` backend per sandbox), `vsock` (kernel vsock), `serial` (virtio-serial).
     pub agent_channel: AgentChannelChoice,
     /// The sandbox's shared directory in the guest (kata's key): `virtio-fs` (a virtiofsd per
@@ -281,9 +281,9 @@ impl QemuConfig {
     }
 }
 
-/// `agent_channel`: how the shim reaches the agent. `auto` (the default) chooses as kata does:
-/// kernel vsock where the host has `/dev/vhost-vsock`, else hybrid vsock; `serial` only when
-/// configured (kata's agent does not serve it).
+/// `agent_channel`: how the shim reaches the agent. `auto` (the default) is hybrid vsock (a
+/// root-only socket; kernel vsock lets any local user reach the agent, so it is taken only when
+/// named); `serial` only when configured (kata's agent does not serve it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentChannelChoice {

@@ -2,6 +2,7 @@
 //! `ctr run --runtime io.containerd.kata.v2 --with-ns network:<netns>` on a CNI-like namespace.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -635,6 +636,9 @@ fn the_agent_over_hybrid_vsock_and_its_backend_gone_after_teardown_and_after_a_c
         let run = c.run_dir().join(id);
         assert_eq!(vsock_backends_in(&run), 1, "the sandbox's backend runs");
         tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
+        if !crash {
+            assert_only_root_reaches_the_agent(&run);
+        }
         if crash {
             c.kill_shim(id);
             wait_until(Duration::from_secs(30), "delete removed QEMU, backend and devices", || {
@@ -648,6 +652,28 @@ fn the_agent_over_hybrid_vsock_and_its_backend_gone_after_teardown_and_after_a_c
         assert!(!run.exists(), "no socket left: the run directory is gone");
         assert_eq!(cni.pod.snapshot(), before);
     }
+}
+
+/// The agent's socket (hybrid vsock, what `auto` picks) is root's: root connects, another user
+/// (nobody) is refused.
+fn assert_only_root_reaches_the_agent(run: &Path) {
+    let sock = run.join("vsock.sock");
+    let meta = std::fs::metadata(run).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700), "{} is root's alone", run.display());
+    let connect = |uid: u32| {
+        let script =
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1]); print('connected')\n\
+                      except OSError as e:\n print(e.strerror)";
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script, sock.to_str().unwrap()])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .expect("python3 (installed by scripts/install-deps.sh)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(connect(0), "connected");
+    assert_eq!(connect(65534), "Permission denied", "nobody reached the agent's socket");
 }
 
 /// What is mounted at or under `dir` on the host.

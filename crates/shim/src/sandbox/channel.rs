@@ -153,13 +153,20 @@ fn reserve_cid(id: &str) -> Result<(u32, std::os::fd::OwnedFd)> {
     Err(io(std::io::Error::other(format!("{CID_TRIES} CIDs from {first} are all in use"))))
 }
 
-/// The channel for sandbox `id` with run directory `run_dir`.
-pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) -> Result<AgentLink> {
-    let choice = match choice {
-        AgentChannelChoice::Auto if Path::new("/dev/vhost-vsock").exists() => AgentChannelChoice::Vsock,
+/// What `auto` means: hybrid vsock, always. Unlike kata, which takes kernel vsock wherever
+/// `/dev/vhost-vsock` exists: any local user can connect to a guest CID (it is on QEMU's command
+/// line, and CIDs are few), and the agent asks for no credentials. Hybrid vsock's socket lies in
+/// the root-only run directory. Kernel vsock is there for who asks for it by name.
+pub fn resolve(choice: AgentChannelChoice) -> AgentChannelChoice {
+    match choice {
         AgentChannelChoice::Auto => AgentChannelChoice::HybridVsock,
         other => other,
-    };
+    }
+}
+
+/// The channel for sandbox `id` with run directory `run_dir`.
+pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) -> Result<AgentLink> {
+    let choice = resolve(choice);
     let addr = |s: String| s.parse::<AgentAddr>().map_err(Error::from);
     Ok(match choice {
         AgentChannelChoice::Serial => {
@@ -188,6 +195,16 @@ pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) ->
 
 #[cfg(test)]
 mod tests {
+    use hypervisor::config::AgentChannelChoice as C;
+
+    #[test]
+    fn auto_is_a_channel_only_root_reaches_and_kernel_vsock_is_taken_only_by_name() {
+        assert_eq!(super::resolve(C::Auto), C::HybridVsock);
+        for named in [C::Vsock, C::HybridVsock, C::Serial] {
+            assert_eq!(super::resolve(named), named);
+        }
+    }
+
     /// The worker thread is found in a real vhost-device-vsock (the test fails when the program
     /// is missing: `.ci/run` installs it), and not in a process without it.
     #[tokio::test]

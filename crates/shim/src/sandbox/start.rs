@@ -90,6 +90,10 @@ impl Start<'_> {
         let links = eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
         let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
         let link = super::channel::agent_link(self.cfg.hypervisor.qemu.agent_channel, &self.run_dir(), self.id).await?;
+        if matches!(link.channel, AgentChannel::Vsock { .. }) {
+            slog::warn!(self.log, "agent_channel = \"vsock\": any local user can reach this guest's agent (kernel vsock has no owner)";
+                "sandbox_id" => self.id);
+        }
         let virtiofsd = match self.cfg.hypervisor.qemu.shared_fs {
             SharedFs::VirtioFs => Some(VirtioFsd::start(&self.cfg.hypervisor.qemu, &self.run_dir()).await?),
             SharedFs::None => None,
