@@ -15,6 +15,7 @@ pub struct Containerd {
     child: Child,
     pub dir: Scratch,
     shim_dir: PathBuf,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Containerd {
@@ -37,29 +38,9 @@ impl Containerd {
         .unwrap();
         std::fs::write(dir.0.join("configuration.toml"), kata_conf).unwrap();
         let shim_dir = shim_bin.parent().unwrap().to_owned();
-        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
-        let mut cmd = Command::new("containerd");
-        // The fd limit of a login shell or a systemd service without LimitNOFILE (1024). As a hard
-        // limit too: containerd (Go) raises its soft limit to the hard one and its children
-        // inherit that, so only then does every test's shim run StartVM under 1024.
-        // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(dir.0.join("containerd.toml"))
-            .env("PATH", path)
-            .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
-            .spawn()
-            .expect("start containerd");
-        let c = Self { child, dir, shim_dir };
+        let env: Vec<(String, PathBuf)> = env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect();
+        let child = spawn_containerd(&dir.0, &shim_dir, &env);
+        let c = Self { child, dir, shim_dir, env };
         let start = Instant::now();
         while !c.sock().exists() {
             assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
@@ -72,6 +53,20 @@ impl Containerd {
         let out = c.ctr(&["images", "import", image.to_str().unwrap()]);
         assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
         c
+    }
+
+    /// Kill containerd (SIGKILL, as a crash or an OOM kill would) and start it again on the same
+    /// root, state and sockets; its shims live on and are found again.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.sock());
+        self.child = spawn_containerd(&self.dir.0, &self.shim_dir, &self.env);
+        let start = Instant::now();
+        while !self.sock().exists() || !self.ctr(&["version"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn sock(&self) -> PathBuf {
@@ -114,6 +109,31 @@ impl Containerd {
             .map(|l| l.split_whitespace().last().unwrap_or("").to_owned())
             .unwrap_or_default()
     }
+}
+
+/// containerd on the configuration in `dir`, its log appended to `dir/containerd.log`.
+fn spawn_containerd(dir: &Path, shim_dir: &Path, env: &[(String, PathBuf)]) -> Child {
+    let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new("containerd");
+    // The fd limit of a login shell or a systemd service without LimitNOFILE (1024). As a hard
+    // limit too: containerd (Go) raises its soft limit to the hard one and its children
+    // inherit that, so only then does every test's shim run StartVM under 1024.
+    // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.arg("--config")
+        .arg(dir.join("containerd.toml"))
+        .env("PATH", path)
+        .env("KATA_CONF_FILE", dir.join("configuration.toml"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log")).unwrap())
+        .spawn()
+        .expect("start containerd")
 }
 
 impl Drop for Containerd {

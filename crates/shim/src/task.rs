@@ -551,6 +551,12 @@ pub struct KataShim {
     address: String,
 }
 
+/// Write `address` to the `address` file of the bundle (the working directory of `start`).
+fn write_address(address: &str) -> std::io::Result<()> {
+    std::fs::write("address.tmp", address)?;
+    std::fs::rename("address.tmp", "address")
+}
+
 /// The file of a `unix://` socket address.
 fn socket_file(address: &str) -> Option<&Path> {
     address.strip_prefix("unix://").map(Path::new).filter(|p| p.is_absolute())
@@ -598,6 +604,12 @@ impl Shim for KataShim {
         let spec = oci_spec::runtime::Spec::load("config.json").ok();
         let grouping = spec.and_then(|s| sandbox_of(s.annotations().as_ref())).unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
+        // The bundle's `address` file is how a restarted containerd finds this shim again
+        // (runtime/v2's loadShim reads it; without it the task is taken for dead, its bundle
+        // removed, and the sandbox left running unmanaged). containerd-shim 0.11 writes it only
+        // when the socket was already served; written here every time, whole or not at all.
+        write_address(&address)
+            .map_err(|e| containerd_shim::Error::Other(format!("writing the bundle's address file: {e}")))?;
         Ok(address)
     }
 

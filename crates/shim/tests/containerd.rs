@@ -879,6 +879,71 @@ fn a_sandboxs_mounts_never_leave_its_run_directory_and_another_sandboxs_rbind_of
     assert_eq!(mount_points_under(&after, &peer), [peer.display().to_string()]);
 }
 
+/// Bytes written to the FIFO at `path` that no reader took yet (FIONREAD on a reader of our own
+/// that never reads).
+fn unread_in_fifo(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).unwrap();
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through a valid pointer; the fd is open.
+    assert_eq!(unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) }, 0);
+    n as usize
+}
+
+#[test]
+fn output_written_while_no_one_reads_and_containerd_restarts_reaches_the_next_reader_with_the_exit_code() {
+    let (mut c, cni, before) = start_with_pod("fifos");
+    let fifos = c.dir.0.join("fifos");
+    std::fs::create_dir(&fifos).unwrap();
+    let ns = format!("network:{}", cni.pod.path());
+    let script = "echo before; while [ ! -e /go ]; do sleep 0.2; done; echo after-the-restart; \
+                  while [ ! -e /end ]; do sleep 0.2; done; exit 7";
+    let fifo_dir = fifos.to_str().unwrap();
+    let run = ["run", "-d", "--fifo-dir", fifo_dir, "--runtime", "io.containerd.kata.v2", "--with-ns", &ns];
+    let out = c.ctr(&[&run[..], &[tests::containerd::IMAGE, "sbout", "sh", "-c", script]].concat());
+    assert!(out.status.success(), "ctr run -d: {}", String::from_utf8_lossy(&out.stderr));
+    // `ctr run -d` has exited: nobody reads the output. containerd goes down and comes back.
+    let shim = c.shim_pid("sbout").expect("the sandbox's shim");
+    c.restart();
+    assert_eq!(c.shim_pid("sbout"), Some(shim), "the shim outlived containerd");
+    assert_eq!(
+        c.task_status("sbout"),
+        "RUNNING",
+        "the restarted containerd found the sandbox's shim again (through the bundle's address file)"
+    );
+    let stdout = std::fs::read_dir(&fifos)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("sbout-stdout"))
+        .find(|p| p.exists())
+        .expect("the task's stdout FIFO");
+    let out = c.ctr(&["task", "exec", "--exec-id", "go", "sbout", "sh", "-c", ": > /go"]);
+    assert!(out.status.success(), "{out:?}");
+    // The line written with no reader stays in the FIFO (the old shim lost it to EPIPE).
+    wait_until(Duration::from_secs(20), "the output waits in the FIFO", || unread_in_fifo(&stdout) > 0);
+    // The next reader gets it, and then the exit code.
+    let attach = std::process::Command::new("timeout")
+        .args(["120", "ctr", "-a", c.sock().to_str().unwrap(), "task", "attach", "sbout"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = c.ctr(&["task", "exec", "--exec-id", "end", "sbout", "sh", "-c", ": > /end"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = attach.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("after-the-restart"), "ctr task attach: {out:?}");
+    assert_eq!(out.status.code(), Some(7), "ctr task attach: {out:?}");
+    // The sandbox ends with its init: its task is stopped, or already deleted.
+    wait_until(Duration::from_secs(20), "task stopped", || matches!(&*c.task_status("sbout"), "STOPPED" | ""));
+    let _ = c.ctr(&["task", "rm", "sbout"]);
+    assert!(c.ctr(&["container", "rm", "sbout"]).status.success());
+    wait_until(Duration::from_secs(20), "the shim exited", || c.shim_pid("sbout").is_none());
+    assert!(!c.run_dir().join("sbout").exists());
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
 #[test]
 fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     let (c, cni, before) = start_with_pod("exec");

@@ -5,6 +5,14 @@
 //! opening a FIFO waits for its other end, which containerd opened before asking. The stdin
 //! FIFO's writer (ctr's copy of its own stdin) may have come and gone before the shim opens it:
 //! once the process exits, that open is ended by opening the other end for a moment.
+//!
+//! An output FIFO is opened read-write, which on Linux never waits and leaves the shim holding a
+//! reader of its own, as containerd's runc shim keeps one: when containerd's reader goes (a
+//! containerd restart, a `ctr run -d` that exited), the output is kept in the FIFO, not lost to
+//! EPIPE, and the reader that comes next (the restarted containerd, `ctr task attach`) gets the
+//! rest and then the exit. The FIFO holds 64 KiB; a write that finds no room for [`STALL`]
+//! gives the FIFO up (the rest is read and dropped), so a process whose output nobody reads any
+//! more still runs to its end and its exit is reported.
 
 use std::path::PathBuf;
 
@@ -23,6 +31,9 @@ pub struct Stdio {
 
 /// How much one read asks the agent for.
 const CHUNK: u32 = 32 * 1024;
+
+/// How long a write to a full output FIFO may wait for a reader to make room.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The output copies of a process; done when the agent ended both streams.
 #[derive(Debug)]
@@ -57,6 +68,23 @@ impl Copies {
     }
 }
 
+/// Write all of `data`, failing when the FIFO took nothing for `stall`.
+async fn write_within(
+    f: &mut tokio::net::unix::pipe::Sender,
+    data: &[u8],
+    stall: std::time::Duration,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < data.len() {
+        match tokio::time::timeout(stall, f.write(&data[at..])).await {
+            Ok(Ok(n)) => at += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::other(format!("no reader made room within {stall:?}"))),
+        }
+    }
+    Ok(())
+}
+
 async fn futures_join(handles: Vec<JoinHandle<()>>) {
     for h in handles {
         let _ = h.await;
@@ -83,7 +111,7 @@ pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: 
             // No FIFO: the output is read and dropped, so the process never blocks on a full pipe.
             let mut out = match path.is_empty() {
                 true => None,
-                false => match open(path.clone().into(), true).await {
+                false => match tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_sender(&path) {
                     Ok(f) => Some(f),
                     Err(e) => {
                         slog::warn!(log, "cannot open the output FIFO"; "path" => &path, "error" => %e);
@@ -101,7 +129,9 @@ pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: 
                     Ok(data) => {
                         failed = false;
                         if let Some(f) = out.as_mut() {
-                            if f.write_all(&data).await.is_err() {
+                            if let Err(e) = write_within(f, &data, STALL).await {
+                                slog::warn!(log, "the output FIFO is given up: the rest of this stream is dropped";
+                                    "path" => &path, "error" => %e);
                                 out = None;
                             }
                         }
@@ -109,9 +139,6 @@ pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: 
                     Err(_) if !failed => failed = true,
                     Err(_) => break,
                 }
-            }
-            if let Some(mut f) = out {
-                let _ = f.flush().await;
             }
         }));
     }
@@ -150,4 +177,28 @@ pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: 
         }
     };
     Copies { outputs, stdin, stdin_path: stdio.stdin.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A FIFO opened as the output copy opens it: no reader needed, what fits is kept for the
+    /// next reader, and a write that finds no room within the stall gives up instead of waiting.
+    #[tokio::test]
+    async fn an_output_fifo_keeps_what_fits_for_the_next_reader_and_a_full_one_is_given_up() {
+        let dir = tests::vm::Scratch::new("fifo-stall");
+        let path = dir.0.join("out");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut f = tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_sender(&path).unwrap();
+        super::write_within(&mut f, b"kept\n", Duration::from_millis(200)).await.expect("fits");
+        let mut r = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&path).unwrap();
+        let mut got = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut r, &mut got).await.unwrap();
+        assert_eq!(&got, b"kept\n");
+        drop(r);
+        let big = vec![b'x'; 1 << 20];
+        let e = super::write_within(&mut f, &big, Duration::from_millis(200)).await.expect_err("nobody makes room");
+        assert!(e.to_string().contains("no reader made room"), "{e}");
+    }
 }
