@@ -370,9 +370,7 @@ impl Task for KataTask {
             ))
             .into());
         }
-        let json: serde_json::Value =
-            serde_json::from_slice(&req.spec.value).map_err(|e| Error::Spec(format!("the exec's process: {e}")))?;
-        let process = workload::spec::process(&json)?;
+        let process = workload::spec::process(&workload::spec::parse_process(&req.spec.value)?)?;
         {
             let mut e = self.entries.lock().await;
             let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
@@ -415,6 +413,20 @@ impl Task for KataTask {
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         if !req.exec_id.is_empty() {
+            // A running exec deleted (containerd's DeleteProcess) is ended first, its exit
+            // awaited (bounded): left running it would live on in the VM, unmanaged.
+            let running = {
+                let e = self.entries.lock().await;
+                let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+                let p = entry.proc(&req.exec_id)?;
+                (p.started && p.exited().is_none()).then(|| (entry.sandbox.clone(), p.exit.subscribe()))
+            };
+            if let Some((sb, mut exit)) = running {
+                slog::info!(self.log, "a running exec is deleted: it is killed first";
+                    "container_id" => &req.id, "exec_id" => &req.exec_id);
+                let _ = tokio::time::timeout(KILL_AGENT_WAIT, sb.agent.signal_process(&req.id, &req.exec_id, 9)).await;
+                let _ = tokio::time::timeout(KILL_AGENT_WAIT, exit.wait_for(|e| e.is_some())).await;
+            }
             let p = {
                 let mut e = self.entries.lock().await;
                 let entry = e.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;

@@ -620,6 +620,46 @@ fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
     assert!(!c.run_dir().join("sb9").exists());
 }
 
+#[test]
+fn a_helper_that_dies_stops_the_vm_and_reaches_containerd_as_task_exit() {
+    use std::io::{BufRead, BufReader};
+    let (c, cni, before) = start_with_pod("helper");
+    for (id, helper) in [("sbhd1", "virtiofsd"), ("sbhd2", "vhost-device-vsock")] {
+        c.run_ok(id, &cni.pod.path());
+        let run = c.run_dir().join(id);
+        let mut events = std::process::Command::new("timeout")
+            .args(["60", "ctr", "-a"])
+            .arg(c.sock())
+            .arg("events")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(qemu_running_in(&run));
+        let pattern = format!("{helper}.*{}", run.display());
+        let _ = tests::try_run(&["pkill", "-9", "-f", &pattern]);
+        let exit = BufReader::new(events.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("/tasks/exit") && l.contains(id));
+        let _ = events.kill();
+        let _ = events.wait();
+        exit.unwrap_or_else(|| panic!("no TaskExit for {id} within 60 s of its {helper}'s death"));
+        let log = std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap();
+        assert!(
+            log.lines().any(|l| l.contains("a helper of the sandbox exited") && l.contains(helper) && l.contains(id)),
+            "the death of {helper} is logged"
+        );
+        assert!(!qemu_running_in(&run), "the VM was stopped");
+        assert_eq!(c.task_status(id), "STOPPED");
+        assert!(c.ctr(&["task", "rm", id]).status.success());
+        assert!(c.ctr(&["container", "rm", id]).status.success());
+        wait_until(Duration::from_secs(20), "the shim exited", || c.shim_pid(id).is_none());
+        assert!(!run.exists());
+        assert_eq!(cni.pod.snapshot(), before);
+    }
+}
+
 /// Processes whose command line mentions `dir` and that are `vhost-device-vsock`.
 fn vsock_backends_in(dir: &Path) -> usize {
     tests::containerd::processes_naming(dir, "vhost-device-vsock")
@@ -941,6 +981,99 @@ fn output_written_while_no_one_reads_and_containerd_restarts_reaches_the_next_re
     assert!(c.ctr(&["container", "rm", "sbout"]).status.success());
     wait_until(Duration::from_secs(20), "the shim exited", || c.shim_pid("sbout").is_none());
     assert!(!c.run_dir().join("sbout").exists());
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
+#[test]
+fn a_bind_of_the_runtimes_own_run_directory_even_through_a_symlink_is_refused_naming_the_mount() {
+    let (c, cni, before) = start_with_pod("ownbind");
+    c.run_ok("sbown", &cni.pod.path());
+    let link = c.dir.0.join("innocent");
+    std::os::unix::fs::symlink(c.run_dir().join("sbown"), &link).unwrap();
+    let other = CniPod::new();
+    let other_before = other.pod.snapshot();
+    for src in [c.run_dir().join("sbown"), link] {
+        let bind = format!("type=bind,src={},dst=/snoop,options=rbind:ro", src.display());
+        let out = c.run("sbsnoop", &other.pod.path(), &["--mount", &bind]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a bind of {} was accepted", src.display());
+        assert!(stderr.contains("mounts[") && stderr.contains("in the runtime's own run directory"), "{stderr}");
+        let _ = c.ctr(&["task", "rm", "-f", "sbsnoop"]);
+        let _ = c.ctr(&["container", "rm", "sbsnoop"]);
+        wait_until(Duration::from_secs(20), "the refused sandbox is gone", || {
+            !c.run_dir().join("sbsnoop").exists() && other.pod.snapshot() == other_before
+        });
+    }
+    // The sandbox whose directory was named runs on.
+    assert_eq!(c.task_status("sbown"), "RUNNING");
+    c.remove_sandbox("sbown");
+    assert_eq!(cni.pod.snapshot(), before);
+}
+
+/// containerd's `tasks.v1.DeleteProcessRequest` (containerd's api/services/tasks/v1/tasks.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeleteProcessRequest {
+    #[prost(string, tag = "1")]
+    container_id: String,
+    #[prost(string, tag = "2")]
+    exec_id: String,
+}
+
+/// containerd's `tasks.v1.DeleteResponse` (its first three fields).
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeleteResponse {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(uint32, tag = "2")]
+    pid: u32,
+    #[prost(uint32, tag = "3")]
+    exit_status: u32,
+}
+
+/// containerd's DeleteProcess for exec `exec_id` of task `id` (namespace `default`), as a
+/// client of containerd's API sends it (ctr refuses a running process on its own side).
+fn delete_process(c: &Containerd, id: &str, exec_id: &str) -> Result<DeleteResponse, tonic::Status> {
+    let sock = c.sock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = sock.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await
+            .expect("connect to containerd");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.expect("containerd ready");
+        let mut req = tonic::Request::new(DeleteProcessRequest { container_id: id.into(), exec_id: exec_id.into() });
+        req.metadata_mut().insert("containerd-namespace", "default".parse().unwrap());
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/containerd.services.tasks.v1.Tasks/DeleteProcess");
+        let codec = tonic_prost::ProstCodec::<DeleteProcessRequest, DeleteResponse>::default();
+        grpc.unary(req, path, codec).await.map(|r| r.into_inner())
+    })
+}
+
+#[test]
+fn deleting_a_running_exec_ends_it_in_the_vm() {
+    let (c, cni, before) = start_with_pod("delexec");
+    c.run_ok("sbdx", &cni.pod.path());
+    let run = c.run_dir().join("sbdx");
+    let out = c.ctr(&["task", "exec", "-d", "--exec-id", "long", "sbdx", "sleep", "4242"]);
+    assert!(out.status.success(), "{out:?}");
+    let sleeps = || tests::guest::sh(&run, "ps -o args | grep -c '^sleep 4242'").trim().parse::<u32>().unwrap_or(99);
+    wait_until(Duration::from_secs(20), "the exec runs in the VM", || sleeps() == 1);
+    let deleted = delete_process(&c, "sbdx", "long").expect("DeleteProcess");
+    // Killed by SIGKILL: kata's agent gives the signal's number as the status (9), as ours does.
+    assert!(matches!(deleted.exit_status, 9 | 137), "the deleted exec was killed: {deleted:?}");
+    assert_eq!(sleeps(), 0, "the deleted exec still runs in the VM");
+    // The exec is gone for containerd too, and the container runs on.
+    assert!(delete_process(&c, "sbdx", "long").is_err(), "the exec is still known");
+    assert_eq!(c.task_status("sbdx"), "RUNNING");
+    c.remove_sandbox("sbdx");
     assert_eq!(cni.pod.snapshot(), before);
 }
 

@@ -238,6 +238,11 @@ fn an_interrupted_command_never_leaves_half_an_operation() {
     let doc = r#"{"device":"tap-op","name":"eth-op","hwAddr":"02:42:20:6f:b3:01","mtu":1500}"#;
     let doc2 = r#"{"device":"tap-two","name":"eth-two","hwAddr":"02:42:20:6f:b3:02","mtu":1500}"#;
 
+    // Nobody holds the operator's TAP yet: up, and no carrier.
+    cni.pod.ip(&["link", "set", "tap-op", "up"]);
+    let tap_op = || cni.pod.ip(&["-o", "link", "show", "dev", "tap-op"]);
+    assert!(tap_op().contains("NO-CARRIER"), "{}", tap_op());
+
     // The CLI is killed while the NIC is plugged but not yet configured in the guest.
     h.set("add-iface:hotplugged stall 3000\n");
     let mut child = std::process::Command::new(&cli.bin)
@@ -258,7 +263,10 @@ fn an_interrupted_command_never_leaves_half_an_operation() {
         cli.run(&["kata-network", "list-ifaces", id], None).0.contains("eth-op")
     });
     h.set("");
+    assert!(!tap_op().contains("NO-CARRIER"), "QEMU holds the TAP while the NIC is there: {}", tap_op());
     assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
+    // After del-iface nothing holds the TAP any more (no fd of QEMU's or the shim's outlives it).
+    assert!(tap_op().contains("NO-CARRIER"), "the TAP is held after del-iface returned: {}", tap_op());
 
     // A second command whose deadline (2 s) passes while the first holds the sandbox (4 s):
     // refused, and it never starts.
@@ -287,6 +295,7 @@ fn an_interrupted_command_never_leaves_half_an_operation() {
     let listed = cli.ok(&["kata-network", "list-ifaces", id], None);
     assert!(listed.contains("eth-op") && !listed.contains("eth-two"), "the late one never started: {listed}");
     assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
+    assert!(tap_op().contains("NO-CARRIER"), "the TAP is held after the second del-iface: {}", tap_op());
     h.c.remove_sandbox(id);
 }
 

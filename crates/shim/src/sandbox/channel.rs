@@ -57,6 +57,11 @@ impl VsockBackend {
         Ok(Self { child })
     }
 
+    /// Its pid (0 once reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Stop the backend now.
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;

@@ -4,6 +4,7 @@
 
 mod channel;
 mod follow;
+mod helpers;
 mod iface;
 mod ipvs;
 mod routes;

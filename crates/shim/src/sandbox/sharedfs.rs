@@ -45,11 +45,16 @@ pub const GUEST_MOUNT_POINT: &str = "/run/kata-containers/shared/containers/";
 /// A virtiofsd serving one sandbox; killed when dropped.
 #[derive(Debug)]
 pub struct VirtioFsd {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     pub socket: PathBuf,
 }
 
 impl VirtioFsd {
+    /// Its pid (0 once reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Make the sandbox's unbindable tmpfs, the host's directory in it and the guest's read-only
     /// view of that (root's, 0700), and start virtiofsd on the view; wait (bounded) for its socket.
     pub async fn start(cfg: &QemuConfig, run_dir: &Path) -> Result<Self> {
@@ -76,7 +81,7 @@ impl VirtioFsd {
         let mut cmd = tokio::process::Command::new(&cfg.virtio_fs_daemon);
         cmd.args(daemon_args(Flavour::of(&cfg.virtio_fs_daemon).await?, cfg, &socket, &shared)?);
         let child = super::channel::spawn_until_socket(cmd, &socket, std::process::Stdio::null()).await.map_err(io)?;
-        Ok(Self { _child: child, socket })
+        Ok(Self { child, socket })
     }
 }
 
@@ -178,20 +183,20 @@ pub fn guest_rootfs(cid: &str) -> String {
     format!("{GUEST_MOUNT_POINT}{cid}/rootfs")
 }
 
-/// Mount container `cid`'s rootfs (containerd's mounts, in order; none: the bundle's `rootfs`)
-/// at `<cid>/rootfs` in the shared directory. On failure what was mounted is unmounted.
+/// Mount container `cid`'s rootfs (containerd's mounts, in order; none: a bind of `host_root`,
+/// the spec's `root.path`) at `<cid>/rootfs` in the shared directory. On failure what was
+/// mounted is unmounted.
 pub fn share_rootfs(
     run_dir: &Path,
     cid: &str,
     mounts: &[containerd_shim_protos::types::mount::Mount],
-    bundle: &Path,
+    host_root: &Path,
 ) -> Result<()> {
     let target = container_dir(run_dir, cid).join("rootfs");
     let io = |source| Error::Io { what: "making the container's rootfs", path: target.clone(), source };
     std::fs::create_dir_all(&target).map_err(io)?;
     let done = if mounts.is_empty() {
-        let src = bundle.join("rootfs");
-        containerd_shim::mount::mount_rootfs(None, src.to_str(), &["rbind".to_owned()], &target)
+        containerd_shim::mount::mount_rootfs(None, host_root.to_str(), &["rbind".to_owned()], &target)
     } else {
         mounts.iter().try_for_each(|m| {
             containerd_shim::mount::mount_rootfs(Some(m.type_.as_str()), Some(m.source.as_str()), &m.options, &target)
@@ -213,20 +218,39 @@ pub fn share_rootfs(
 /// host's: nothing done to it propagates back, and an unmount of it never reaches the host's own
 /// mounts) and read-only in every mount of it when asked, before it becomes visible anywhere.
 /// Attached under the shared directory, it is propagated to what virtiofsd serves as it is.
+///
+/// The source is opened once (symlinks followed, as runc follows them) and everything after
+/// works on that open file: what it really is is checked (never at or under the runtime's run
+/// root, `run_dir`'s parent: the runtime's own sockets and other sandboxes' directories) and
+/// copied, so a symlink swapped in between cannot send the copy elsewhere.
 pub fn share_path(run_dir: &Path, cid: &str, share: &crate::workload::spec::Share) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let target = container_dir(run_dir, cid).join("mounts").join(&share.name);
     let io = |source| Error::Io { what: "sharing a bind mount of the spec at", path: target.clone(), source };
-    let meta = std::fs::metadata(&share.host).map_err(|source| Error::Io {
-        what: "the spec binds",
-        path: share.host.clone(),
-        source,
-    })?;
+    let field = format!("mounts[{}].source", share.index);
+    let src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(&share.host)
+        .map_err(|source| Error::Io { what: "the spec binds", path: share.host.clone(), source })?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&src)))
+        .map_err(|source| Error::Io { what: "resolving the spec's bind source", path: share.host.clone(), source })?;
+    if let Some(root) = run_dir.parent().filter(|root| real.starts_with(root)) {
+        return Err(Error::Spec(format!(
+            "{field}: {} is {}, in the runtime's own run directory {}: a bind of it is refused",
+            share.host.display(),
+            real.display(),
+            root.display()
+        )));
+    }
+    let meta =
+        src.metadata().map_err(|source| Error::Io { what: "the spec binds", path: share.host.clone(), source })?;
     std::fs::create_dir_all(target.parent().unwrap_or(&target)).map_err(io)?;
     match meta.is_dir() {
         true => std::fs::create_dir_all(&target).map_err(io)?,
         false => drop(std::fs::File::create(&target).map_err(io)?),
     }
-    let copy = detached::private_copy(&share.host, share.recursive, share.read_only).map_err(|source| Error::Io {
+    let copy = detached::private_copy(&src, share.recursive, share.read_only).map_err(|source| Error::Io {
         what: "making a private copy of the spec's bind",
         path: share.host.clone(),
         source,
@@ -267,14 +291,20 @@ mod detached {
         }
     }
 
-    /// A detached copy of the mount at `src` (and the mounts under it when `recursive`), each
-    /// private and, when `read_only`, read-only.
-    pub fn private_copy(src: &Path, recursive: bool, read_only: bool) -> std::io::Result<OwnedFd> {
-        let c = cpath(src)?;
-        let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
-        // SAFETY: open_tree reads a NUL-terminated path and returns a new fd, owned from here.
+    /// A detached copy of the file or directory open as `src` (and the mounts under it when
+    /// `recursive`), each mount private and, when `read_only`, read-only.
+    pub fn private_copy(src: &impl AsRawFd, recursive: bool, read_only: bool) -> std::io::Result<OwnedFd> {
+        let flags = OPEN_TREE_CLONE
+            | libc::O_CLOEXEC as libc::c_uint
+            | libc::AT_EMPTY_PATH as libc::c_uint
+            | if recursive { AT_RECURSIVE } else { 0 };
+        let empty = c"";
+        // SAFETY: open_tree reads a NUL-terminated (empty) path relative to an fd the caller
+        // owns, and returns a new fd, owned from here.
         let fd = unsafe {
-            OwnedFd::from_raw_fd(check(libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags))? as i32)
+            OwnedFd::from_raw_fd(
+                check(libc::syscall(libc::SYS_open_tree, src.as_raw_fd(), empty.as_ptr(), flags))? as i32
+            )
         };
         let attr = MountAttr {
             attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
@@ -282,7 +312,6 @@ mod detached {
             propagation: libc::MS_PRIVATE,
             userns_fd: 0,
         };
-        let empty = c"";
         let at = libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE;
         // SAFETY: the attribute struct outlives the call and its size is passed with it.
         check(unsafe {

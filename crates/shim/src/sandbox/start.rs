@@ -132,11 +132,20 @@ impl Start<'_> {
         let extended_agent = serves_extensions(&agent).await;
         slog::info!(self.log, "sandbox started"; "sandbox_id" => self.id, "endpoints" => ids.len(),
             "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
+        let vm = Arc::new(vm);
+        let helpers = [
+            ("virtiofsd", virtiofsd.as_ref().map(|v| v.pid())),
+            ("vhost-device-vsock", link.backend.as_ref().map(|b| b.pid())),
+        ]
+        .into_iter()
+        .filter_map(|(name, pid)| Some(super::helpers::Helper::new(name, pid.filter(|p| *p != 0)?)))
+        .collect();
+        super::helpers::watch(helpers, vm.clone(), self.log.clone());
         Ok(Sandbox {
             id: self.id.to_owned(),
             bundle: self.bundle.to_owned(),
             run_dir: Some(self.run_dir()),
-            vm: Arc::new(vm),
+            vm,
             agent,
             extended_agent,
             ctx,

@@ -28,13 +28,13 @@ pub async fn create_container(
     let path = bundle.join("config.json");
     let text =
         std::fs::read(&path).map_err(|source| Error::Io { what: "reading the spec", path: path.clone(), source })?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| Error::Spec(format!("config.json: {e}")))?;
-    let (spec, shares) = spec::to_agent(&json, cid, &sharedfs::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
+    let parsed = spec::parse_spec(&text)?;
+    let host_root = spec::host_root(&parsed, bundle);
+    let (spec, shares) = spec::to_agent(&parsed, cid, &sharedfs::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
     let made = {
-        let (run_dir, cid, bundle, rootfs) = (run_dir.clone(), cid.to_owned(), bundle.to_owned(), rootfs.to_vec());
+        let (run_dir, cid, rootfs) = (run_dir.clone(), cid.to_owned(), rootfs.to_vec());
         tokio::task::spawn_blocking(move || {
-            sharedfs::share_rootfs(&run_dir, &cid, &rootfs, &bundle)?;
+            sharedfs::share_rootfs(&run_dir, &cid, &rootfs, &host_root)?;
             shares.iter().try_for_each(|s| sharedfs::share_path(&run_dir, &cid, s))
         })
         .await

@@ -1,21 +1,28 @@
-//! A container's OCI spec (the bundle's `config.json`, OCI's JSON) as kata's agent protocol
-//! carries it, changed as kata's runtime changes it for the VM: the root is the rootfs shared
-//! into the guest; the network and cgroup namespaces are dropped (the guest's network is the
-//! pod's) and no namespace keeps a host path; the host's bind mounts become shares, named here
-//! and mounted by the caller; the guest's cgroup path is the container's own.
+//! A container's OCI spec (the bundle's `config.json`) as kata's agent protocol carries it,
+//! changed as kata's runtime changes it for the VM: the root is the rootfs shared into the
+//! guest; the network and cgroup namespaces are dropped (the guest's network is the pod's) and no
+//! namespace keeps a host path; the host's bind mounts become shares, named here and mounted by
+//! the caller; the guest's cgroup path is the container's own.
+//!
+//! The spec is parsed into `oci_spec`'s types first, so a field of the wrong type is refused
+//! naming its path (`process.user.uid: invalid type: string "0", expected u32`), never read as
+//! a default (a wrong-typed uid used to become 0, root).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use agent_client::protocols::oci;
+use agent_client::protocols::oci as agent;
+use oci_spec::runtime::{Process, Spec};
 use protobuf::MessageField;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
 /// A host path a bind mount of the spec names, shared into the guest at `guest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The mount's index in the spec's `mounts` (for errors naming the field).
+    pub index: usize,
     pub host: PathBuf,
     /// The share's name in the container's directory of the shared directory.
     pub name: String,
@@ -29,73 +36,106 @@ fn bad(field: &str, rule: &str) -> Error {
     Error::Spec(format!("{field}: {rule}"))
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+/// `bytes` as a `T`, the error naming the path of the field that does not fit (in `what`).
+fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        match at.as_str() {
+            "." | "" => Error::Spec(format!("{what}: {}", e.inner())),
+            _ => Error::Spec(format!("{what}: {at}: {}", e.inner())),
+        }
+    })
 }
 
-fn u32_of(v: &Value) -> u32 {
-    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+/// A bundle's `config.json`.
+pub fn parse_spec(bytes: &[u8]) -> Result<Spec> {
+    parse(bytes, "config.json")
 }
 
-/// An OCI process (the spec's `process`, or an exec's process spec).
-pub fn process(p: &Value) -> Result<oci::Process> {
-    let args = strings(&p["args"]);
+/// An exec's process spec.
+pub fn parse_process(bytes: &[u8]) -> Result<Process> {
+    parse(bytes, "the exec's process")
+}
+
+/// The name a value of `oci_spec` serializes to (its name in OCI's JSON).
+fn json_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn caps(set: &Option<oci_spec::runtime::Capabilities>) -> Vec<String> {
+    let mut names: Vec<String> = set.iter().flatten().map(json_name).collect();
+    names.sort();
+    names
+}
+
+/// An OCI process (the spec's `process`, or an exec's process spec) for the agent.
+pub fn process(p: &Process) -> Result<agent::Process> {
+    let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(bad("process.args", "must name the program to run"));
     }
-    let user = &p["user"];
-    let caps = &p["capabilities"];
-    Ok(oci::Process {
-        Terminal: p["terminal"].as_bool().unwrap_or(false),
-        ConsoleSize: match p["consoleSize"].is_object() {
-            true => MessageField::some(oci::Box {
-                Height: u32_of(&p["consoleSize"]["height"]),
-                Width: u32_of(&p["consoleSize"]["width"]),
+    let cwd = p.cwd();
+    if !cwd.is_absolute() {
+        return Err(bad("process.cwd", "must be an absolute path"));
+    }
+    let user = p.user();
+    Ok(agent::Process {
+        Terminal: p.terminal().unwrap_or(false),
+        ConsoleSize: match p.console_size() {
+            Some(b) => MessageField::some(agent::Box {
+                Height: b.height() as u32,
+                Width: b.width() as u32,
                 ..Default::default()
             }),
-            false => MessageField::none(),
+            None => MessageField::none(),
         },
-        User: MessageField::some(oci::User {
-            UID: u32_of(&user["uid"]),
-            GID: u32_of(&user["gid"]),
-            AdditionalGids: user["additionalGids"]
-                .as_array()
-                .map(|a| a.iter().map(u32_of).collect())
-                .unwrap_or_default(),
-            Username: user["username"].as_str().unwrap_or_default().to_owned(),
+        User: MessageField::some(agent::User {
+            UID: user.uid(),
+            GID: user.gid(),
+            AdditionalGids: user.additional_gids().clone().unwrap_or_default(),
+            Username: user.username().clone().unwrap_or_default(),
             ..Default::default()
         }),
         Args: args,
-        Env: strings(&p["env"]),
-        Cwd: p["cwd"].as_str().filter(|c| !c.is_empty()).unwrap_or("/").to_owned(),
-        Capabilities: match caps.is_object() {
-            true => MessageField::some(oci::LinuxCapabilities {
-                Bounding: strings(&caps["bounding"]),
-                Effective: strings(&caps["effective"]),
-                Inheritable: strings(&caps["inheritable"]),
-                Permitted: strings(&caps["permitted"]),
-                Ambient: strings(&caps["ambient"]),
+        Env: p.env().clone().unwrap_or_default(),
+        Cwd: cwd.display().to_string(),
+        Capabilities: match p.capabilities() {
+            Some(c) => MessageField::some(agent::LinuxCapabilities {
+                Bounding: caps(c.bounding()),
+                Effective: caps(c.effective()),
+                Inheritable: caps(c.inheritable()),
+                Permitted: caps(c.permitted()),
+                Ambient: caps(c.ambient()),
                 ..Default::default()
             }),
-            false => MessageField::none(),
+            None => MessageField::none(),
         },
-        Rlimits: p["rlimits"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|r| oci::POSIXRlimit {
-                        Type: r["type"].as_str().unwrap_or_default().to_owned(),
-                        Hard: r["hard"].as_u64().unwrap_or(0),
-                        Soft: r["soft"].as_u64().unwrap_or(0),
-                        ..Default::default()
-                    })
-                    .collect()
+        Rlimits: p
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| agent::POSIXRlimit {
+                Type: json_name(&r.typ()),
+                Hard: r.hard(),
+                Soft: r.soft(),
+                ..Default::default()
             })
-            .unwrap_or_default(),
-        NoNewPrivileges: p["noNewPrivileges"].as_bool().unwrap_or(false),
-        OOMScoreAdj: p["oomScoreAdj"].as_i64().unwrap_or(0),
+            .collect(),
+        NoNewPrivileges: p.no_new_privileges().unwrap_or(false),
+        OOMScoreAdj: p.oom_score_adj().unwrap_or(0) as i64,
         ..Default::default()
     })
+}
+
+/// Where the container's rootfs is on the host when containerd gave no rootfs mounts: the
+/// spec's `root.path`, relative to the bundle unless absolute (OCI's default: `rootfs`).
+pub fn host_root(spec: &Spec, bundle: &Path) -> PathBuf {
+    let path = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
+    match path.is_absolute() {
+        true => path,
+        false => bundle.join(path),
+    }
 }
 
 /// Mount types the guest makes itself (the rest are the host's bind mounts).
@@ -103,24 +143,24 @@ const GUEST_MADE: &[&str] = &["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgr
 
 /// The spec for container `cid`, whose rootfs the guest sees at `guest_root`; `shared_guest` is
 /// where the guest sees the shared directory. Returns the spec and the host paths to share.
-pub fn to_agent(spec: &Value, cid: &str, guest_root: &str, shared_guest: &str) -> Result<(oci::Spec, Vec<Share>)> {
-    if !spec.is_object() {
-        return Err(bad("config.json", "must be an OCI runtime spec (a JSON object)"));
-    }
-    let process = process(&spec["process"])?;
+pub fn to_agent(spec: &Spec, cid: &str, guest_root: &str, shared_guest: &str) -> Result<(agent::Spec, Vec<Share>)> {
+    let process = process(spec.process().as_ref().ok_or_else(|| bad("process", "is required"))?)?;
     let mut shares = Vec::new();
     let mut mounts = Vec::new();
-    for (n, m) in spec["mounts"].as_array().into_iter().flatten().enumerate() {
-        let dest = m["destination"].as_str().unwrap_or_default();
+    for (n, m) in spec.mounts().iter().flatten().enumerate() {
+        let dest = m.destination().to_str().ok_or_else(|| bad(&format!("mounts[{n}].destination"), "must be UTF-8"))?;
         if !dest.starts_with('/') {
             return Err(bad(&format!("mounts[{n}].destination"), "must be an absolute path"));
         }
-        let typ = m["type"].as_str().unwrap_or_default();
-        let options = strings(&m["options"]);
-        let source = m["source"].as_str().unwrap_or_default();
+        let typ = m.typ().as_deref().unwrap_or_default();
+        let options = m.options().clone().unwrap_or_default();
+        let source = match m.source() {
+            Some(src) => src.to_str().ok_or_else(|| bad(&format!("mounts[{n}].source"), "must be UTF-8"))?,
+            None => "",
+        };
         let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
         if !bind && GUEST_MADE.contains(&typ) {
-            mounts.push(oci::Mount {
+            mounts.push(agent::Mount {
                 destination: dest.into(),
                 source: source.into(),
                 type_: typ.into(),
@@ -137,7 +177,7 @@ pub fn to_agent(spec: &Value, cid: &str, guest_root: &str, shared_guest: &str) -
         }
         // The pod's /dev/shm (a bind of the sandbox's shm on the host) is the guest's own tmpfs.
         if dest == "/dev/shm" {
-            mounts.push(oci::Mount {
+            mounts.push(agent::Mount {
                 destination: dest.into(),
                 source: "shm".into(),
                 type_: "tmpfs".into(),
@@ -154,9 +194,9 @@ pub fn to_agent(spec: &Value, cid: &str, guest_root: &str, shared_guest: &str) -
         let guest = format!("{shared_guest}{cid}/mounts/{name}");
         let read_only = options.iter().any(|o| o == "ro");
         let recursive = options.iter().any(|o| o == "rbind");
-        shares.push(Share { host: source.into(), name, guest: guest.clone(), read_only, recursive });
+        shares.push(Share { index: n, host: source.into(), name, guest: guest.clone(), read_only, recursive });
         let opts = options.into_iter().filter(|o| o != "rbind").chain(["bind".to_owned()]);
-        mounts.push(oci::Mount {
+        mounts.push(agent::Mount {
             destination: dest.into(),
             source: guest,
             type_: "bind".into(),
@@ -164,41 +204,38 @@ pub fn to_agent(spec: &Value, cid: &str, guest_root: &str, shared_guest: &str) -
             ..Default::default()
         });
     }
-    let linux = &spec["linux"];
-    let namespaces = linux["namespaces"]
-        .as_array()
-        .into_iter()
+    let linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .iter()
         .flatten()
-        .filter_map(|ns| ns["type"].as_str())
-        .filter(|t| !matches!(*t, "network" | "cgroup"))
-        .map(|t| oci::LinuxNamespace { Type: t.into(), Path: String::new(), ..Default::default() })
+        .map(|ns| json_name(&ns.typ()))
+        .filter(|t| !matches!(t.as_str(), "network" | "cgroup"))
+        .map(|t| agent::LinuxNamespace { Type: t, Path: String::new(), ..Default::default() })
         .collect();
-    let sysctl: HashMap<String, String> = linux["sysctl"]
-        .as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-        .unwrap_or_default();
-    let annotations = spec["annotations"]
-        .as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-        .unwrap_or_default();
-    let spec = oci::Spec {
-        Version: spec["ociVersion"].as_str().unwrap_or("1.0.2").into(),
+    let sysctl: HashMap<String, String> = linux.sysctl().clone().unwrap_or_default();
+    let annotations = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+    let spec = agent::Spec {
+        Version: match spec.version().as_str() {
+            "" => "1.0.2".into(),
+            v => v.into(),
+        },
         Process: MessageField::some(process),
-        Root: MessageField::some(oci::Root {
+        Root: MessageField::some(agent::Root {
             Path: guest_root.into(),
-            Readonly: spec["root"]["readonly"].as_bool().unwrap_or(false),
+            Readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
             ..Default::default()
         }),
-        Hostname: spec["hostname"].as_str().unwrap_or_default().into(),
+        Hostname: spec.hostname().clone().unwrap_or_default(),
         Mounts: mounts,
         Annotations: annotations,
-        Linux: MessageField::some(oci::Linux {
+        Linux: MessageField::some(agent::Linux {
             Sysctl: sysctl,
             // The guest's cgroups are the VM's own: one per container, by its id.
             CgroupsPath: format!("/kata/{cid}"),
             Namespaces: namespaces,
-            MaskedPaths: strings(&linux["maskedPaths"]),
-            ReadonlyPaths: strings(&linux["readonlyPaths"]),
+            MaskedPaths: linux.masked_paths().clone().unwrap_or_default(),
+            ReadonlyPaths: linux.readonly_paths().clone().unwrap_or_default(),
             ..Default::default()
         }),
         ..Default::default()
@@ -210,7 +247,7 @@ pub fn to_agent(spec: &Value, cid: &str, guest_root: &str, shared_guest: &str) -
 mod tests {
     use super::*;
 
-    fn ctr_spec() -> Value {
+    fn ctr_spec() -> serde_json::Value {
         serde_json::json!({
             "ociVersion": "1.0.2-dev",
             "process": {"terminal": true, "user": {"uid": 0, "gid": 0}, "args": ["sh"], "env": ["PATH=/bin"],
@@ -233,7 +270,7 @@ mod tests {
     #[test]
     fn the_spec_as_kata_runtime_gives_it_to_the_agent() {
         let g = "/run/kata-containers/shared/containers/";
-        let (s, shares) = to_agent(&ctr_spec(), "c1", &format!("{g}c1/rootfs"), g).unwrap();
+        let (s, shares) = to_agent(&typed(&ctr_spec()).unwrap(), "c1", &format!("{g}c1/rootfs"), g).unwrap();
         assert_eq!(s.Root.Path, format!("{g}c1/rootfs"));
         let p = s.Process.as_ref().unwrap();
         assert_eq!((p.Terminal, p.Args.clone(), p.Cwd.as_str()), (true, vec!["sh".to_owned()], "/"));
@@ -245,6 +282,7 @@ mod tests {
         assert_eq!(
             shares,
             [Share {
+                index: 1,
                 host: "/var/lib/x/resolv.conf".into(),
                 name: "1-resolv.conf".into(),
                 guest: format!("{g}c1/mounts/1-resolv.conf"),
@@ -265,15 +303,56 @@ mod tests {
         assert_eq!(s.Mounts[1].options, ["bind", "ro"]);
     }
 
+    fn typed(v: &serde_json::Value) -> Result<Spec> {
+        parse_spec(&serde_json::to_vec(v).unwrap())
+    }
+
+    fn refusal(v: &serde_json::Value) -> String {
+        match typed(v).and_then(|s| to_agent(&s, "c1", "/r", "/g/")) {
+            Ok(_) => panic!("accepted: {v}"),
+            Err(e) => crate::error::message(&e),
+        }
+    }
+
     #[test]
     fn what_cannot_run_is_refused_naming_the_field() {
         let mut s = ctr_spec();
         s["process"]["args"] = serde_json::json!([]);
-        let e = to_agent(&s, "c1", "/r", "/g/").unwrap_err();
-        assert!(crate::error::message(&e).contains("process.args"), "{e}");
+        assert!(refusal(&s).contains("process.args"), "{}", refusal(&s));
         let mut s = ctr_spec();
         s["mounts"][1]["source"] = "rel/path".into();
-        let e = to_agent(&s, "c1", "/r", "/g/").unwrap_err();
-        assert!(crate::error::message(&e).contains("mounts[1].source"), "{e}");
+        assert!(refusal(&s).contains("mounts[1].source"), "{}", refusal(&s));
+        let mut s = ctr_spec();
+        s["process"]["cwd"] = "relative".into();
+        assert!(refusal(&s).contains("process.cwd"), "{}", refusal(&s));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused_never_read_as_a_default() {
+        // A uid given as a string used to become 0 (root); a non-string argument was dropped.
+        let mut s = ctr_spec();
+        s["process"]["user"]["uid"] = "1000".into();
+        let e = refusal(&s);
+        assert!(e.contains("config.json: process.user.uid: invalid type: string \"1000\""), "{e}");
+        let mut s = ctr_spec();
+        s["process"]["args"] = serde_json::json!(["sh", 7]);
+        let e = refusal(&s);
+        assert!(e.contains("process.args[1]: invalid type"), "{e}");
+        let mut s = ctr_spec();
+        s["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_NOT_A_CAPABILITY"]);
+        assert!(refusal(&s).contains("process.capabilities.bounding"), "{}", refusal(&s));
+        let e = parse_process(br#"{"user": {"uid": -1}, "args": ["true"], "cwd": "/"}"#).unwrap_err();
+        assert!(crate::error::message(&e).contains("the exec's process: user.uid"), "{e}");
+    }
+
+    #[test]
+    fn the_rootfs_without_mounts_is_the_specs_root_path() {
+        let mut s = ctr_spec();
+        let bundle = Path::new("/run/containerd/b");
+        assert_eq!(host_root(&typed(&s).unwrap(), bundle), bundle.join("rootfs"));
+        s["root"]["path"] = "/var/lib/images/r1".into();
+        assert_eq!(host_root(&typed(&s).unwrap(), bundle), Path::new("/var/lib/images/r1"));
+        s["root"]["path"] = "other".into();
+        assert_eq!(host_root(&typed(&s).unwrap(), bundle), bundle.join("other"));
     }
 }
