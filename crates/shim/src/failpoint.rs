@@ -16,7 +16,10 @@
 //! `add-iface:host`, `add-iface:hotplugged`, `add-iface:configured`, `del-iface:found`,
 //! `ipvs:applied`, `ipvs:restored`; following the namespace (a new pod link):
 //! `follow:attached`, `follow:hotplugged`; while waiting for the agent over hybrid vsock,
-//! `start:vsock:worker` (a failure reads as the backend's worker thread gone).
+//! `start:vsock:worker` (a failure reads as the backend's worker thread gone); a container's or
+//! the sandbox's removal (Delete): `remove:container` (the container removed from the VM),
+//! `remove:vm-stopped`, `remove:torn-down` (before the state file is forgotten); a failure there
+//! is logged and the removal goes on.
 
 /// The environment variable naming the failpoint file.
 pub const FAILPOINTS_ENV: &str = "KATA_NET_FAILPOINTS";

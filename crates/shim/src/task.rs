@@ -451,19 +451,30 @@ impl Task for KataTask {
         };
         let pid = entry.pid();
         let sb = entry.sandbox.clone();
+        // Every step of a removal is tried, whatever the one before it gave; a shim killed
+        // between two leaves the rest to containerd's `delete` (failpoints `remove:*`).
+        let step = |name: &str| {
+            if let Err(e) = crate::failpoint::hit(name) {
+                slog::warn!(self.log, "a removal step failed; the removal goes on"; "container_id" => &req.id,
+                    "error" => e.to_string());
+            }
+        };
         if entry.workload && sb.vm.exit_status().is_none() {
             if let Err(e) = workload::remove_container(&sb, &req.id).await {
                 slog::warn!(self.log, "removing the container from the VM"; "container_id" => &req.id,
                     "error" => crate::error::message(&e));
             }
         }
+        step("remove:container");
         if entry.owns_sandbox {
             if let Some(m) = entry.mgmt {
                 m.stop().await;
             }
             let _ = sb.vm.stop(Duration::from_secs(5)).await;
+            step("remove:vm-stopped");
             let run_root = self.config.as_ref().ok().map(|c| c.runtime.run_dir.as_path());
             sb.closing_state().await.teardown(&self.log, run_root).await?;
+            step("remove:torn-down");
             SandboxState::forget(&entry.bundle);
         } else if let Some(d) = &sb.run_dir {
             // Unshared even when the VM is gone.

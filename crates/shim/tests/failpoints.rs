@@ -139,6 +139,38 @@ fn every_start_step_failed_or_killed_leaves_nothing() {
     h.report("StartVM", covered, steps.len());
 }
 
+/// A sandbox's removal (Delete): every step failed (logged, the removal goes on) or killed
+/// (containerd's `delete` finishes it, a teardown done twice included).
+#[test]
+fn every_removal_step_failed_or_killed_leaves_nothing() {
+    let (h, cni) = Harness::with_pod("fpremove");
+    let before = cni.pod.snapshot();
+    let steps = ["remove:container", "remove:vm-stopped", "remove:torn-down"];
+    let mut covered = 0;
+    for (n, step) in steps.iter().enumerate() {
+        for action in ["fail", "kill"] {
+            let id = format!("fprm{n}{}", &action[..1]);
+            assert!(h.run(&id, Some(&cni)).status.success(), "{id} starts");
+            assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", &id]).status.success());
+            wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(&id) == "STOPPED");
+            h.set(&format!("{step} {action}\n"));
+            let rm = h.c.ctr(&["task", "rm", &id]);
+            if action == "fail" {
+                assert!(rm.status.success(), "{step} fail: the removal goes on: {rm:?}");
+            }
+            wait_until(Duration::from_secs(60), &format!("{step} {action}: nothing left"), || {
+                h.nothing_left(&id, Some((&cni, &before)), true)
+            });
+            h.set("");
+            let _ = h.c.ctr(&["task", "rm", &id]);
+            assert!(h.c.ctr(&["container", "rm", &id]).status.success(), "{step} {action}: container rm");
+            wait_until(Duration::from_secs(20), "the shim exited", || h.c.shim_pid(&id).is_none());
+            covered += 1;
+        }
+    }
+    h.report("removal", covered, steps.len());
+}
+
 /// The operator's add-iface and del-iface: every step, failed and killed.
 #[test]
 fn every_operator_step_failed_or_killed_leaves_nothing() {
