@@ -69,7 +69,11 @@ kver=$(basename "$kmods")
 # --- what goes into the initramfs -------------------------------------------------------------------
 modules=(virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport virtiofs
   ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh ip_vs_sed ip_vs_nq
-  nf_conntrack nf_conntrack_netlink nfnetlink)
+  nf_conntrack nf_conntrack_netlink nfnetlink
+  # What privileged pods load or use (the kernel loads them on demand through the guest's
+  # modprobe): bridges and veths, overlayfs, iptables' and nftables' tables.
+  bridge br_netfilter veth overlay ip_tables iptable_filter iptable_nat iptable_mangle ip6_tables
+  ip6table_filter ip6table_nat nf_nat xt_conntrack xt_MASQUERADE xt_addrtype nf_tables)
 tools=(/usr/sbin/ipvsadm /usr/sbin/conntrack)
 for t in /bin/busybox "${tools[@]}"; do
   [ -x "$t" ] || { echo "guest-image: $t missing (scripts/install-deps.sh installs it)" >&2; exit 1; }

@@ -9,7 +9,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/layout/blobs/sha256"
 cp /bin/busybox "$work/rootfs/bin/busybox"
 # The applets the tests' commands use, as a busybox image has them.
-for applet in sh cat echo hostname ip ls ping sleep true false ps; do
+for applet in sh cat echo hostname ip ls ping sleep true false ps tr grep unshare; do
   ln -s busybox "$work/rootfs/bin/$applet"
 done
 tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" bin
@@ -21,7 +21,7 @@ blob() { # file -> digest, stored in the layout
 layer=$(blob "$work/layer.tar")
 lsize=$(stat -c %s "$work/layer.tar")
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh","-c","sleep 1000000"]},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]}}
+{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh","-c","trap 'exit 143' TERM INT; sleep 1000000 & wait"]},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]}}
 JSON
 config=$(blob "$work/config.json")
 csize=$(stat -c %s "$work/config.json")

@@ -10,9 +10,10 @@ use ttrpc::asynchronous::Client;
 
 use crate::protocols::agent::{
     ARPNeighbors, AddARPNeighborsRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
-    ExecProcessRequest, GetMetricsRequest, ListInterfacesRequest, ListRoutesRequest, ReadStreamRequest,
-    RemoveContainerRequest, Routes, SignalProcessRequest, StartContainerRequest, TtyWinResizeRequest,
-    UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest, WriteStreamRequest,
+    ExecProcessRequest, GetMetricsRequest, GetOOMEventRequest, ListInterfacesRequest, ListRoutesRequest,
+    ReadStreamRequest, RemoveContainerRequest, Routes, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateIPVSRequest, UpdateInterfaceRequest,
+    UpdateRoutesRequest, WaitProcessRequest, WriteStreamRequest,
 };
 use crate::protocols::agent_ttrpc::AgentServiceClient;
 use crate::protocols::health::{health_check_response::ServingStatus, CheckRequest};
@@ -360,6 +361,19 @@ impl AgentClient {
             WaitProcessRequest { container_id: container_id.into(), exec_id: exec_id.into(), ..Default::default() };
         let r = self.agent.wait_process(ttrpc::context::Context::default(), &req).await;
         Ok(r.map_err(|source| Error::Rpc { method: "WaitProcess", source })?.status)
+    }
+
+    /// `GetOOMEvent`: the next container of the sandbox that had a process killed by the OOM
+    /// killer (waits for one, with no time limit; the agent keeps them until asked).
+    pub async fn get_oom_event(&self) -> Result<String> {
+        let r = self.agent.get_oom_event(ttrpc::context::Context::default(), &GetOOMEventRequest::default()).await;
+        Ok(r.map_err(|source| Error::Rpc { method: "GetOOMEvent", source })?.container_id)
+    }
+
+    /// `StatsContainer`: the container's cgroup counters in the guest.
+    pub async fn stats_container(&self, container_id: &str) -> Result<StatsContainerResponse> {
+        let req = StatsContainerRequest { container_id: container_id.into(), ..Default::default() };
+        self.call("StatsContainer", self.agent.stats_container(self.ctx(), &req)).await
     }
 
     /// `WriteStdin`: how many bytes the process's stdin took.

@@ -146,6 +146,7 @@ impl KataTask {
             }
         }
         watch_exit(self.entries.clone(), self.events.clone(), req.id.clone(), sb.clone());
+        crate::workload::process::watch_oom(self.events.clone(), sb.clone());
         Ok(Entry {
             bundle,
             sandbox: sb,
@@ -506,9 +507,23 @@ impl Task for KataTask {
     async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         use containerd_shim_protos::cgroups::metrics::{Metrics, NetworkStat};
         use containerd_shim_protos::protobuf::Message;
-        let sb = {
+        let (sb, workload) = {
             let e = self.entries.lock().await;
-            e.get(&req.id).ok_or_else(|| no_task(&req.id))?.sandbox.clone()
+            let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            (entry.sandbox.clone(), entry.workload)
+        };
+        // The container's CPU, memory and pids, from its cgroup in the guest (what kubelet's
+        // ContainerStats shows); a guest that cannot say leaves them out.
+        let cgroup = match workload {
+            true => match sb.agent.stats_container(&req.id).await {
+                Ok(r) => r.cgroup_stats.into_option(),
+                Err(e) => {
+                    slog::warn!(self.log, "the guest gave no container stats"; "container_id" => &req.id,
+                        "error" => crate::error::message(&Error::from(e)));
+                    None
+                }
+            },
+            false => None,
         };
         let nics = sb.nic_stats().await?;
         let network = nics
@@ -540,7 +555,10 @@ impl Task for KataTask {
                 }
             })
             .collect();
-        let metrics = Metrics { network, ..Default::default() };
+        let mut metrics = Metrics { network, ..Default::default() };
+        if let Some(c) = cgroup {
+            metrics_from_guest(&mut metrics, &c);
+        }
         let value = metrics.write_to_bytes().map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
         let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
             type_url: "io.containerd.cgroups.v1.Metrics".into(),
@@ -572,6 +590,62 @@ pub struct KataShim {
     socket: String,
     /// containerd's address (`-address`): where the socket of this id's shim is derived from.
     address: String,
+}
+
+/// The guest's cgroup counters (kata's CgroupStats) in containerd's cgroup v1 metrics.
+fn metrics_from_guest(
+    m: &mut containerd_shim_protos::cgroups::metrics::Metrics,
+    c: &agent_client::protocols::agent::CgroupStats,
+) {
+    use containerd_shim_protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, PidsStat, Throttle};
+    if let Some(cpu) = c.cpu_stats.as_ref() {
+        let u = cpu.cpu_usage.clone().unwrap_or_default();
+        let t = cpu.throttling_data.clone().unwrap_or_default();
+        m.cpu = MessageField::some(CPUStat {
+            usage: MessageField::some(CPUUsage {
+                total: u.total_usage,
+                kernel: u.usage_in_kernelmode,
+                user: u.usage_in_usermode,
+                per_cpu: u.percpu_usage.clone(),
+                ..Default::default()
+            }),
+            throttling: MessageField::some(Throttle {
+                periods: t.periods,
+                throttled_periods: t.throttled_periods,
+                throttled_time: t.throttled_time,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(mem) = c.memory_stats.as_ref() {
+        let u = mem.usage.clone().unwrap_or_default();
+        let stat = |k: &str| mem.stats.get(k).copied().unwrap_or(0);
+        m.memory = MessageField::some(MemoryStat {
+            cache: mem.cache,
+            rss: stat("anon"),
+            inactive_file: stat("inactive_file"),
+            active_file: stat("active_file"),
+            inactive_anon: stat("inactive_anon"),
+            active_anon: stat("active_anon"),
+            total_inactive_file: stat("inactive_file"),
+            total_rss: stat("anon"),
+            total_cache: mem.cache,
+            pg_fault: stat("pgfault"),
+            pg_maj_fault: stat("pgmajfault"),
+            usage: MessageField::some(MemoryEntry {
+                usage: u.usage,
+                max: u.max_usage,
+                failcnt: u.failcnt,
+                limit: u.limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(p) = c.pids_stats.as_ref() {
+        m.pids = MessageField::some(PidsStat { current: p.current, limit: p.limit, ..Default::default() });
+    }
 }
 
 /// Write `address` to the `address` file of the bundle (the working directory of `start`).

@@ -101,87 +101,110 @@ async fn cri_client(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Cha
     RuntimeServiceClient::new(channel)
 }
 
+/// A node for CRI tests: its network namespace, the scratch directory (and its unmount on drop),
+/// containerd with the CRI plugin and CNI's bridge inside the namespace, the test image imported.
+struct CriNode {
+    // Dropped in this order: containerd (and what its pods left), the mounts, the directory.
+    _containerd: Containerd,
+    _unmount: Unmount,
+    dir: Scratch,
+    node: TestNs,
+    sock: PathBuf,
+}
+
+impl CriNode {
+    fn start(tag: &str) -> Self {
+        require_root_and_tools(&["containerd", "ctr", "nsenter", "qemu-system-x86_64", "ip", "ping"]);
+        assert!(
+            Path::new("/usr/lib/cni/bridge").is_file(),
+            "containernetworking-plugins missing (install-deps installs it)"
+        );
+        let node = TestNs::new("node");
+        node.ip(&["link", "set", "lo", "up"]);
+        let dir = Scratch::new(tag);
+        let unmount = Unmount(dir.0.clone());
+        let d = dir.0.display().to_string();
+        std::fs::create_dir_all(dir.0.join("net.d")).unwrap();
+        std::fs::write(
+            dir.0.join("net.d/10-knt.conflist"),
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"knt-{pid}","plugins":[{{"type":"bridge","bridge":"kntbr0","isGateway":true,"ipMasq":false,
+    "ipam":{{"type":"host-local","subnet":"10.222.0.0/24","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{d}/ipam"}}}}]}}"#,
+                pid = std::process::id()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.0.join("containerd.toml"),
+            format!(
+                r#"version = 2
+    root = "{d}/root"
+    state = "{d}/state"
+    [grpc]
+      address = "{d}/containerd.sock"
+    [ttrpc]
+      address = "{d}/containerd.sock.ttrpc"
+    [plugins."io.containerd.grpc.v1.cri"]
+      sandbox_image = "{IMAGE}"
+      restrict_oom_score_adj = true
+      [plugins."io.containerd.grpc.v1.cri".cni]
+        bin_dir = "/usr/lib/cni"
+        conf_dir = "{d}/net.d"
+      [plugins."io.containerd.grpc.v1.cri".containerd]
+        default_runtime_name = "kata"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+        runtime_type = "io.containerd.kata.v2"
+    "#
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.0.join("configuration.toml"), tests::containerd::kata_conf(&dir.0.join("run"))).unwrap();
+        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")).parent().unwrap().to_owned();
+        let containerd = Containerd(
+            Command::new("nsenter")
+                .arg(format!("--net={}", node.path()))
+                .arg("containerd")
+                .arg("--config")
+                .arg(dir.0.join("containerd.toml"))
+                .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
+                .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
+                .spawn()
+                .unwrap(),
+            dir.0.clone(),
+            cni_netns(),
+        );
+        let sock = dir.0.join("containerd.sock");
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let image = dir.0.join("image.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
+        assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(&sock)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Self { _containerd: containerd, _unmount: unmount, dir, node, sock }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("containerd.log")).unwrap_or_default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_run_pod_sandbox_gets_the_cni_address_in_the_vm_and_cleans_up() {
-    require_root_and_tools(&["containerd", "ctr", "nsenter", "qemu-system-x86_64", "ip", "ping"]);
-    assert!(
-        Path::new("/usr/lib/cni/bridge").is_file(),
-        "containernetworking-plugins missing (install-deps installs it)"
-    );
-    let node = TestNs::new("node");
-    node.ip(&["link", "set", "lo", "up"]);
-    let dir = Scratch::new("cri");
-    let _unmount = Unmount(dir.0.clone());
+    let n = CriNode::start("cri");
+    let (dir, node, sock) = (&n.dir, &n.node, n.sock.clone());
     let d = dir.0.display().to_string();
-    std::fs::create_dir_all(dir.0.join("net.d")).unwrap();
-    std::fs::write(
-        dir.0.join("net.d/10-knt.conflist"),
-        format!(
-            r#"{{"cniVersion":"0.4.0","name":"knt-{pid}","plugins":[{{"type":"bridge","bridge":"kntbr0","isGateway":true,"ipMasq":false,
-"ipam":{{"type":"host-local","subnet":"10.222.0.0/24","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{d}/ipam"}}}}]}}"#,
-            pid = std::process::id()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.0.join("containerd.toml"),
-        format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{d}/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "kata"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
-    runtime_type = "io.containerd.kata.v2"
-"#
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.0.join("configuration.toml"), tests::containerd::kata_conf(&dir.0.join("run"))).unwrap();
-    let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")).parent().unwrap().to_owned();
-    let _containerd = Containerd(
-        Command::new("nsenter")
-            .arg(format!("--net={}", node.path()))
-            .arg("containerd")
-            .arg("--config")
-            .arg(dir.0.join("containerd.toml"))
-            .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
-            .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        dir.0.clone(),
-        cni_netns(),
-    );
-    let sock = dir.0.join("containerd.sock");
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let image = dir.0.join("image.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
-    assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(&sock)
-        .args(["-n", "k8s.io", "images", "import"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
     let mut cri = cri_client(sock.clone()).await;
     let config = pod_config(&d);
     let resp = cri
@@ -336,4 +359,232 @@ impl Drop for Unmount {
     fn drop(&mut self) {
         unmount_under(&self.0);
     }
+}
+
+/// An app container of pod `id` (created and started): `cmd` as its command, `linux` its
+/// resources and security context.
+async fn app_container(
+    cri: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    n: &CriNode,
+    id: &str,
+    pod: &PodSandboxConfig,
+    name: &str,
+    cmd: &[&str],
+    linux: k8s_cri::v1::LinuxContainerConfig,
+) -> String {
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(linux),
+        ..Default::default()
+    };
+    let req =
+        CreateContainerRequest { pod_sandbox_id: id.into(), config: Some(config), sandbox_config: Some(pod.clone()) };
+    let cid = match cri.create_container(req).await {
+        Ok(r) => r.into_inner().container_id,
+        Err(e) => panic!("CreateContainer {name}: {e}\n{}", n.log()),
+    };
+    if let Err(e) = cri.start_container(StartContainerRequest { container_id: cid.clone() }).await {
+        panic!("StartContainer {name}: {e}\n{}", n.log());
+    }
+    cid
+}
+
+/// `sh -c script` in container `cid`: its exit code and output (both streams).
+async fn exec(cri: &mut RuntimeServiceClient<tonic::transport::Channel>, cid: &str, script: &str) -> (i32, String) {
+    let req =
+        ExecSyncRequest { container_id: cid.into(), cmd: vec!["sh".into(), "-c".into(), script.into()], timeout: 60 };
+    let out = cri.exec_sync(req).await.expect("ExecSync").into_inner();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.exit_code, text)
+}
+
+fn security(f: impl FnOnce(&mut k8s_cri::v1::LinuxContainerSecurityContext)) -> k8s_cri::v1::LinuxContainerConfig {
+    use k8s_cri::v1::{NamespaceMode, NamespaceOption};
+    let mut sc = k8s_cri::v1::LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+        ..Default::default()
+    };
+    f(&mut sc);
+    k8s_cri::v1::LinuxContainerConfig { security_context: Some(sc), ..Default::default() }
+}
+
+/// What a pod's containers rely on, as runc gives it, on the guest's agent: a PID namespace of
+/// their own or the pod's, the pod's sysctls, capabilities, seccomp's default profile, masked
+/// and read-only paths, a memory limit that OOM-kills (137, OOMKilled), CPU and memory stats, and
+/// a pod whose container has a child process stops promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() {
+    use k8s_cri::v1::security_profile::ProfileType;
+    use k8s_cri::v1::{
+        Capability, ContainerStatsRequest, ContainerStatusRequest, LinuxContainerResources, SecurityProfile,
+    };
+    let n = CriNode::start("cric");
+    let d = n.dir.0.display().to_string();
+    let image = n.dir.0.join("image.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
+    assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(&n.sock)
+        .args(["-n", "k8s.io", "images", "import"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cri = cri_client(n.sock.clone()).await;
+    let mut pod = pod_config(&d);
+    pod.linux = Some(LinuxPodSandboxConfig {
+        sysctls: [("kernel.shm_rmid_forced".to_owned(), "1".to_owned())].into(),
+        ..Default::default()
+    });
+    let id = match cri
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: "kata".into() })
+        .await
+    {
+        Ok(r) => r.into_inner().pod_sandbox_id,
+        Err(e) => panic!("RunPodSandbox: {e}\n{}", n.log()),
+    };
+
+    // A container of its own PID namespace: its command is PID 1 there; the pod's sysctl is set;
+    // seccomp's default profile is on (a user namespace is refused it), masked and read-only
+    // paths are so; NET_RAW is among the default capabilities (ping works).
+    let own = app_container(
+        &mut cri,
+        &n,
+        &id,
+        &pod,
+        "own",
+        &["sh", "-c", "sleep 1001 & wait"],
+        security(|sc| {
+            sc.seccomp =
+                Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
+            // What kubelet asks for by default (containerd takes the lists as they come).
+            sc.masked_paths = vec!["/proc/kcore".into(), "/proc/keys".into(), "/proc/timer_list".into()];
+            sc.readonly_paths = vec!["/proc/sys".into(), "/proc/sysrq-trigger".into()];
+        }),
+    )
+    .await;
+    let (code, out) = exec(&mut cri, &own, "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/sys/kernel/shm_rmid_forced; grep Seccomp: /proc/self/status; ls -l /proc/kcore; echo x > /proc/sys/kernel/domainname; ping -c 1 -W 5 10.222.0.1 >/dev/null && echo pinged; true").await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("sh -c sleep 1001"), "PID 1 is the container's own command: {out}");
+    assert_eq!(lines[1], "1", "the pod's sysctl: {out}");
+    assert!(lines[2].ends_with("2"), "a seccomp filter is on: {out}");
+    assert!(out.lines().any(|l| l.starts_with('c') && l.ends_with("/proc/kcore")), "/proc/kcore is masked: {out}");
+    assert!(out.contains("Read-only file system"), "/proc/sys is read-only: {out}");
+    assert!(out.contains("pinged"), "NET_RAW is a default capability: {out}");
+
+    // A localhost profile that refuses mkdir: refused there; unconfined and without NET_RAW,
+    // mkdir works and ping does not.
+    let profile = n.dir.0.join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let strict = app_container(
+        &mut cri,
+        &n,
+        &id,
+        &pod,
+        "strict",
+        &["sleep", "1004"],
+        security(|sc| {
+            sc.seccomp = Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: profile.display().to_string(),
+            });
+        }),
+    )
+    .await;
+    let (_, out) = exec(&mut cri, &strict, "mkdir /made 2>&1 || echo refused").await;
+    assert!(out.contains("Operation not permitted") && out.contains("refused"), "the localhost profile: {out}");
+    let bare = app_container(
+        &mut cri,
+        &n,
+        &id,
+        &pod,
+        "bare",
+        &["sleep", "1002"],
+        security(|sc| {
+            sc.seccomp = Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() });
+            sc.capabilities = Some(Capability { drop_capabilities: vec!["NET_RAW".into()], ..Default::default() });
+        }),
+    )
+    .await;
+    let (_, out) = exec(&mut cri, &bare, "grep Seccomp: /proc/self/status; mkdir /made && echo made; ping -c 1 -W 5 10.222.0.1 >/dev/null 2>&1 || echo no-ping").await;
+    assert!(out.contains("Seccomp:\t0") && out.contains("made"), "unconfined: {out}");
+    assert!(out.contains("no-ping"), "without NET_RAW there is no ping: {out}");
+
+    // The pod's PID namespace: the sandbox's command is PID 1, the other containers' processes
+    // are seen.
+    let shared = app_container(
+        &mut cri,
+        &n,
+        &id,
+        &pod,
+        "shared",
+        &["sleep", "1003"],
+        security(|sc| {
+            sc.namespace_options = Some(k8s_cri::v1::NamespaceOption::default());
+        }),
+    )
+    .await;
+    let (_, out) = exec(&mut cri, &shared, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args").await;
+    assert!(out.lines().next().unwrap_or_default().contains("trap"), "PID 1 is the pod's sandbox: {out}");
+    assert!(out.contains("sleep 1003"), "{out}");
+    assert!(!out.contains("sleep 1001"), "a container of its own PID namespace is not seen: {out}");
+
+    // Stats: CPU and memory of the container, from its cgroup in the guest.
+    let stats = cri.container_stats(ContainerStatsRequest { container_id: own.clone() }).await.expect("ContainerStats");
+    let stats = stats.into_inner().stats.expect("stats");
+    let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
+    let mem = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+    assert!(cpu > 0 && mem > 0, "ContainerStats: cpu {cpu} ns, memory {mem} bytes");
+
+    // A 16 MiB limit: a process that grows beyond it is OOM-killed, the container exits 137
+    // with the reason OOMKilled.
+    let hog = app_container(
+        &mut cri,
+        &n,
+        &id,
+        &pod,
+        "hog",
+        &["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"],
+        {
+            let mut l = security(|_| {});
+            l.resources = Some(LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() });
+            l
+        },
+    )
+    .await;
+    let start = Instant::now();
+    let status = loop {
+        let st = cri
+            .container_status(ContainerStatusRequest { container_id: hog.clone(), verbose: false })
+            .await
+            .expect("ContainerStatus");
+        let st = st.into_inner().status.expect("status");
+        if st.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the hog still runs: {st:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}");
+
+    // The pod stops promptly although a container has a child (the old guest hung here).
+    let start = Instant::now();
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(90),
+        cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }),
+    )
+    .await;
+    assert!(matches!(stopped, Ok(Ok(_))), "StopPodSandbox: {stopped:?}\n{}", n.log());
+    eprintln!("StopPodSandbox took {:?}", start.elapsed());
+    cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
+    assert!(!qemu_running_in(&n.dir.0), "QEMU left behind");
 }

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use agent_client::protocols::agent::CreateContainerRequest;
@@ -15,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Mutex};
 use ttrpc::Code;
 
-use crate::launch::{Launch, Mnt};
+use crate::launch::{Caps, Launch, Mnt, PidNs};
 
 type R<T> = Result<T, (Code, String)>;
 
@@ -46,16 +48,68 @@ pub struct Proc {
     master: Option<OwnedFd>,
     pid: std::sync::Mutex<Option<u32>>,
     exit: watch::Sender<Option<i32>>,
+    /// The init of a container without a PID namespace of its own: its end ends the container's
+    /// other processes (as runc's shim kills them all then), through its cgroup.
+    kill_all_on_exit: Option<PathBuf>,
+    /// Checked for OOM kills before the exit is told (so the OOM event comes first).
+    oom: Option<Arc<OomWatch>>,
+}
+
+/// A container's OOM kills as `memory.events` counts them, and where to report new ones.
+struct OomWatch {
+    cid: String,
+    cgroup: PathBuf,
+    seen: AtomicU64,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl OomWatch {
+    /// Report the kills not reported yet (one event per check that finds some).
+    fn check(&self) {
+        let now = crate::cgroups::oom_kills(&self.cgroup);
+        if now > self.seen.swap(now, Ordering::SeqCst) {
+            eprintln!("guest-agent: container {} had a process killed by the OOM killer", self.cid);
+            let _ = self.tx.send(self.cid.clone());
+        }
+    }
 }
 
 struct Ctr {
     init_exec: String,
     procs: HashMap<String, Arc<Proc>>,
+    cgroup: Option<PathBuf>,
+    /// What its execs get too: the container's seccomp programs.
+    seccomp: Vec<Vec<u8>>,
+    oom: Option<Arc<OomWatch>>,
 }
 
+/// The sandbox as CreateSandbox described it.
 #[derive(Default)]
+struct SandboxInfo {
+    id: String,
+    /// The pid of the PID namespace holder the agent made (`--pause`), when one was needed.
+    pause: Option<u32>,
+}
+
 pub struct Containers {
     ctrs: std::sync::Mutex<HashMap<String, Ctr>>,
+    sandbox: std::sync::Mutex<SandboxInfo>,
+    cgroups: bool,
+    oom_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    oom_rx: Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        let (oom_tx, oom_rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            ctrs: Default::default(),
+            sandbox: Default::default(),
+            cgroups: crate::cgroups::init(),
+            oom_tx,
+            oom_rx: Mutex::new(oom_rx),
+        }
+    }
 }
 
 fn nonblocking(fd: OwnedFd) -> R<AsyncFd<OwnedFd>> {
@@ -94,25 +148,30 @@ fn make_proc(launch: Launch, size: Option<(u16, u16)>) -> R<Proc> {
         master,
         pid: std::sync::Mutex::new(None),
         exit: watch::channel(None).0,
+        kill_all_on_exit: None,
+        oom: None,
     })
 }
 
-/// Wait (10 s at most) until the launcher closed its end of the ready pipe.
-fn wait_ready(r: std::os::fd::OwnedFd) {
+/// Wait (10 s at most) until the launcher and its child closed the ready pipe; the child's pid
+/// (the 4 bytes the launcher wrote), if it came.
+fn wait_ready(r: std::os::fd::OwnedFd) -> Option<u32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&r), PollFlags::POLLIN)];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = Vec::new();
     let mut buf = [0u8; 16];
     while std::time::Instant::now() < deadline {
         match poll(&mut fds, PollTimeout::from(100u16)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => match nix::unistd::read(&r, &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
             },
-            Err(_) => return,
+            Err(_) => break,
         }
     }
+    got.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Start the process (once): the launcher with its IO; its exit is recorded when it comes.
@@ -144,8 +203,8 @@ fn spawn(p: &Arc<Proc>) -> R<u32> {
     }
     let mut child = cmd.spawn().map_err(|e| internal("start the process", e))?;
     drop(ready_w);
-    wait_ready(ready_r);
-    let pid = child.id().unwrap_or(0);
+    // The container's process is the launcher's child; the launcher ends as it ends.
+    let pid = wait_ready(ready_r).unwrap_or_else(|| child.id().unwrap_or(0));
     *p.pid.lock().unwrap() = Some(pid);
     let p = p.clone();
     tokio::spawn(async move {
@@ -155,7 +214,49 @@ fn spawn(p: &Arc<Proc>) -> R<u32> {
             Ok(s) => s.code().or_else(|| s.signal()).unwrap_or(255),
             Err(_) => 255,
         };
+        if let Some(cg) = &p.kill_all_on_exit {
+            crate::cgroups::signal_all(cg, nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(o) = &p.oom {
+            o.check();
+        }
         p.exit.send_replace(Some(code));
+    });
+    Ok(pid)
+}
+
+/// A process's attributes from its OCI process spec.
+fn process_attrs(l: &mut Launch, p: &oci::Process) {
+    l.caps = p.Capabilities.as_ref().map(|c| Caps {
+        bounding: c.Bounding.clone(),
+        effective: c.Effective.clone(),
+        inheritable: c.Inheritable.clone(),
+        permitted: c.Permitted.clone(),
+        ambient: c.Ambient.clone(),
+    });
+    l.no_new_privileges = p.NoNewPrivileges;
+    l.rlimits = p.Rlimits.iter().map(|r| (r.Type.clone(), r.Soft, r.Hard)).collect();
+    l.oom_score_adj = (p.OOMScoreAdj != 0).then_some(p.OOMScoreAdj);
+}
+
+/// Start the PID namespace holder (`guest-agent --pause`); its pid.
+fn start_pause() -> R<u32> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("a pipe", e))?;
+    let w = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg("--pause").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || match libc::dup2(w, crate::launch::READY_FD) {
+            -1 => Err(std::io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| internal("start the pod's PID namespace holder", e))?;
+    drop(ready_w);
+    let pid = wait_ready(ready_r).ok_or_else(|| internal("the pod's PID namespace holder", "gave no pid"))?;
+    tokio::spawn(async move {
+        let _ = child.wait().await;
     });
     Ok(pid)
 }
@@ -183,6 +284,7 @@ fn launch_of(
         gid: user.GID,
         gids: user.AdditionalGids.clone(),
         terminal: p.Terminal,
+        ..Default::default()
     })
 }
 
@@ -222,14 +324,94 @@ impl Containers {
                 options: m.options.clone(),
             })
             .collect();
-        let launch = launch_of(process, Some(root.Path.clone()), mounts, root.Readonly, None)?;
+        let mut launch = launch_of(process, Some(root.Path.clone()), mounts, root.Readonly, None)?;
+        process_attrs(&mut launch, process);
+        let linux = spec.Linux.as_ref().cloned().unwrap_or_default();
+        let seccomp = match linux.Seccomp.as_ref() {
+            Some(p) => crate::seccomp::compile(p).map_err(|e| invalid("OCI.Linux.Seccomp", e))?,
+            None => Vec::new(),
+        };
+        launch.seccomp = seccomp.clone();
+        let mut sysctl: Vec<(String, String)> = linux.Sysctl.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        sysctl.sort();
+        launch.sysctl = sysctl;
+        launch.masked = linux.MaskedPaths.clone();
+        launch.readonly_paths = linux.ReadonlyPaths.clone();
+        launch.hostname = spec.Hostname.clone();
+        let listed = |t: &str| linux.Namespaces.iter().any(|n| n.Type == t);
+        // The sandbox's container makes the pod's IPC and UTS namespaces; the others join them
+        // (kata's agent shares them among the pod's containers the same way).
+        let sandbox_init = {
+            let sb = self.sandbox.lock().unwrap();
+            let ctrs = self.ctrs.lock().unwrap();
+            (cid != &sb.id)
+                .then(|| {
+                    ctrs.get(&sb.id)
+                        .and_then(|c| c.procs.get(&c.init_exec))
+                        .and_then(|p| p.exit.borrow().is_none().then(|| *p.pid.lock().unwrap()).flatten())
+                })
+                .flatten()
+        };
+        match sandbox_init {
+            Some(pid) => (launch.ipc_of, launch.uts_of) = (Some(pid), Some(pid)),
+            None => (launch.new_ipc, launch.new_uts) = (listed("ipc"), listed("uts")),
+        }
+        // The pod's PID namespace when asked (the sandbox container's, its pause as PID 1; or a
+        // holder the agent makes), else a new one: kata's runtime sends no PID namespace.
+        let shared_pidns = req.sandbox_pidns;
+        launch.pid_ns = match (shared_pidns, sandbox_init) {
+            (false, _) => PidNs::New,
+            (true, Some(pid)) => PidNs::Join(pid),
+            (true, None) => {
+                let mut sb = self.sandbox.lock().unwrap();
+                let alive = sb.pause.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                let pid = match alive {
+                    Some(p) => p,
+                    None => start_pause()?,
+                };
+                sb.pause = Some(pid);
+                PidNs::Join(pid)
+            }
+        };
+        let cgroup = match self.cgroups {
+            true => Some(
+                crate::cgroups::create(cid, linux.Resources.as_ref()).map_err(|e| invalid("OCI.Linux.Resources", e))?,
+            ),
+            false => None,
+        };
+        launch.cgroup = cgroup.as_ref().map(|c| c.display().to_string());
+        let oom = cgroup.as_ref().map(|cg| {
+            Arc::new(OomWatch {
+                cid: cid.clone(),
+                cgroup: cg.clone(),
+                seen: AtomicU64::new(0),
+                tx: self.oom_tx.clone(),
+            })
+        });
+        if let Some(o) = &oom {
+            // Kills of the container's other processes are reported while it lives.
+            let o = Arc::downgrade(o);
+            tokio::spawn(async move {
+                while let Some(o) = o.upgrade() {
+                    o.check();
+                    drop(o);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            });
+        }
         let eid = if req.exec_id.is_empty() { cid.clone() } else { req.exec_id.clone() };
         let mut ctrs = self.ctrs.lock().unwrap();
         if ctrs.contains_key(cid) {
             return Err((Code::ALREADY_EXISTS, format!("container {cid} exists")));
         }
-        let p = Arc::new(make_proc(launch, size_of(process))?);
-        ctrs.insert(cid.clone(), Ctr { init_exec: eid.clone(), procs: HashMap::from([(eid, p)]) });
+        let mut p = make_proc(launch, size_of(process))?;
+        p.kill_all_on_exit = cgroup.clone().filter(|_| shared_pidns);
+        p.oom = oom.clone();
+        let p = Arc::new(p);
+        ctrs.insert(
+            cid.clone(),
+            Ctr { init_exec: eid.clone(), procs: HashMap::from([(eid, p)]), cgroup, seccomp, oom },
+        );
         eprintln!("guest-agent: container {cid} created on {}", root.Path);
         Ok(())
     }
@@ -248,15 +430,22 @@ impl Containers {
         let init = self.proc(cid, "")?;
         let pid = (*init.pid.lock().unwrap()).filter(|_| init.exit.borrow().is_none());
         let pid = pid.ok_or_else(|| (Code::FAILED_PRECONDITION, format!("container {cid} is not running")))?;
-        let p = Arc::new(make_proc(launch_of(process, None, Vec::new(), false, Some(pid))?, size_of(process))?);
-        {
+        let mut launch = launch_of(process, None, Vec::new(), false, Some(pid))?;
+        process_attrs(&mut launch, process);
+        let p = {
             let mut ctrs = self.ctrs.lock().unwrap();
             let c = ctrs.get_mut(cid).ok_or_else(|| (Code::NOT_FOUND, format!("container {cid} not found")))?;
+            launch.cgroup = c.cgroup.as_ref().map(|d| d.display().to_string());
+            launch.seccomp = c.seccomp.clone();
+            let mut p = make_proc(launch, size_of(process))?;
+            p.oom = c.oom.clone();
+            let p = Arc::new(p);
             if c.procs.get(eid).is_some_and(|p| p.exit.borrow().is_none()) {
                 return Err((Code::ALREADY_EXISTS, format!("process {eid} exists")));
             }
             c.procs.insert(eid.to_owned(), p.clone());
-        }
+            p
+        };
         spawn(&p)?;
         Ok(())
     }
@@ -269,6 +458,12 @@ impl Containers {
             e => vec![self.proc(cid, e)?],
         };
         let signal = nix::sys::signal::Signal::try_from(sig as i32).map_err(|_| invalid("signal", sig))?;
+        // Every process of the container: its cgroup knows them, children of children included.
+        if eid.is_empty() {
+            if let Some(cg) = self.ctrs.lock().unwrap().get(cid).and_then(|c| c.cgroup.clone()) {
+                crate::cgroups::signal_all(&cg, signal);
+            }
+        }
         for p in procs {
             if p.exit.borrow().is_some() {
                 continue;
@@ -368,8 +563,30 @@ impl Containers {
         tokio::time::timeout(std::time::Duration::from_secs(limit), all)
             .await
             .map_err(|_| (Code::DEADLINE_EXCEEDED, format!("the processes of {cid} did not end within {timeout} s")))?;
-        self.ctrs.lock().unwrap().remove(cid);
+        if let Some(c) = self.ctrs.lock().unwrap().remove(cid) {
+            if let Some(cg) = &c.cgroup {
+                crate::cgroups::remove(cg);
+            }
+        }
         eprintln!("guest-agent: container {cid} removed");
         Ok(())
+    }
+
+    /// CreateSandbox: the sandbox's id (its container makes the pod's namespaces).
+    pub fn sandbox(&self, id: &str) {
+        self.sandbox.lock().unwrap().id = id.to_owned();
+    }
+
+    /// StatsContainer's counters.
+    pub fn stats(&self, cid: &str) -> R<agent_client::protocols::agent::CgroupStats> {
+        let ctrs = self.ctrs.lock().unwrap();
+        let c = ctrs.get(cid).ok_or_else(|| (Code::NOT_FOUND, format!("container {cid} not found")))?;
+        let cg = c.cgroup.as_ref().ok_or_else(|| (Code::UNAVAILABLE, "the guest has no cgroup v2".to_owned()))?;
+        Ok(crate::cgroups::stats(cg))
+    }
+
+    /// GetOOMEvent: the next container with an OOM kill (waits for one).
+    pub async fn next_oom(&self) -> R<String> {
+        self.oom_rx.lock().await.recv().await.ok_or_else(|| internal("OOM events", "closed"))
     }
 }

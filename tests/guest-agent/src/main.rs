@@ -4,11 +4,13 @@
 //! It stands in for kata's agent in this project's tests and demo; it is not shipped.
 //! `guest-agent --launch <json>` is the agent starting a container process (see `launch.rs`).
 
+mod cgroups;
 mod console;
 mod containers;
 mod ipvs;
 mod launch;
 mod netcfg;
+mod seccomp;
 mod serial;
 mod service;
 mod storage;
@@ -64,6 +66,11 @@ async fn start(
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--pause") {
+        let e = launch::pause().unwrap_err();
+        eprintln!("guest-agent: {e:#}");
+        std::process::exit(127);
+    }
     if argv.get(1).map(String::as_str) == Some("--launch") {
         let e = launch::run(argv.get(2).map(String::as_str).unwrap_or_default()).unwrap_err();
         eprintln!("guest-agent: {e:#}");

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use agent_client::protocols::agent::{
     AddARPNeighborsRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
-    GetMetricsRequest, IPVSResponse, Interfaces, ListInterfacesRequest, ListRoutesRequest, Metrics, ReadStreamRequest,
-    ReadStreamResponse, RemoveContainerRequest, Routes, SignalProcessRequest, StartContainerRequest,
-    TtyWinResizeRequest, UpdateIPVSRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
-    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    GetMetricsRequest, GetOOMEventRequest, IPVSResponse, Interfaces, ListInterfacesRequest, ListRoutesRequest, Metrics,
+    OOMEvent, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, Routes, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateIPVSRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    WriteStreamResponse,
 };
 use agent_client::protocols::empty::Empty;
 use agent_client::protocols::health::{
@@ -150,6 +151,7 @@ impl agent_ttrpc::AgentService for Agent {
         let _g = self.lock.lock().await;
         netcfg::apply_hostname_and_dns(&req.hostname, &req.dns, &self.resolv_conf).map_err(status)?;
         crate::storage::mount_all(&req.storages).map_err(status)?;
+        self.containers.sandbox(&req.sandbox_id);
         eprintln!("guest-agent: sandbox {} hostname {:?} dns {:?}", req.sandbox_id, req.hostname, req.dns);
         Ok(Empty::new())
     }
@@ -159,6 +161,20 @@ impl agent_ttrpc::AgentService for Agent {
         let dev = std::fs::read_to_string("/proc/net/dev")
             .map_err(|e| status((Code::INTERNAL, format!("read /proc/net/dev: {e}"))))?;
         Ok(Metrics { metrics: agent_client::metrics::netdev_text(&dev), ..Default::default() })
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let stats = self.containers.stats(&req.container_id).map_err(status)?;
+        Ok(StatsContainerResponse { cgroup_stats: protobuf::MessageField::some(stats), ..Default::default() })
+    }
+
+    async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+        let cid = self.containers.next_oom().await.map_err(status)?;
+        Ok(OOMEvent { container_id: cid, ..Default::default() })
     }
 
     async fn update_ipvs_rule(&self, _: &TtrpcContext, req: UpdateIPVSRequest) -> ttrpc::Result<IPVSResponse> {

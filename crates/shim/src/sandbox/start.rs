@@ -155,6 +155,7 @@ impl Start<'_> {
             vsock_backend: tokio::sync::Mutex::new(link.backend),
             virtiofsd,
             claim,
+            oom_killed: Default::default(),
             ops: tokio::sync::Mutex::new(Ops {
                 state: self.state.clone(),
                 added: Vec::new(),
@@ -345,6 +346,10 @@ async fn sync_agent(
         dns: net.dns.clone(),
         storages,
         sandbox_id: id.to_owned(),
+        // A container may ask for the pod's PID namespace (CRI's PodPID): kata's agent then needs
+        // the pod's namespace made at CreateSandbox (its pause process); ours joins the sandbox
+        // container's.
+        sandbox_pidns: true,
         ..Default::default()
     };
     agent.create_sandbox(&req).await?;

@@ -30,7 +30,7 @@ pub async fn create_container(
         std::fs::read(&path).map_err(|source| Error::Io { what: "reading the spec", path: path.clone(), source })?;
     let parsed = spec::parse_spec(&text)?;
     let host_root = spec::host_root(&parsed, bundle);
-    let (spec, shares) = spec::to_agent(&parsed, cid, &sharedfs::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
+    let (spec, shares, hints) = spec::to_agent(&parsed, cid, &sharedfs::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
     let made = {
         let (run_dir, cid, rootfs) = (run_dir.clone(), cid.to_owned(), rootfs.to_vec());
         tokio::task::spawn_blocking(move || {
@@ -45,6 +45,7 @@ pub async fn create_container(
         container_id: cid.to_owned(),
         exec_id: cid.to_owned(),
         OCI: MessageField::some(spec),
+        sandbox_pidns: hints.sandbox_pidns,
         ..Default::default()
     };
     let created = match made.and_then(|()| Ok(crate::failpoint::hit("container:shared")?)) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim_protos::api::Status;
-use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim_protos::topics;
@@ -172,12 +172,51 @@ pub(crate) fn follow_process(
             }
         };
         copies.finish();
+        // Killed (SIGKILL: the agents give the signal's number) after an OOM kill in its
+        // container: 137, as runc reports an OOM-killed process, with the TaskOOM before it.
+        // The agent tells the OOM kill before the exit, but on another call: a SIGKILL waits a
+        // moment for it.
+        let oom_killed = || sb.oom_killed.lock().unwrap_or_else(|e| e.into_inner()).contains(&cid);
+        let mut code = code;
+        if code == 9 {
+            for _ in 0..10 {
+                if oom_killed() {
+                    code = 137;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let recorded = {
             let e = entries.lock().await;
             e.get(&cid).and_then(|entry| entry.proc(&exec_id).ok()).is_some_and(|p| p.record_exit(code))
         };
         if recorded {
             events.exit(&cid, &exec_id, sb.vm.pid(), code).await;
+        }
+    });
+}
+
+/// The guest's OOM kills (GetOOMEvent, which waits for the next one): each becomes a TaskOOM
+/// for its container (containerd's CRI then gives the container the reason OOMKilled), and the
+/// container is remembered as OOM-killed. Ends with the VM, or when the agent does not serve it.
+pub(crate) fn watch_oom(events: Events, sb: Arc<sandbox::Sandbox>) {
+    tokio::spawn(async move {
+        loop {
+            match sb.agent.get_oom_event().await {
+                Ok(cid) => {
+                    slog::warn!(sb.log, "a process of the container was killed by the OOM killer"; "container_id" => &cid);
+                    sb.oom_killed.lock().unwrap_or_else(|e| e.into_inner()).insert(cid.clone());
+                    let ev = TaskOOM { container_id: cid, ..Default::default() };
+                    events.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev)).await;
+                }
+                Err(e) => {
+                    if sb.vm.exit_status().is_some() || e.code() == Some(ttrpc::Code::UNIMPLEMENTED) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     });
 }

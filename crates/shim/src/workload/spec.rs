@@ -143,7 +143,19 @@ const GUEST_MADE: &[&str] = &["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgr
 
 /// The spec for container `cid`, whose rootfs the guest sees at `guest_root`; `shared_guest` is
 /// where the guest sees the shared directory. Returns the spec and the host paths to share.
-pub fn to_agent(spec: &Spec, cid: &str, guest_root: &str, shared_guest: &str) -> Result<(agent::Spec, Vec<Share>)> {
+/// What the agent is told beside the spec: whether the container shares the pod's PID namespace
+/// (its spec's PID namespace has a path: CRI's PodPID), as kata's runtime tells kata's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentHints {
+    pub sandbox_pidns: bool,
+}
+
+pub fn to_agent(
+    spec: &Spec,
+    cid: &str,
+    guest_root: &str,
+    shared_guest: &str,
+) -> Result<(agent::Spec, Vec<Share>, AgentHints)> {
     let process = process(spec.process().as_ref().ok_or_else(|| bad("process", "is required"))?)?;
     let mut shares = Vec::new();
     let mut mounts = Vec::new();
@@ -205,14 +217,23 @@ pub fn to_agent(spec: &Spec, cid: &str, guest_root: &str, shared_guest: &str) ->
         });
     }
     let linux = spec.linux().clone().unwrap_or_default();
+    // The PID namespace goes (the agent makes one, or joins the pod's), as kata's runtime does
+    // it: a path (another container's, the pause's) means the pod's.
+    let sandbox_pidns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| json_name(&ns.typ()) == "pid" && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()));
     let namespaces = linux
         .namespaces()
         .iter()
         .flatten()
         .map(|ns| json_name(&ns.typ()))
-        .filter(|t| !matches!(t.as_str(), "network" | "cgroup"))
+        .filter(|t| !matches!(t.as_str(), "network" | "cgroup" | "pid"))
         .map(|t| agent::LinuxNamespace { Type: t, Path: String::new(), ..Default::default() })
         .collect();
+    let resources = linux.resources().as_ref().map(resources);
+    let seccomp = linux.seccomp().as_ref().map(seccomp);
     let sysctl: HashMap<String, String> = linux.sysctl().clone().unwrap_or_default();
     let annotations = spec.annotations().clone().unwrap_or_default().into_iter().collect();
     let spec = agent::Spec {
@@ -234,13 +255,85 @@ pub fn to_agent(spec: &Spec, cid: &str, guest_root: &str, shared_guest: &str) ->
             // The guest's cgroups are the VM's own: one per container, by its id.
             CgroupsPath: format!("/kata/{cid}"),
             Namespaces: namespaces,
+            Resources: resources.into(),
+            Seccomp: seccomp.into(),
             MaskedPaths: linux.masked_paths().clone().unwrap_or_default(),
             ReadonlyPaths: linux.readonly_paths().clone().unwrap_or_default(),
             ..Default::default()
         }),
         ..Default::default()
     };
-    Ok((spec, shares))
+    Ok((spec, shares, AgentHints { sandbox_pidns }))
+}
+
+/// OCI's `linux.resources` in kata's message (memory, CPU, pids: what the guest's cgroups take).
+fn resources(r: &oci_spec::runtime::LinuxResources) -> agent::LinuxResources {
+    agent::LinuxResources {
+        Memory: r
+            .memory()
+            .as_ref()
+            .map(|m| agent::LinuxMemory {
+                Limit: m.limit().unwrap_or(0),
+                Reservation: m.reservation().unwrap_or(0),
+                Swap: m.swap().unwrap_or(0),
+                Swappiness: m.swappiness().unwrap_or(0),
+                DisableOOMKiller: m.disable_oom_killer().unwrap_or(false),
+                ..Default::default()
+            })
+            .into(),
+        CPU: r
+            .cpu()
+            .as_ref()
+            .map(|c| agent::LinuxCPU {
+                Shares: c.shares().unwrap_or(0),
+                Quota: c.quota().unwrap_or(0),
+                Period: c.period().unwrap_or(0),
+                Cpus: c.cpus().clone().unwrap_or_default(),
+                Mems: c.mems().clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .into(),
+        Pids: r.pids().as_ref().map(|p| agent::LinuxPids { Limit: p.limit(), ..Default::default() }).into(),
+        ..Default::default()
+    }
+}
+
+/// OCI's `linux.seccomp` in kata's message: actions and operators by their libseccomp names.
+fn seccomp(s: &oci_spec::runtime::LinuxSeccomp) -> agent::LinuxSeccomp {
+    agent::LinuxSeccomp {
+        DefaultAction: json_name(&s.default_action()),
+        Architectures: s.architectures().iter().flatten().map(json_name).collect(),
+        Flags: s.flags().iter().flatten().map(json_name).collect(),
+        Syscalls: s
+            .syscalls()
+            .iter()
+            .flatten()
+            .map(|c| {
+                let mut out = agent::LinuxSyscall {
+                    Names: c.names().clone(),
+                    Action: json_name(&c.action()),
+                    Args: c
+                        .args()
+                        .iter()
+                        .flatten()
+                        .map(|a| agent::LinuxSeccompArg {
+                            Index: a.index() as u64,
+                            Value: a.value(),
+                            ValueTwo: a.value_two().unwrap_or(0),
+                            Op: json_name(&a.op()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                if let Some(e) = c.errno_ret() {
+                    out.set_errnoret(e);
+                }
+                out
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -270,14 +363,15 @@ mod tests {
     #[test]
     fn the_spec_as_kata_runtime_gives_it_to_the_agent() {
         let g = "/run/kata-containers/shared/containers/";
-        let (s, shares) = to_agent(&typed(&ctr_spec()).unwrap(), "c1", &format!("{g}c1/rootfs"), g).unwrap();
+        let (s, shares, hints) = to_agent(&typed(&ctr_spec()).unwrap(), "c1", &format!("{g}c1/rootfs"), g).unwrap();
+        assert_eq!(hints, AgentHints { sandbox_pidns: false }, "its PID namespace has no path");
         assert_eq!(s.Root.Path, format!("{g}c1/rootfs"));
         let p = s.Process.as_ref().unwrap();
         assert_eq!((p.Terminal, p.Args.clone(), p.Cwd.as_str()), (true, vec!["sh".to_owned()], "/"));
         assert_eq!(p.Capabilities.Bounding, vec!["CAP_NET_RAW"]);
         assert_eq!(p.Rlimits[0].Type, "RLIMIT_NOFILE");
         let ns: Vec<(&str, &str)> = s.Linux.Namespaces.iter().map(|n| (n.Type.as_str(), n.Path.as_str())).collect();
-        assert_eq!(ns, [("pid", ""), ("mount", ""), ("ipc", "")]);
+        assert_eq!(ns, [("mount", ""), ("ipc", "")]);
         assert_eq!(s.Linux.CgroupsPath, "/kata/c1");
         assert_eq!(
             shares,
