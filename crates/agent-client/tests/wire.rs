@@ -210,6 +210,7 @@ fn service_and_method_names() {
             "CreateSandbox",
             "ExecProcess",
             "GetMetrics",
+            "GetOOMEvent",
             "ListInterfaces",
             "ListRoutes",
             "ReadStderr",
@@ -217,6 +218,7 @@ fn service_and_method_names() {
             "RemoveContainer",
             "SignalProcess",
             "StartContainer",
+            "StatsContainer",
             "TtyWinResize",
             "UpdateIPVSRule",
             "UpdateInterface",
@@ -260,6 +262,26 @@ fn container_messages() {
     assert_eq!(req.write_to_bytes().unwrap(), want);
     let r = ReadStreamRequest { container_id: "c".into(), exec_id: "e".into(), len: 7, ..Default::default() };
     assert_eq!(r.write_to_bytes().unwrap(), [string_field(1, "c"), string_field(2, "e"), vec![tag(3, 0), 7]].concat());
+    // kata's numbers for what issue 19 added: Linux.Resources 4 (Memory 2, its Limit 1),
+    // Linux.Seccomp 8 (DefaultAction 1), CreateContainerRequest.sandbox_pidns 7, OOMEvent and
+    // StatsContainerRequest's container_id 1.
+    use agent_client::protocols::oci::{Linux, LinuxMemory, LinuxResources, LinuxSeccomp};
+    let linux = Linux {
+        Resources: MessageField::some(LinuxResources {
+            Memory: MessageField::some(LinuxMemory { Limit: 16, ..Default::default() }),
+            ..Default::default()
+        }),
+        Seccomp: MessageField::some(LinuxSeccomp { DefaultAction: "A".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let want = [nested(4, &nested(2, &[tag(1, 0), 16])), nested(8, &string_field(1, "A"))].concat();
+    assert_eq!(linux.write_to_bytes().unwrap(), want);
+    let req = CreateContainerRequest { sandbox_pidns: true, ..Default::default() };
+    assert_eq!(req.write_to_bytes().unwrap(), vec![tag(7, 0), 1]);
+    let ev = agent_client::protocols::agent::OOMEvent { container_id: "c".into(), ..Default::default() };
+    assert_eq!(ev.write_to_bytes().unwrap(), string_field(1, "c"));
+    let st = agent_client::protocols::agent::StatsContainerRequest { container_id: "c".into(), ..Default::default() };
+    assert_eq!(st.write_to_bytes().unwrap(), string_field(1, "c"));
     let t = TtyWinResizeRequest { row: 24, column: 80, ..Default::default() };
     assert_eq!(t.write_to_bytes().unwrap(), vec![tag(3, 0), 24, tag(4, 0), 80]);
     let s = SignalProcessRequest { signal: 9, ..Default::default() };
