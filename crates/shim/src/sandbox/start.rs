@@ -23,7 +23,28 @@ use crate::failpoint;
 ///
 /// A start whose hybrid vsock backend stopped serving the VM (a fault of vhost-device-vsock
 /// 0.3.0, see `VsockBackend::worker_alive`) is undone and made once more, from the beginning.
+/// The longest unix socket path a sandbox's run directory holds (the hybrid vsock backend's).
+const LONGEST_SOCKET: &str = super::VSOCK_BACKEND_SOCKET;
+
+/// A unix socket's path must fit `sun_path` (108 bytes with its NUL): checked before anything
+/// is made, naming the key that sets it (a CRI sandbox id alone is 64 characters).
+fn check_socket_paths(run_root: &Path, id: &str) -> Result<()> {
+    let longest = run_root.join(id).join(LONGEST_SOCKET);
+    let len = longest.as_os_str().len();
+    match len < 108 {
+        true => Ok(()),
+        false => Err(Error::BadConfig(format!(
+            "[runtime] run_dir: {} is too long for this sandbox's sockets: {} is {len} bytes, a unix socket path \
+             must be at most 107 (a CRI sandbox id is 64 characters: keep run_dir within {} bytes)",
+            run_root.display(),
+            longest.display(),
+            107 - (len - run_root.as_os_str().len())
+        ))),
+    }
+}
+
 pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log: &slog::Logger) -> Result<Sandbox> {
+    check_socket_paths(&cfg.runtime.run_dir, id)?;
     let mut again = true;
     loop {
         let mut s = Start { id, bundle, cfg, log, state: SandboxState { id: id.to_owned(), ..Default::default() } };
@@ -355,4 +376,16 @@ async fn sync_agent(
     agent.create_sandbox(&req).await?;
     failpoint::hit_async("start:agent:sandbox").await?;
     Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_run_dir_too_long_for_the_sockets_is_refused_naming_the_key() {
+        let cri_id = "a".repeat(64);
+        assert!(super::check_socket_paths(std::path::Path::new("/run/kata-net"), &cri_id).is_ok());
+        let long = std::path::Path::new("/tmp/a-rather-long-directory-name/run");
+        let e = super::check_socket_paths(long, &cri_id).unwrap_err().to_string();
+        assert!(e.contains("[runtime] run_dir") && e.contains("at most 107"), "{e}");
+    }
 }
