@@ -1,15 +1,13 @@
 //! The containerd Task service (task API v2) for the containers of one sandbox (the sandbox
-//! container, which owns the VM, and CRI's app containers in the same VM) and their execs, and
-//! the shim's `start` and `delete` entry points.
+//! container, which owns the VM, and CRI's app containers in the same VM) and their execs. The
+//! shim process's own entry points (`start`, `delete`) are in `shim_process.rs`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
-use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
+use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest,
@@ -27,55 +25,15 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::mgmt_server::MgmtServer;
 use crate::sandbox::{self, SandboxState, SpecNetwork};
+use crate::shim_process::sandbox_of;
 use crate::workload;
 use crate::workload::process::{agent_exec_id, follow_process, now, watch_exit, Entries, Entry, Events, Proc};
-
-pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
 /// How long a kill waits for the guest's agent to signal a process.
 const KILL_AGENT_WAIT: Duration = Duration::from_secs(10);
 
-fn no_task(id: &str) -> ttrpc::Error {
+pub(crate) fn no_task(id: &str) -> ttrpc::Error {
     Error::NotFound(format!("no task {id}")).into()
-}
-
-/// What a sandbox may have made, found by its tags rather than a state file: the run directory
-/// `<run_root>/<id>` (and any QEMU whose command line names it), the runtime's link group in the
-/// spec's namespace, the shim's own namespace `kata-net-<id>`. `None` for an id that is no
-/// valid sandbox id.
-fn tagged_state(id: &str, bundle: &Path, run_root: Option<&Path>) -> Option<SandboxState> {
-    netmgmt::paths::check_sandbox_id(id).ok()?;
-    let spec_netns = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .ok()
-        .and_then(|spec| SpecNetwork::from_spec(&spec).ok())
-        .and_then(|net| net.netns);
-    let own = sandbox::own_netns_path(id);
-    let (netns, intent) = match spec_netns {
-        Some(p) => (Some(p), false),
-        None => (own.exists().then_some(own), true),
-    };
-    Some(SandboxState {
-        id: id.to_owned(),
-        netns,
-        netns_intent: intent,
-        run_dir: run_root.map(|r| r.join(id)),
-        by_tags: true,
-        ..Default::default()
-    })
-}
-
-/// The CRI annotations naming a container's kind and its sandbox.
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// The sandbox a container of `spec` belongs to, when it is an app container (CRI's
-/// `container-type = container` with the sandbox's id); `None` for a sandbox container.
-fn sandbox_of(annotations: Option<&HashMap<String, String>>) -> Option<String> {
-    let a = annotations?;
-    match a.get(CONTAINER_TYPE).map(String::as_str) {
-        Some("container") => a.get(SANDBOX_ID).cloned(),
-        _ => None,
-    }
 }
 
 /// The process's standard IO as containerd names it: FIFO paths. containerd's log URIs
@@ -102,6 +60,23 @@ pub struct KataTask {
 }
 
 impl KataTask {
+    /// The Task service of the shim serving `namespace`, its configuration loaded (or why not).
+    pub(crate) fn new(
+        config: Result<Config, String>,
+        publisher: containerd_shim::publisher::RemotePublisher,
+        namespace: &str,
+        exit: Arc<ExitSignal>,
+        log: slog::Logger,
+    ) -> Self {
+        KataTask {
+            entries: Arc::new(Mutex::new(HashMap::new())),
+            config,
+            events: Events { publisher: Arc::new(publisher), namespace: namespace.to_owned() },
+            exit,
+            log,
+        }
+    }
+
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         self.events.publish(topic, event).await;
     }
@@ -557,7 +532,7 @@ impl Task for KataTask {
             .collect();
         let mut metrics = Metrics { network, ..Default::default() };
         if let Some(c) = cgroup {
-            metrics_from_guest(&mut metrics, &c);
+            workload::stats::metrics_from_guest(&mut metrics, &c);
         }
         let value = metrics.write_to_bytes().map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
         let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
@@ -578,218 +553,5 @@ impl Task for KataTask {
             self.exit.signal();
         }
         Ok(Empty::new())
-    }
-}
-
-/// The shim process.
-pub struct KataShim {
-    exit: Arc<ExitSignal>,
-    namespace: String,
-    id: String,
-    /// The socket this shim serves on (`-socket`, the serving process only).
-    socket: String,
-    /// containerd's address (`-address`): where the socket of this id's shim is derived from.
-    address: String,
-}
-
-/// The guest's cgroup counters (kata's CgroupStats) in containerd's cgroup v1 metrics.
-fn metrics_from_guest(
-    m: &mut containerd_shim_protos::cgroups::metrics::Metrics,
-    c: &agent_client::protocols::agent::CgroupStats,
-) {
-    use containerd_shim_protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, PidsStat, Throttle};
-    if let Some(cpu) = c.cpu_stats.as_ref() {
-        let u = cpu.cpu_usage.clone().unwrap_or_default();
-        let t = cpu.throttling_data.clone().unwrap_or_default();
-        m.cpu = MessageField::some(CPUStat {
-            usage: MessageField::some(CPUUsage {
-                total: u.total_usage,
-                kernel: u.usage_in_kernelmode,
-                user: u.usage_in_usermode,
-                per_cpu: u.percpu_usage.clone(),
-                ..Default::default()
-            }),
-            throttling: MessageField::some(Throttle {
-                periods: t.periods,
-                throttled_periods: t.throttled_periods,
-                throttled_time: t.throttled_time,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    if let Some(mem) = c.memory_stats.as_ref() {
-        let u = mem.usage.clone().unwrap_or_default();
-        let stat = |k: &str| mem.stats.get(k).copied().unwrap_or(0);
-        m.memory = MessageField::some(MemoryStat {
-            cache: mem.cache,
-            rss: stat("anon"),
-            inactive_file: stat("inactive_file"),
-            active_file: stat("active_file"),
-            inactive_anon: stat("inactive_anon"),
-            active_anon: stat("active_anon"),
-            total_inactive_file: stat("inactive_file"),
-            total_rss: stat("anon"),
-            total_cache: mem.cache,
-            pg_fault: stat("pgfault"),
-            pg_maj_fault: stat("pgmajfault"),
-            usage: MessageField::some(MemoryEntry {
-                usage: u.usage,
-                max: u.max_usage,
-                failcnt: u.failcnt,
-                limit: u.limit,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    if let Some(p) = c.pids_stats.as_ref() {
-        m.pids = MessageField::some(PidsStat { current: p.current, limit: p.limit, ..Default::default() });
-    }
-}
-
-/// Write `address` to the `address` file of the bundle (the working directory of `start`).
-fn write_address(address: &str) -> std::io::Result<()> {
-    std::fs::write("address.tmp", address)?;
-    std::fs::rename("address.tmp", "address")
-}
-
-/// The file of a `unix://` socket address.
-fn socket_file(address: &str) -> Option<&Path> {
-    address.strip_prefix("unix://").map(Path::new).filter(|p| p.is_absolute())
-}
-
-/// Remove the socket at `address` when nobody listens there any more (its shim died): a live
-/// shim's is left alone.
-fn remove_dead_socket(address: &str) {
-    use std::os::unix::fs::FileTypeExt;
-    let Some(path) = socket_file(address) else { return };
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    let refused = || {
-        std::os::unix::net::UnixStream::connect(path).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-    };
-    if is_socket && refused() {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-impl std::fmt::Debug for KataShim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KataShim").field("namespace", &self.namespace).field("id", &self.id).finish_non_exhaustive()
-    }
-}
-
-#[async_trait::async_trait]
-impl Shim for KataShim {
-    type T = KataTask;
-
-    async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
-        // tokio reaps QEMU itself; the crate's reaper would steal its exit status.
-        config.no_reaper = true;
-        KataShim {
-            exit: Arc::new(ExitSignal::default()),
-            namespace: args.namespace.clone(),
-            id: args.id.clone(),
-            socket: args.socket.clone(),
-            address: args.address.clone(),
-        }
-    }
-
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // A bad configuration is reported by Create, as INVALID_ARGUMENT naming the key.
-        // An app container goes to its sandbox's shim: the one listening for the sandbox's id.
-        let spec = oci_spec::runtime::Spec::load("config.json").ok();
-        let grouping = spec.and_then(|s| sandbox_of(s.annotations().as_ref())).unwrap_or_else(|| opts.id.clone());
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        // The bundle's `address` file is how a restarted containerd finds this shim again
-        // (runtime/v2's loadShim reads it; without it the task is taken for dead, its bundle
-        // removed, and the sandbox left running unmanaged). containerd-shim 0.11 writes it only
-        // when the socket was already served; written here every time, whole or not at all.
-        write_address(&address)
-            .map_err(|e| containerd_shim::Error::Other(format!("writing the bundle's address file: {e}")))?;
-        Ok(address)
-    }
-
-    async fn delete_shim(&mut self) -> containerd_shim::Result<containerd_shim::api::DeleteResponse> {
-        // Run by containerd in the bundle after the shim is gone (e.g. killed): remove what the
-        // persisted state records, and what is tagged as the sandbox's when there is no state
-        // (a crash before the first record) or it cannot be read.
-        let log = crate::logging::stderr_logger();
-        let bundle = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let stopped = containerd_shim::api::DeleteResponse {
-            exit_status: 137,
-            exited_at: MessageField::some(now()),
-            ..Default::default()
-        };
-        // containerd runs `delete` whenever a container's connection to its shim closes (after a
-        // normal Delete too: runtime/v2's cleanupAfterDeadShim), and for CRI's app containers
-        // that is a bundle of a live pod's. An app container owns nothing of the sandbox's: the
-        // sandbox's shim removes its mounts at Delete, and if that shim died, the sandbox's own
-        // `delete` removes everything of the VM. So nothing of the pod is touched here.
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
-        if let Some(sandbox) = spec.and_then(|s| sandbox_of(s.annotations().as_ref())).filter(|s| s != &self.id) {
-            slog::info!(log, "delete of an app container: nothing of its sandbox is touched";
-                "container_id" => &self.id, "sandbox_id" => sandbox);
-            return Ok(stopped);
-        }
-        let config = Config::load().ok().map(|(c, _)| c);
-        let run_root = config.as_ref().map(|c| c.runtime.run_dir.clone());
-        let state = match SandboxState::load(&bundle) {
-            Ok(Some(state)) => Some(state),
-            Ok(None) => tagged_state(&self.id, &bundle, run_root.as_deref()),
-            Err(e) => {
-                slog::error!(log, "the sandbox state cannot be read: removing what is tagged as the sandbox's";
-                    "sandbox_id" => &self.id, "error" => crate::error::message(&e));
-                tagged_state(&self.id, &bundle, run_root.as_deref())
-            }
-        };
-        // A run directory held by a live shim is another sandbox's with the same id (another
-        // containerd namespace): nothing of it is ours to remove.
-        let held = state.as_ref().and_then(|s| s.run_dir.as_deref()).is_some_and(sandbox::run_dir_held);
-        if held {
-            slog::warn!(log, "the run directory is held by a live shim: the same sandbox id runs elsewhere; nothing touched";
-                "sandbox_id" => &self.id);
-            SandboxState::forget(&bundle);
-            return Ok(stopped);
-        }
-        if let Some(state) = state {
-            if let Err(e) = state.teardown(&log, run_root.as_deref()).await {
-                slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
-            }
-        }
-        SandboxState::forget(&bundle);
-        // A killed shim leaves its socket behind: removed once nothing listens there.
-        remove_dead_socket(&containerd_shim::socket_address(&self.address, &self.namespace, &self.id));
-        Ok(stopped)
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-        // The library removes the socket only through the bundle's `address` file, which
-        // containerd may have deleted with the bundle by now: every shim left its socket in
-        // /run/containerd/s/. Removed here; the listening socket serves on until the exit.
-        if let Some(path) = socket_file(&self.socket) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let log = crate::logging::shim_logger().new(slog::o!("namespace" => self.namespace.clone()));
-        let config = Config::load()
-            .map(|(c, path)| {
-                slog::info!(log, "configuration loaded"; "path" => %path.display());
-                c
-            })
-            .map_err(|e| crate::error::message(&e));
-        if let Err(e) = &config {
-            slog::error!(log, "bad configuration"; "error" => e);
-        }
-        KataTask {
-            entries: Arc::new(Mutex::new(HashMap::new())),
-            config,
-            events: Events { publisher: Arc::new(publisher), namespace: self.namespace.clone() },
-            exit: self.exit.clone(),
-            log,
-        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod io;
 pub(crate) mod process;
 pub mod spec;
+pub(crate) mod stats;
 
 use std::path::Path;
 
