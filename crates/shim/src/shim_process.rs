@@ -18,6 +18,42 @@ use crate::workload::process::now;
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
+/// What `-v` / `-version` print, in the form containerd's own shims print it.
+pub fn version_text() -> String {
+    format!(
+        "containerd-shim-kata-v2:\n  Version:  {}\n  Runtime:  {RUNTIME_ID}\n  Agent API: kata agent protocol (grpc.AgentService)\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// What `-info` prints (containerd 2.x asks for it): the runtime's `RuntimeInfo`, its name and
+/// version, and the OCI features it honours (runtime-spec's features document as JSON).
+pub fn runtime_info() -> Vec<u8> {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    let features = serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec"],
+        "linux": {
+            "namespaces": ["pid", "ipc", "uts", "mount"],
+            "cgroup": {"v2": true},
+            "seccomp": {"enabled": true},
+        },
+    });
+    let info = RuntimeInfo {
+        name: RUNTIME_ID.into(),
+        version: MessageField::some(RuntimeVersion { version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+        features: MessageField::some(containerd_shim_protos::protobuf::well_known_types::any::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/features/Features".into(),
+            value: features.to_string().into_bytes(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    info.write_to_bytes().unwrap_or_default()
+}
+
 /// What a sandbox may have made, found by its tags rather than a state file: the run directory
 /// `<run_root>/<id>` (and any QEMU whose command line names it), the runtime's link group in the
 /// spec's namespace, the shim's own namespace `kata-net-<id>`. `None` for an id that is no

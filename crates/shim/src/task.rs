@@ -307,6 +307,20 @@ impl Task for KataTask {
         };
         if workload {
             let eid = if req.all { "" } else { agent_exec_id(&req.id, &req.exec_id) };
+            // Remembered before it is sent: the agents give a killed process's status as the
+            // signal's number, which becomes runc's 128+N only for a signal the runtime sent.
+            {
+                let e = self.entries.lock().await;
+                if let Some(entry) = e.get(&req.id) {
+                    let procs: Vec<&Proc> = match req.all {
+                        true => std::iter::once(&entry.init).chain(entry.execs.values()).collect(),
+                        false => entry.proc(&req.exec_id).into_iter().collect(),
+                    };
+                    for p in procs {
+                        p.sent(req.signal);
+                    }
+                }
+            }
             let signalled = tokio::time::timeout(KILL_AGENT_WAIT, sb.agent.signal_process(&req.id, eid, req.signal));
             match (signalled.await, pod_init) {
                 (Ok(r), _) => r.map_err(Error::from)?,
@@ -395,7 +409,11 @@ impl Task for KataTask {
                 let e = self.entries.lock().await;
                 let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
                 let p = entry.proc(&req.exec_id)?;
-                (p.started && p.exited().is_none()).then(|| (entry.sandbox.clone(), p.exit.subscribe()))
+                let running = p.started && p.exited().is_none();
+                if running {
+                    p.sent(9);
+                }
+                running.then(|| (entry.sandbox.clone(), p.exit.subscribe()))
             };
             if let Some((sb, mut exit)) = running {
                 slog::info!(self.log, "a running exec is deleted: it is killed first";

@@ -1067,8 +1067,8 @@ fn deleting_a_running_exec_ends_it_in_the_vm() {
     let sleeps = || tests::guest::sh(&run, "ps -o args | grep -c '^sleep 4242'").trim().parse::<u32>().unwrap_or(99);
     wait_until(Duration::from_secs(20), "the exec runs in the VM", || sleeps() == 1);
     let deleted = delete_process(&c, "sbdx", "long").expect("DeleteProcess");
-    // Killed by SIGKILL: kata's agent gives the signal's number as the status (9), as ours does.
-    assert!(matches!(deleted.exit_status, 9 | 137), "the deleted exec was killed: {deleted:?}");
+    // Killed by SIGKILL: 137, as runc gives it (the agents say 9; the shim sent the signal).
+    assert_eq!(deleted.exit_status, 137, "the deleted exec was killed: {deleted:?}");
     assert_eq!(sleeps(), 0, "the deleted exec still runs in the VM");
     // The exec is gone for containerd too, and the container runs on.
     assert!(delete_process(&c, "sbdx", "long").is_err(), "the exec is still known");
@@ -1115,6 +1115,24 @@ fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     let out = c.ctr(&["task", "exec", "--exec-id", "wx1", "wx1", "true"]);
     assert!(!out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the container's own id"), "{out:?}");
+    // An exec ended by a signal the runtime sent exits 128+N, as under runc: 143 for SIGTERM,
+    // 137 for SIGKILL (the agents report N).
+    for (sig, code) in [("SIGTERM", 143), ("SIGKILL", 137)] {
+        let exec = std::process::Command::new("ctr")
+            .args(["-a", c.sock().to_str().unwrap(), "task", "exec", "--exec-id", "sig1", "wx1", "sleep", "4243"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let run = c.run_dir().join("wx1");
+        wait_until(Duration::from_secs(20), "the exec runs", || {
+            tests::guest::sh(&run, "ps -o args | grep -c '^sleep 4243'").trim() == "1"
+        });
+        let out = c.ctr(&["task", "kill", "-s", sig, "--exec-id", "sig1", "wx1"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = exec.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "an exec ended by {sig}");
+    }
     // The init's process: a SIGTERM ends it, ctr sees the task stopped with its status.
     let out = c.ctr(&["task", "kill", "-s", "SIGTERM", "wx1"]);
     assert!(out.status.success(), "{out:?}");

@@ -603,6 +603,16 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     };
     assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}");
 
+    // StopContainer of a container whose PID 1 ignores SIGTERM (a plain sleep): SIGKILL after
+    // the timeout, exit 137 as under runc.
+    cri.stop_container(StopContainerRequest { container_id: bare.clone(), timeout: 2 }).await.expect("StopContainer");
+    let st = cri
+        .container_status(ContainerStatusRequest { container_id: bare.clone(), verbose: false })
+        .await
+        .expect("ContainerStatus");
+    let st = st.into_inner().status.expect("status");
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Error"), "{st:?}");
+
     // The pod stops promptly although a container has a child (the old guest hung here).
     let start = Instant::now();
     let stopped = tokio::time::timeout(

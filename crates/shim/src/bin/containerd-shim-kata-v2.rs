@@ -1,6 +1,20 @@
 //! containerd-shim-kata-v2: the process containerd starts for `io.containerd.kata.v2`.
 
 fn main() {
+    // Answered before containerd-shim's bootstrap, which wants containerd's environment for them.
+    match std::env::args().nth(1).as_deref() {
+        Some("-v" | "-version" | "--version") => {
+            print!("{}", shim::shim_process::version_text());
+            return;
+        }
+        Some("-info") => {
+            // containerd writes the runtime's options on stdin; nothing in them changes the answer.
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &shim::shim_process::runtime_info());
+            return;
+        }
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the async runtime");
     rt.block_on(containerd_shim::asynchronous::run::<shim::shim_process::KataShim>(
         shim::shim_process::RUNTIME_ID,

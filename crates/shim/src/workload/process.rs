@@ -35,11 +35,30 @@ pub(crate) struct Proc {
     pub(crate) started: bool,
     /// Set once, when the process exited (exit status, time).
     pub(crate) exit: tokio::sync::watch::Sender<Option<(u32, Timestamp)>>,
+    /// The signals the runtime sent it (Kill).
+    signals: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 impl Proc {
     pub(crate) fn new(stdio: workload::io::Stdio, spec: Option<agent_client::protocols::oci::Process>) -> Self {
-        Self { stdio, spec, started: false, exit: tokio::sync::watch::channel(None).0 }
+        Self { stdio, spec, started: false, exit: tokio::sync::watch::channel(None).0, signals: Default::default() }
+    }
+
+    /// The runtime sent it signal `sig`.
+    pub(crate) fn sent(&self, sig: u32) {
+        self.signals.lock().unwrap_or_else(|e| e.into_inner()).insert(sig);
+    }
+
+    /// The exit status as runc gives it: the agents report a process killed by signal N as N,
+    /// which is taken for the signal (128+N) when the runtime sent it N. A process that exits
+    /// with such a code on its own after that signal reads as killed too: the agents cannot
+    /// tell them apart.
+    pub(crate) fn runc_status(&self, status: u32) -> u32 {
+        let sent = self.signals.lock().unwrap_or_else(|e| e.into_inner()).contains(&status);
+        match (1..=64).contains(&status) && sent {
+            true => 128 + status,
+            false => status,
+        }
     }
 
     pub(crate) fn exited(&self) -> Option<(u32, Timestamp)> {
@@ -189,11 +208,13 @@ pub(crate) fn follow_process(
         }
         let recorded = {
             let e = entries.lock().await;
-            e.get(&cid).and_then(|entry| entry.proc(&exec_id).ok()).is_some_and(|p| p.record_exit(code))
+            e.get(&cid).and_then(|entry| entry.proc(&exec_id).ok()).and_then(|p| {
+                let status = p.runc_status(code);
+                p.record_exit(status).then_some(status)
+            })
         };
-        if recorded {
-            events.exit(&cid, &exec_id, sb.vm.pid(), code).await;
-        }
+        let Some(code) = recorded else { return };
+        events.exit(&cid, &exec_id, sb.vm.pid(), code).await;
     });
 }
 
