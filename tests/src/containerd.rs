@@ -278,6 +278,28 @@ impl Containerd {
         assert!(!run.exists(), "{} is left", run.display());
     }
 
+    /// Follow containerd's event stream (as kubelet's CRI plugin does), do `action`, and give the
+    /// first TaskExit of task `id` that comes within 60 s.
+    pub fn task_exit_after(&self, id: &str, action: impl FnOnce()) -> Option<String> {
+        use std::io::{BufRead, BufReader};
+        let mut events = Command::new("timeout")
+            .args(["60", "ctr", "-a"])
+            .arg(self.sock())
+            .arg("events")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        action();
+        let exit = BufReader::new(events.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("/tasks/exit") && l.contains(id));
+        let _ = events.kill();
+        let _ = events.wait();
+        exit
+    }
+
     /// SIGKILL the shim of sandbox `id` (containerd then runs its `delete`).
     pub fn kill_shim(&self, id: &str) {
         let pids = crate::run(&["pgrep", "-f", &format!("containerd-shim-kata-v2 .*-id {id} ")]);

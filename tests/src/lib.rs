@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod containerd;
 pub mod frames;
+pub mod grpc;
 pub mod guest;
 pub mod vm;
 

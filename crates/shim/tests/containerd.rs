@@ -591,26 +591,12 @@ fn without_a_namespace_path_the_shim_makes_its_own_and_removes_it() {
 
 #[test]
 fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
-    use std::io::{BufRead, BufReader};
     let (c, cni, before) = start_with_pod("qdie");
     c.run_ok("sb9", &cni.pod.path());
-    // containerd's event stream, as kubelet's CRI plugin follows it.
-    let mut events = std::process::Command::new("timeout")
-        .args(["60", "ctr", "-a"])
-        .arg(c.sock())
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("sb9")).expect("the sandbox's QEMU");
-    tests::run(&["kill", "-9", &qemu.to_string()]);
-    let exit = BufReader::new(events.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("/tasks/exit") && l.contains("sb9"));
-    let _ = events.kill();
-    let _ = events.wait();
+    let exit = c.task_exit_after("sb9", || {
+        tests::run(&["kill", "-9", &qemu.to_string()]);
+    });
     let exit = exit.expect("a TaskExit event for sb9 within 60 s");
     assert!(exit.contains("137"), "exit status of a SIGKILLed QEMU: {exit}");
     assert_eq!(c.task_status("sb9"), "STOPPED");
@@ -622,28 +608,15 @@ fn qemu_dying_on_its_own_reaches_containerd_as_task_exit() {
 
 #[test]
 fn a_helper_that_dies_stops_the_vm_and_reaches_containerd_as_task_exit() {
-    use std::io::{BufRead, BufReader};
     let (c, cni, before) = start_with_pod("helper");
     for (id, helper) in [("sbhd1", "virtiofsd"), ("sbhd2", "vhost-device-vsock")] {
         c.run_ok(id, &cni.pod.path());
         let run = c.run_dir().join(id);
-        let mut events = std::process::Command::new("timeout")
-            .args(["60", "ctr", "-a"])
-            .arg(c.sock())
-            .arg("events")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
         assert!(qemu_running_in(&run));
         let pattern = format!("{helper}.*{}", run.display());
-        let _ = tests::try_run(&["pkill", "-9", "-f", &pattern]);
-        let exit = BufReader::new(events.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("/tasks/exit") && l.contains(id));
-        let _ = events.kill();
-        let _ = events.wait();
+        let exit = c.task_exit_after(id, || {
+            let _ = tests::try_run(&["pkill", "-9", "-f", &pattern]);
+        });
         exit.unwrap_or_else(|| panic!("no TaskExit for {id} within 60 s of its {helper}'s death"));
         let log = std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap();
         assert!(
@@ -1036,16 +1009,7 @@ fn delete_process(c: &Containerd, id: &str, exec_id: &str) -> Result<DeleteRespo
     let sock = c.sock();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let p = sock.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                }
-            }))
-            .await
-            .expect("connect to containerd");
+        let channel = tests::grpc::unix_channel(&sock).await;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.expect("containerd ready");
         let mut req = tonic::Request::new(DeleteProcessRequest { container_id: id.into(), exec_id: exec_id.into() });

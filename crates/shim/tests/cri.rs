@@ -87,18 +87,7 @@ fn pod_config(d: &str) -> PodSandboxConfig {
 }
 
 async fn cri_client(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Channel> {
-    let channel =
-        tonic::transport::Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let p = sock.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                }
-            }))
-            .await
-            .expect("connect to containerd's CRI socket");
-    RuntimeServiceClient::new(channel)
+    RuntimeServiceClient::new(tests::grpc::unix_channel(&sock).await)
 }
 
 /// A node for CRI tests: its network namespace, the scratch directory (and its unmount on drop),
