@@ -128,6 +128,7 @@ impl KataTask {
             owns_sandbox: true,
             mgmt: Some(mgmt),
             workload,
+            shared_pidns: false,
             init: Proc::new(stdio, None),
             execs: HashMap::new(),
         })
@@ -148,13 +149,14 @@ impl KataTask {
         };
         let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let bundle = PathBuf::from(&req.bundle);
-        workload::create_container(&sb, &req.id, &bundle, &req.rootfs).await?;
+        let shared_pidns = workload::create_container(&sb, &req.id, &bundle, &req.rootfs).await?;
         Ok(Entry {
             bundle,
             sandbox: sb,
             owns_sandbox: false,
             mgmt: None,
             workload: true,
+            shared_pidns,
             init: Proc::new(stdio, None),
             execs: HashMap::new(),
         })
@@ -294,7 +296,7 @@ impl Task for KataTask {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        let (sb, workload, pod_init) = {
+        let (sb, workload, pod_init, all) = {
             let e = self.entries.lock().await;
             let entry = e.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             // An exited process has nothing left to signal; with `all`, neither has its
@@ -303,21 +305,29 @@ impl Task for KataTask {
             if p.exited().is_some() {
                 return Ok(Empty::new());
             }
-            (entry.sandbox.clone(), entry.workload, entry.owns_sandbox && req.exec_id.is_empty())
+            // A SIGKILL of the init of a container in the pod's PID namespace ends all its
+            // processes, as runc's shim kills them all when such an init ends: there the init is
+            // no PID 1, and a child left behind (holding the output) would keep the container up.
+            let all = req.all || (entry.shared_pidns && req.exec_id.is_empty() && req.signal == 9);
+            (entry.sandbox.clone(), entry.workload, entry.owns_sandbox && req.exec_id.is_empty(), all)
         };
         if workload {
-            let eid = if req.all { "" } else { agent_exec_id(&req.id, &req.exec_id) };
+            let eid = if all { "" } else { agent_exec_id(&req.id, &req.exec_id) };
             // Remembered before it is sent: the agents give a killed process's status as the
             // signal's number, which becomes runc's 128+N only for a signal the runtime sent.
             {
                 let e = self.entries.lock().await;
                 if let Some(entry) = e.get(&req.id) {
-                    let procs: Vec<&Proc> = match req.all {
+                    let procs: Vec<&Proc> = match all {
                         true => std::iter::once(&entry.init).chain(entry.execs.values()).collect(),
                         false => entry.proc(&req.exec_id).into_iter().collect(),
                     };
                     for p in procs {
                         p.sent(req.signal);
+                    }
+                    // kata's agent turns a SIGTERM to an init with no handler for it into a SIGKILL.
+                    if req.signal == 15 && req.exec_id.is_empty() {
+                        entry.init.sent(9);
                     }
                 }
             }

@@ -18,12 +18,13 @@ use crate::sandbox::Sandbox;
 
 /// Make container `cid` in the VM: its rootfs and the spec's bind mounts shared, the container
 /// created by the agent (its init process made, not started). On failure nothing is left.
+/// `Ok(true)`: it shares the pod's PID namespace.
 pub async fn create_container(
     sb: &Sandbox,
     cid: &str,
     bundle: &Path,
     rootfs: &[containerd_shim_protos::types::mount::Mount],
-) -> Result<()> {
+) -> Result<bool> {
     netmgmt::paths::check_sandbox_id(cid).map_err(|_| Error::InvalidId(cid.to_owned()))?;
     let run_dir = sb.run_dir.clone().ok_or_else(|| Error::Internal("the sandbox has no run directory".into()))?;
     let path = bundle.join("config.json");
@@ -59,7 +60,7 @@ pub async fn create_container(
         let _ = sharedfs::unshare_container(&run_dir, cid);
         return Err(e);
     }
-    Ok(())
+    Ok(hints.sandbox_pidns)
 }
 
 /// Remove container `cid` from the VM (its processes killed) and unshare its rootfs and mounts.

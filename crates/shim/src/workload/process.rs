@@ -95,6 +95,8 @@ pub(crate) struct Entry {
     pub(crate) mgmt: Option<MgmtServer>,
     /// Its processes run in the VM; `false` (no shared filesystem): the sandbox's task is the VM.
     pub(crate) workload: bool,
+    /// It shares the pod's PID namespace (its init is no PID 1 whose end ends the others).
+    pub(crate) shared_pidns: bool,
     pub(crate) init: Proc,
     pub(crate) execs: HashMap<String, Proc>,
 }
