@@ -35,18 +35,20 @@ declare -A need=(
   [mount]=mount
   [sha256sum]=coreutils
   [tmux]=tmux
-  [python3]=python3
+  [/usr/bin/python3]=python3
   [mkfs.ext4]=e2fsprogs
   [pkg-config]=pkg-config
   [/usr/include/seccomp.h]=libseccomp-dev
   [/usr/include/cap-ng.h]=libcap-ng-dev
+  [/usr/include/x86_64-linux-gnu/asm/unistd_64.h]=linux-libc-dev
   [/usr/bin/ip]=iproute2
 )
 
 missing=()
 for cmd in "${!need[@]}"; do
   if [[ $cmd == /* ]]; then
-    [ -x "$cmd" ] || missing+=("${need[$cmd]}")
+    # A path: a program, a plugin or a header (-e: headers are not executable).
+    [ -e "$cmd" ] || missing+=("${need[$cmd]}")
   else
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
   fi

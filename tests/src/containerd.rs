@@ -136,6 +136,22 @@ fn spawn_containerd(dir: &Path, shim_dir: &Path, env: &[(String, PathBuf)]) -> C
         .expect("start containerd")
 }
 
+/// SIGKILL process `pid`; when it is a shim, remove the socket it served on (a SIGKILLed shim
+/// cannot, and with containerd gone no `delete` will): a failed test leaves none in
+/// /run/containerd/s/.
+pub fn kill_leaving_no_socket(pid: i32) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let socket = args
+        .iter()
+        .position(|a| a == "-socket")
+        .and_then(|i| args.get(i + 1)?.strip_prefix("unix://").map(PathBuf::from));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    if let Some(s) = socket {
+        let _ = std::fs::remove_file(s);
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
@@ -149,7 +165,7 @@ impl Drop for Containerd {
             let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmdline).contains(&needle) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                kill_leaving_no_socket(pid);
             }
         }
         // Snapshot mounts left under our root.

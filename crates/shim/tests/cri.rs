@@ -48,7 +48,7 @@ impl Drop for Containerd {
             let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmd).contains(&needle) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                tests::containerd::kill_leaving_no_socket(pid);
             }
         }
         for ns in cni_netns().into_iter().filter(|n| !self.2.contains(n)) {

@@ -91,8 +91,9 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-async fn open(path: PathBuf, write: bool) -> std::io::Result<tokio::fs::File> {
-    let f = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().read(!write).write(write).open(path))
+/// Open the stdin FIFO for reading in a blocking thread (the open waits for its writer).
+async fn open_stdin(path: PathBuf) -> std::io::Result<tokio::fs::File> {
+    let f = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().read(true).open(path))
         .await
         .map_err(std::io::Error::other)??;
     Ok(tokio::fs::File::from_std(f))
@@ -154,7 +155,7 @@ pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: 
         (false, terminal) => {
             let (agent, cid, eid, path) = (agent.clone(), cid.to_owned(), exec_id.to_owned(), stdio.stdin.clone());
             Some(tokio::spawn(async move {
-                let Ok(mut f) = open(path.into(), false).await else { return };
+                let Ok(mut f) = open_stdin(path.into()).await else { return };
                 let mut buf = vec![0u8; CHUNK as usize];
                 loop {
                     match f.read(&mut buf).await {

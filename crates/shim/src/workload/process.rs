@@ -49,13 +49,17 @@ impl Proc {
         self.signals.lock().unwrap_or_else(|e| e.into_inner()).insert(sig);
     }
 
+    /// Whether the runtime sent it signal `sig`.
+    pub(crate) fn was_sent(&self, sig: u32) -> bool {
+        self.signals.lock().unwrap_or_else(|e| e.into_inner()).contains(&sig)
+    }
+
     /// The exit status as runc gives it: the agents report a process killed by signal N as N,
     /// which is taken for the signal (128+N) when the runtime sent it N. A process that exits
     /// with such a code on its own after that signal reads as killed too: the agents cannot
     /// tell them apart.
     pub(crate) fn runc_status(&self, status: u32) -> u32 {
-        let sent = self.signals.lock().unwrap_or_else(|e| e.into_inner()).contains(&status);
-        match (1..=64).contains(&status) && sent {
+        match (1..=64).contains(&status) && self.was_sent(status) {
             true => 128 + status,
             false => status,
         }
@@ -195,13 +199,16 @@ pub(crate) fn follow_process(
         copies.finish();
         // Killed (SIGKILL: the agents give the signal's number) after an OOM kill in its
         // container: 137, as runc reports an OOM-killed process, with the TaskOOM before it.
-        // The agent tells the OOM kill before the exit, but on another call: a SIGKILL waits a
-        // moment for it.
-        let oom_killed = || sb.oom_killed.lock().unwrap_or_else(|e| e.into_inner()).contains(&cid);
+        // The agent tells the OOM kill before the exit, but on another call: a SIGKILL the
+        // runtime did not send waits a moment for it (one it sent is 137 anyway).
+        let sent_kill = {
+            let e = entries.lock().await;
+            e.get(&cid).and_then(|entry| entry.proc(&exec_id).ok()).is_some_and(|p| p.was_sent(9))
+        };
         let mut code = code;
-        if code == 9 {
+        if code == 9 && !sent_kill {
             for _ in 0..10 {
-                if oom_killed() {
+                if sb.oom_killed.lock().unwrap_or_else(|e| e.into_inner()).contains(&cid) {
                     code = 137;
                     break;
                 }
