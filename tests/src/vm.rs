@@ -84,7 +84,7 @@ pub fn limit_fds_to_1024() -> nix::Result<()> {
 pub fn vm_spec(dir: &Scratch, config: hypervisor::QemuConfig) -> hypervisor::VmSpec {
     hypervisor::VmSpec {
         config,
-        run_dir: dir.0.clone(),
+        run_dir: network::RunDir::at(dir.0.clone()),
         agent: hypervisor::AgentChannel::Serial { socket: dir.0.join("agent.sock") },
         log: crate::quiet_logger(),
         shared_fs: None,

@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use network::{NicBackend, NicConfig, PciPath};
+use network::{NicBackend, NicConfig, PciPath, RunDir};
 
 use crate::nic::{Netdev, NicDevice};
 
@@ -39,20 +39,26 @@ impl CommandLine {
     }
 }
 
+/// What the command line is built from, besides the cold-plugged NICs.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine<'a> {
+    pub cfg: &'a QemuConfig,
+    pub accel: Accel,
+    /// Where QMP's socket and the console's log are.
+    pub run_dir: &'a RunDir,
+    pub agent: &'a AgentChannel,
+    /// The vhost-user-fs socket of the sandbox's virtiofsd.
+    pub shared_fs: Option<&'a Path>,
+    pub slots: &'a Slots,
+}
+
 /// Everything QEMU needs, in order. Returns the command line and the PCI path of each
 /// cold-plugged NIC (by id).
-pub fn build(
-    cfg: &QemuConfig,
-    accel: Accel,
-    run_dir: &Path,
-    agent: &AgentChannel,
-    shared_fs: Option<&Path>,
-    slots: &Slots,
-    nics: Vec<NicConfig>,
-) -> Result<(CommandLine, Vec<(String, PciPath)>)> {
+pub fn build(m: &Machine<'_>, nics: Vec<NicConfig>) -> Result<(CommandLine, Vec<(String, PciPath)>)> {
     if nics.len() > slots::MAX_COLD_NICS {
         return Err(Error::Unsupported(format!("{} cold-plugged NICs (at most {})", nics.len(), slots::MAX_COLD_NICS)));
     }
+    let cfg = m.cfg;
     let mut c = CommandLine::default();
     let (machine, root_bus) = match cfg.machine_type {
         MachineType::Q35 => ("q35", "pcie.0"),
@@ -61,10 +67,45 @@ pub fn build(
     let root = cfg.root();
     let nvdimm = matches!(root, GuestRoot::Image { nvdimm: true, .. });
     c.arg("-name", "sandbox");
-    c.arg("-machine", format!("{machine},accel={}{}", accel.as_str(), if nvdimm { ",nvdimm=on" } else { "" }));
-    c.arg("-cpu", if accel == Accel::Kvm { "host" } else { "max" });
+    c.arg("-machine", format!("{machine},accel={}{}", m.accel.as_str(), if nvdimm { ",nvdimm=on" } else { "" }));
+    c.arg("-cpu", if m.accel == Accel::Kvm { "host" } else { "max" });
     c.arg("-smp", cfg.default_vcpus.to_string());
-    // The NVDIMM is a memory device: one slot, and room for it above the RAM.
+    let image_len = memory(&mut c, cfg, root)?;
+    c.args.extend(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"].map(String::from));
+    c.arg("-display", "none");
+    c.arg("-serial", format!("file:{}", m.run_dir.console_log().display()));
+    c.arg("-monitor", "none");
+    c.arg("-qmp", format!("unix:{},server=on,wait=off", m.run_dir.qmp_socket().display()));
+    c.arg("-kernel", cfg.kernel.display().to_string());
+    root_device(&mut c, root, image_len, root_bus)?;
+    // As kata writes them: the runtime's own, the root's, then the configuration's kernel_params.
+    let append: Vec<&str> = ["console=ttyS0 panic=-1 quiet", root.kernel_params(), cfg.kernel_params.as_str()]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    c.arg("-append", append.join(" "));
+    for d in m.slots.devices() {
+        c.arg("-device", d);
+    }
+    agent_device(&mut c, m.agent, root_bus)?;
+    if let Some(socket) = m.shared_fs {
+        c.arg("-chardev", format!("socket,id=char-fs,path={}", socket.display()));
+        c.arg(
+            "-device",
+            format!(
+                "vhost-user-fs-pci,chardev=char-fs,tag={},bus={root_bus},addr={:#x}",
+                crate::config::SHARED_FS_TAG,
+                slots::FS_SLOT
+            ),
+        );
+    }
+    let paths = nics.into_iter().enumerate().map(|(i, nic)| cold_nic(&mut c, i, nic, root_bus)).collect();
+    Ok((c, paths))
+}
+
+/// The guest's memory: shared (vhost-user NICs and vsock need it, cold plug and hotplug alike),
+/// with a slot and room above the RAM for an NVDIMM root image. Returns the image's length then.
+fn memory(c: &mut CommandLine, cfg: &QemuConfig, root: GuestRoot<'_>) -> Result<Option<u64>> {
     let image_len = match root {
         GuestRoot::Image { path, nvdimm: true, .. } => Some(
             std::fs::metadata(path).map_err(|source| Error::Spawn { path: path.display().to_string(), source })?.len(),
@@ -78,25 +119,13 @@ pub fn build(
         }
         None => c.arg("-m", format!("{}M", cfg.default_memory)),
     }
-    // Shared guest memory: vhost-user (NICs, vsock) needs it, for cold plug and hotplug alike.
     c.arg("-object", format!("memory-backend-memfd,id=mem0,size={}M,share=on", cfg.default_memory));
     c.arg("-numa", "node,memdev=mem0");
-    c.args.extend(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"].map(String::from));
-    c.arg("-display", "none");
-    c.arg("-serial", format!("file:{}", run_dir.join("console.log").display()));
-    c.arg("-monitor", "none");
-    c.arg("-qmp", format!("unix:{},server=on,wait=off", run_dir.join("qmp.sock").display()));
-    c.arg("-kernel", cfg.kernel.display().to_string());
-    root_device(&mut c, root, image_len, root_bus)?;
-    // As kata writes them: the runtime's own, the root's, then the configuration's kernel_params.
-    let append: Vec<&str> = ["console=ttyS0 panic=-1 quiet", root.kernel_params(), cfg.kernel_params.as_str()]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect();
-    c.arg("-append", append.join(" "));
-    for d in slots.devices() {
-        c.arg("-device", d);
-    }
+    Ok(image_len)
+}
+
+/// The agent's channel: a virtio-serial port, or a vsock device (vhost-user or the kernel's).
+fn agent_device(c: &mut CommandLine, agent: &AgentChannel, root_bus: &str) -> Result<()> {
     match agent {
         AgentChannel::Serial { socket } => {
             c.arg("-device", format!("virtio-serial-pci,id=vser0,bus={root_bus},addr={:#x}", slots::SERIAL_SLOT));
@@ -131,40 +160,30 @@ pub fn build(
             );
         }
     }
-    if let Some(socket) = shared_fs {
-        c.arg("-chardev", format!("socket,id=char-fs,path={}", socket.display()));
-        c.arg(
-            "-device",
-            format!(
-                "vhost-user-fs-pci,chardev=char-fs,tag={},bus={root_bus},addr={:#x}",
-                crate::config::SHARED_FS_TAG,
-                slots::FS_SLOT
-            ),
-        );
-    }
-    let mut paths = Vec::new();
-    for (i, nic) in nics.into_iter().enumerate() {
-        let addr = slots::FIRST_COLD_NIC_SLOT + i as u8;
-        let netdev = match nic.backend {
-            NicBackend::Tap { queues, vhost, .. } => {
-                let mut names = |fds: Vec<OwnedFd>| fds.into_iter().map(|f| c.pass(f).to_string()).collect();
-                let fds = names(queues);
-                Netdev::Tap { fds, vhostfds: names(vhost) }
-            }
-            NicBackend::VhostUser { socket } => Netdev::VhostUser { socket },
-        };
-        let dev = NicDevice {
-            id: nic.id.clone(),
-            mac: nic.guest_mac,
-            mtu: nic.mtu,
-            bus: root_bus.to_owned(),
-            addr: format!("{addr:#x}"),
-            netdev,
-        };
-        c.args.extend(dev.args());
-        paths.push((nic.id, PciPath::new(vec![addr]).expect("slot below 0x20")));
-    }
-    Ok((c, paths))
+    Ok(())
+}
+
+/// The `i`th cold-plugged NIC, its fds passed, on its slot; returns its id and PCI path.
+fn cold_nic(c: &mut CommandLine, i: usize, nic: NicConfig, root_bus: &str) -> (String, PciPath) {
+    let addr = slots::FIRST_COLD_NIC_SLOT + i as u8;
+    let netdev = match nic.backend {
+        NicBackend::Tap { queues, vhost, .. } => {
+            let mut names = |fds: Vec<OwnedFd>| fds.into_iter().map(|f| c.pass(f).to_string()).collect();
+            let fds = names(queues);
+            Netdev::Tap { fds, vhostfds: names(vhost) }
+        }
+        NicBackend::VhostUser { socket } => Netdev::VhostUser { socket },
+    };
+    let dev = NicDevice {
+        id: nic.id.clone(),
+        mac: nic.guest_mac,
+        mtu: nic.mtu,
+        bus: root_bus.to_owned(),
+        addr: format!("{addr:#x}"),
+        netdev,
+    };
+    c.args.extend(dev.args());
+    (nic.id, PciPath::new(vec![addr]).expect("slot below 0x20"))
 }
 
 /// The guest's root: `-initrd`, or the image as kata attaches it: an NVDIMM backed by the file
@@ -264,10 +283,18 @@ pub fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) 
 mod tests {
     use super::*;
 
+    fn machine<'a>(cfg: &'a QemuConfig, agent: &'a AgentChannel, slots: &'a Slots, run_dir: &'a RunDir) -> Machine<'a> {
+        Machine { cfg, accel: Accel::Tcg, run_dir, agent, shared_fs: None, slots }
+    }
+
+    fn sb() -> RunDir {
+        RunDir::at("/run/kata/sb".into())
+    }
+
     fn args_for(agent: &AgentChannel) -> String {
         let cfg = QemuConfig::default();
         let slots = Slots::new(cfg.machine_type, 0);
-        let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), agent, None, &slots, Vec::new()).unwrap();
+        let (c, _) = build(&machine(&cfg, agent, &slots, &sb()), Vec::new()).unwrap();
         c.args.join(" ")
     }
 
@@ -278,13 +305,7 @@ mod tests {
         let agent = AgentChannel::Serial { socket: "/run/kata/sb/agent.sock".into() };
         let cfg = QemuConfig { image: img.clone(), kernel_params: "agent.log=debug".into(), ..Default::default() };
         let slots = Slots::new(cfg.machine_type, 0);
-        let args = |cfg: &QemuConfig| {
-            build(cfg, Accel::Tcg, Path::new("/run/kata/sb"), &agent, None, &slots, Vec::new())
-                .unwrap()
-                .0
-                .args
-                .join(" ")
-        };
+        let args = |cfg: &QemuConfig| build(&machine(cfg, &agent, &slots, &sb()), Vec::new()).unwrap().0.args.join(" ");
         let nv = args(&cfg);
         let blk =
             args(&QemuConfig { disable_image_nvdimm: true, image_boot_initrd: "/boot/mods.img".into(), ..cfg.clone() });
@@ -318,7 +339,9 @@ mod tests {
         let slots = Slots::new(cfg.machine_type, 0);
         let agent = AgentChannel::Serial { socket: "/run/kata/sb/agent.sock".into() };
         let fs = Path::new("/run/kata/sb/virtiofsd.sock");
-        let (c, _) = build(&cfg, Accel::Tcg, Path::new("/run/kata/sb"), &agent, Some(fs), &slots, Vec::new()).unwrap();
+        let run_dir = sb();
+        let (c, _) =
+            build(&Machine { shared_fs: Some(fs), ..machine(&cfg, &agent, &slots, &run_dir) }, Vec::new()).unwrap();
         let args = c.args.join(" ");
         assert!(args.contains("-chardev socket,id=char-fs,path=/run/kata/sb/virtiofsd.sock"), "{args}");
         assert!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use network::{NicBackend, NicConfig, NicHotplug, PciPath};
+use network::{NicBackend, NicConfig, NicHotplug, PciPath, RunDir};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Mutex};
 
@@ -37,8 +37,8 @@ impl std::fmt::Debug for Hook {
 #[derive(Clone)]
 pub struct VmSpec {
     pub config: QemuConfig,
-    /// Directory for qmp.sock, console.log and qemu.log; must exist.
-    pub run_dir: PathBuf,
+    /// The sandbox's run directory (QMP's socket, the console's and QEMU's logs); must exist.
+    pub run_dir: RunDir,
     pub agent: AgentChannel,
     /// The vhost-user-fs socket of the sandbox's virtiofsd, if it has a shared directory.
     pub shared_fs: Option<PathBuf>,
@@ -98,7 +98,7 @@ impl Vm {
         let accel = {
             let (choice, path, machine, kernel) =
                 (cfg.accelerator, cfg.path.clone(), cfg.machine_type, cfg.kernel.clone());
-            let cache_dir = spec.run_dir.parent().map(Path::to_owned);
+            let cache_dir = spec.run_dir.path().parent().map(Path::to_owned);
             tokio::task::spawn_blocking(move || Accel::resolve(choice, &path, machine, &kernel, cache_dir.as_deref()))
                 .await
                 .map_err(|e| Error::Unsupported(format!("accelerator probe failed: {e}")))?
@@ -106,11 +106,18 @@ impl Vm {
         slog::info!(spec.log, "starting QEMU"; "accelerator" => accel.as_str(), "machine" => ?cfg.machine_type,
             "cold_nics" => nics.len());
         let slots = Slots::new(cfg.machine_type, cfg.hotplug_slots as usize);
-        let (cl, cold) =
-            cmdline::build(cfg, accel, &spec.run_dir, &spec.agent, spec.shared_fs.as_deref(), &slots, nics)?;
-        let qmp_path = spec.run_dir.join("qmp.sock");
-        let _ = std::fs::remove_file(&qmp_path);
-        let qemu_log = std::fs::File::create(spec.run_dir.join("qemu.log"))
+        let machine = cmdline::Machine {
+            cfg,
+            accel,
+            run_dir: &spec.run_dir,
+            agent: &spec.agent,
+            shared_fs: spec.shared_fs.as_deref(),
+            slots: &slots,
+        };
+        let (cl, cold) = cmdline::build(&machine, nics)?;
+        let _ = std::fs::remove_file(spec.run_dir.qmp_socket());
+        let started = Instant::now();
+        let qemu_log = std::fs::File::create(spec.run_dir.qemu_log())
             .map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
         let mut cmd = tokio::process::Command::new(&cfg.path);
         cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
@@ -141,36 +148,20 @@ impl Vm {
             let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             let _ = tx.send(Some(status));
         });
-        let start = Instant::now();
-        loop {
-            if let Some(st) = exited.borrow().clone() {
-                let err = std::fs::read_to_string(spec.run_dir.join("qemu.log")).unwrap_or_default();
-                return Err(Error::Dead(format!("QEMU exited at start ({st}): {}", err.trim())));
-            }
-            if qmp_path.exists() {
-                if let Ok(qmp) = Qmp::connect(&qmp_path, QMP_TIMEOUT).await {
-                    slog::info!(spec.log, "QEMU running"; "pid" => pid, "start_ms" => start.elapsed().as_millis() as u64);
-                    return Ok(Self {
-                        pid,
-                        qmp,
-                        slots: Mutex::new(slots),
-                        plugged: Mutex::new(HashMap::new()),
-                        cold,
-                        exited,
-                        accel,
-                        hook: Hook(spec.hook.clone()),
-                        unplug_timeout: std::sync::Mutex::new(UNPLUG_TIMEOUT),
-                        log: spec.log.clone(),
-                    });
-                }
-            }
-            if start.elapsed() > START_TIMEOUT {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-                return Err(Error::Timeout("QEMU's QMP socket".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let qmp = connect_qmp(&spec.run_dir, &exited, pid).await?;
+        slog::info!(spec.log, "QEMU running"; "pid" => pid, "start_ms" => started.elapsed().as_millis() as u64);
+        Ok(Self {
+            pid,
+            qmp,
+            slots: Mutex::new(slots),
+            plugged: Mutex::new(HashMap::new()),
+            cold,
+            exited,
+            accel,
+            hook: Hook(spec.hook.clone()),
+            unplug_timeout: std::sync::Mutex::new(UNPLUG_TIMEOUT),
+            log: spec.log.clone(),
+        })
     }
 
     /// Start the VM with its NICs: cold-plugged, or, in factory mode (`enable_template`), started
@@ -480,5 +471,27 @@ impl NicHotplug for Vm {
 
     async fn remove_nic(&self, id: &str) -> Result<()> {
         self.unplug_nic(id).await
+    }
+}
+
+/// QMP of the QEMU just spawned (`pid`), once its socket answers; QEMU's log when it exits
+/// first; QEMU killed when it takes longer than [`START_TIMEOUT`].
+async fn connect_qmp(run_dir: &RunDir, exited: &watch::Receiver<Option<String>>, pid: u32) -> Result<Qmp> {
+    let (qmp_path, start) = (run_dir.qmp_socket(), Instant::now());
+    loop {
+        if let Some(st) = exited.borrow().clone() {
+            let err = std::fs::read_to_string(run_dir.qemu_log()).unwrap_or_default();
+            return Err(Error::Dead(format!("QEMU exited at start ({st}): {}", err.trim())));
+        }
+        if qmp_path.exists() {
+            if let Ok(qmp) = Qmp::connect(&qmp_path, QMP_TIMEOUT).await {
+                return Ok(qmp);
+            }
+        }
+        if start.elapsed() > START_TIMEOUT {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            return Err(Error::Timeout("QEMU's QMP socket".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -177,7 +177,7 @@ async fn connect(sandbox: &str) -> anyhow::Result<NetworkManagementClient> {
     }
     let run_dir = netmgmt::paths::run_dir()?;
     let id = netmgmt::paths::find_sandbox(&run_dir, sandbox)?;
-    let path = netmgmt::paths::mgmt_socket(&run_dir, &id);
+    let path = network::RunDir::new(&run_dir, &id).mgmt_socket();
     let client = ttrpc::asynchronous::Client::connect(&format!("unix://{}", path.display()))
         .await
         .map_err(|e| anyhow!("sandbox {id}: cannot reach its shim at {}: {e}", path.display()))?;

@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use network::{RunDir, SandboxId};
+
 /// The management socket's name in a sandbox's run directory.
-pub const MGMT_SOCKET: &str = "mgmt.sock";
+pub const MGMT_SOCKET: &str = RunDir::MGMT_SOCKET;
 /// The environment variable naming the configuration file, as kata reads it.
 pub const CONF_ENV: &str = "KATA_CONF_FILE";
 /// Where the configuration file is looked for when `KATA_CONF_FILE` is not set, in order: ours
@@ -61,21 +63,8 @@ pub fn run_dir() -> Result<PathBuf, PathError> {
 }
 
 /// A sandbox id or prefix: the characters of container ids only, so it never walks a path.
-pub fn check_sandbox_id(s: &str) -> Result<(), PathError> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(PathError::BadId(s.to_owned()))
-    }
-}
-
-/// The management socket of sandbox `id` under `run_dir`.
-pub fn mgmt_socket(run_dir: &Path, id: &str) -> PathBuf {
-    run_dir.join(id).join(MGMT_SOCKET)
+pub fn parse_sandbox_id(s: &str) -> Result<SandboxId, PathError> {
+    SandboxId::parse(s).map_err(|e| PathError::BadId(e.0))
 }
 
 /// The sandboxes with a management socket under `run_dir`, sorted.
@@ -93,15 +82,15 @@ pub fn running_sandboxes(run_dir: &Path) -> Vec<String> {
 }
 
 /// The sandbox `arg` names: its full id, or the one id it is a prefix of.
-pub fn find_sandbox(run_dir: &Path, arg: &str) -> Result<String, PathError> {
-    check_sandbox_id(arg)?;
+pub fn find_sandbox(run_dir: &Path, arg: &str) -> Result<SandboxId, PathError> {
+    parse_sandbox_id(arg)?;
     let ids = running_sandboxes(run_dir);
     if ids.iter().any(|i| i == arg) {
-        return Ok(arg.to_owned());
+        return parse_sandbox_id(arg);
     }
     let mut matches: Vec<String> = ids.iter().filter(|i| i.starts_with(arg)).cloned().collect();
     match matches.len() {
-        1 => Ok(matches.remove(0)),
+        1 => parse_sandbox_id(&matches.remove(0)),
         0 if ids.is_empty() => Err(PathError::NoneRunning { arg: arg.to_owned(), run_dir: run_dir.to_owned() }),
         0 => Err(PathError::NotFound { arg: arg.to_owned(), running: ids }),
         _ => Err(PathError::Ambiguous { arg: arg.to_owned(), matches }),
@@ -121,8 +110,8 @@ mod tests {
         }
         std::fs::create_dir_all(dir.join("6ec7a98f-stopped")).unwrap();
         let find = |a: &str| find_sandbox(&dir, a).map_err(|e| e.to_string());
-        assert_eq!(find("6ec7a98").unwrap(), "6ec7a98f00");
-        assert_eq!(find("77aa00").unwrap(), "77aa00");
+        assert_eq!(find("6ec7a98").unwrap().as_str(), "6ec7a98f00");
+        assert_eq!(find("77aa00").unwrap().as_str(), "77aa00");
         let e = find("6ec7").unwrap_err();
         assert!(e.contains("ambiguous") && e.contains("6ec7a98f00") && e.contains("6ec7b11100"), "{e}");
         let e = find("ffff").unwrap_err();

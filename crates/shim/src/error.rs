@@ -82,8 +82,8 @@ pub enum Error {
     },
     #[error("{what} {} is not one the shim made: left alone", path.display())]
     Confined { what: &'static str, path: PathBuf },
-    #[error("sandbox id {0:?}: only letters, digits, '_', '-' and '.' (not first), at most 128")]
-    InvalidId(String),
+    #[error("sandbox id {:?}: only letters, digits, '_', '-' and '.' (not first), at most 128", .0.0)]
+    InvalidId(#[from] network::BadId),
     #[error("management server on {}: {why}", path.display())]
     MgmtServer { path: PathBuf, why: String },
     /// An operation failed and undoing it failed too: both messages, and what is left.

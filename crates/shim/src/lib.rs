@@ -1,8 +1,11 @@
-//! containerd-shim-kata-v2: the shim process (`shim_process`), the containerd Task service (`task`), the sandbox and its
-//! operations (`sandbox`), the management service's glue (`mgmt_server`), the configuration,
-//! and the one error type with its mapping to ttrpc codes (`error`).
+//! containerd-shim-kata-v2: the shim process (`shim_process`), the containers of the shim
+//! whatever protocol asks (`containers`), containerd's Task API as glue to them (`task`), the
+//! sandbox and its operations (`sandbox`), the workload in the
+//! VM (`workload`), the management service's glue (`mgmt_server`), the configuration, and the
+//! one error type with its mapping to ttrpc codes (`error`).
 
 pub mod config;
+pub(crate) mod containers;
 pub mod error;
 pub mod failpoint;
 pub mod logging;

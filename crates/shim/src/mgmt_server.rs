@@ -8,14 +8,13 @@
 //! whether an operation starts: one still waiting for the sandbox's lock when it passes does not. Served on `<run_dir>/<id>/mgmt.sock`, root's only, by a second ttrpc
 //! server of the shim (the containerd-shim crate's own server cannot take another service).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netmgmt::doc::{DelIfaceDoc, RouteDoc};
 use netmgmt::ipvs::{cleanup_request, IpvsCommand, Restore};
 use netmgmt::mg;
-use netmgmt::output::doc_from_pb;
+use netmgmt::output::{counters_pb, doc_from_pb};
 use netmgmt::protocols::netmgmt_ttrpc::{create_network_management, NetworkManagement};
 use ttrpc::asynchronous::TtrpcContext;
 
@@ -92,7 +91,8 @@ impl NetworkManagement for MgmtService {
     }
 
     async fn stats(&self, _: &TtrpcContext, _: mg::Nothing) -> ttrpc::Result<mg::Stats> {
-        Ok(mg::Stats { nics: self.sb.nic_stats().await?, ..Default::default() })
+        let nics = self.sb.nic_counters().await?.iter().map(nic_stats).collect();
+        Ok(mg::Stats { nics, ..Default::default() })
     }
 
     async fn ipvsadm(&self, ctx: &TtrpcContext, req: mg::IpvsRequest) -> ttrpc::Result<mg::IpvsReply> {
@@ -119,6 +119,19 @@ pub struct MgmtServer {
     server: ttrpc::asynchronous::Server,
 }
 
+/// A NIC's counters as the management protocol gives them: the host device's as the kernel
+/// counts them, with the device's kind.
+fn nic_stats(n: &crate::sandbox::NicCounters) -> mg::NicStats {
+    mg::NicStats {
+        name: n.name.clone(),
+        device: n.device.to_string(),
+        host: Some(counters_pb(&n.host)).into(),
+        guest: n.guest.as_ref().map(counters_pb).into(),
+        kind: if n.macvtap { "macvtap" } else { "tap" }.into(),
+        ..Default::default()
+    }
+}
+
 impl std::fmt::Debug for MgmtServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MgmtServer").finish_non_exhaustive()
@@ -126,11 +139,11 @@ impl std::fmt::Debug for MgmtServer {
 }
 
 impl MgmtServer {
-    /// Serve `sb` on its socket in `run_dir`, readable and writable by root only (the
+    /// Serve `sb` on its socket in its run directory, readable and writable by root only (the
     /// sandbox's directory is root's with mode 0700 as well).
-    pub async fn start(sb: Arc<Sandbox>, run_dir: &Path) -> Result<Self> {
+    pub async fn start(sb: Arc<Sandbox>) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        let path = netmgmt::paths::mgmt_socket(run_dir, &sb.id);
+        let path = sb.run_dir.mgmt_socket();
         let fail = |why: String| Error::MgmtServer { path: path.clone(), why };
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -2,7 +2,6 @@
 //! app container, and write the bundle's address file) and `delete` (remove what a dead shim's
 //! sandbox left, found by its state file or its tags), the serving process's life and exit.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,9 +11,9 @@ use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
 use containerd_shim_protos::protobuf::MessageField;
 
 use crate::config::Config;
-use crate::sandbox::{self, SandboxState, SpecNetwork};
+use crate::containers::process::now;
+use crate::sandbox::{self, sandbox_of, SandboxState, SpecNetwork};
 use crate::task::KataTask;
-use crate::workload::process::now;
 
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
@@ -59,7 +58,7 @@ pub fn runtime_info() -> Vec<u8> {
 /// spec's namespace, the shim's own namespace `kata-net-<id>`. `None` for an id that is no
 /// valid sandbox id.
 fn tagged_state(id: &str, bundle: &Path, run_root: Option<&Path>) -> Option<SandboxState> {
-    netmgmt::paths::check_sandbox_id(id).ok()?;
+    network::SandboxId::parse(id).ok()?;
     let spec_netns = oci_spec::runtime::Spec::load(bundle.join("config.json"))
         .ok()
         .and_then(|spec| SpecNetwork::from_spec(&spec).ok())
@@ -77,20 +76,6 @@ fn tagged_state(id: &str, bundle: &Path, run_root: Option<&Path>) -> Option<Sand
         by_tags: true,
         ..Default::default()
     })
-}
-
-/// The CRI annotations naming a container's kind and its sandbox.
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// The sandbox a container of `spec` belongs to, when it is an app container (CRI's
-/// `container-type = container` with the sandbox's id); `None` for a sandbox container.
-pub(crate) fn sandbox_of(annotations: Option<&HashMap<String, String>>) -> Option<String> {
-    let a = annotations?;
-    match a.get(CONTAINER_TYPE).map(String::as_str) {
-        Some("container") => a.get(SANDBOX_ID).cloned(),
-        _ => None,
-    }
 }
 
 /// The shim process.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use agent_client::AgentAddr;
 use hypervisor::{AgentChannel, AgentChannelChoice};
+use network::RunDir;
 
 use crate::error::{Error, Result};
 
@@ -15,8 +16,6 @@ use crate::error::{Error, Result};
 const AGENT_PORT: u32 = 1024;
 /// The hybrid vsock backend's program, looked up in `PATH`.
 pub const VSOCK_BACKEND: &str = "vhost-device-vsock";
-/// The backend's vhost-user socket (QEMU's side) in the run directory.
-pub const VSOCK_BACKEND_SOCKET: &str = "vhost-vsock.sock";
 /// The backend's log in the run directory.
 pub const VSOCK_BACKEND_LOG: &str = "vsock-backend.log";
 /// The backend's thread that serves the VM's queues and the host's connections (vhost-user-backend
@@ -41,10 +40,13 @@ pub struct VsockBackend {
 
 impl VsockBackend {
     /// Start the backend for the VM of `run_dir` and wait (bounded) for its socket.
-    async fn start(run_dir: &Path) -> Result<Self> {
-        let socket = run_dir.join(VSOCK_BACKEND_SOCKET);
-        let uds = run_dir.join("vsock.sock");
-        let io = |source| Error::Io { what: "starting the hybrid vsock backend for", path: run_dir.to_owned(), source };
+    async fn start(run_dir: &RunDir) -> Result<Self> {
+        let (socket, uds) = (run_dir.vsock_backend_socket(), run_dir.hybrid_vsock());
+        let io = |source| Error::Io {
+            what: "starting the hybrid vsock backend for",
+            path: run_dir.path().to_owned(),
+            source,
+        };
         let mut cmd = tokio::process::Command::new(VSOCK_BACKEND);
         cmd.arg("--vm").arg(format!("guest-cid=3,socket={},uds-path={}", socket.display(), uds.display()));
         // Its log beside the console's: RUST_LOG from the shim's environment sets the level,
@@ -52,7 +54,7 @@ impl VsockBackend {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
-        let log = std::fs::File::create(run_dir.join(VSOCK_BACKEND_LOG)).map_err(io)?;
+        let log = std::fs::File::create(run_dir.path().join(VSOCK_BACKEND_LOG)).map_err(io)?;
         let child = spawn_until_socket(cmd, &socket, log.into()).await.map_err(io)?;
         Ok(Self { child })
     }
@@ -92,8 +94,8 @@ impl VsockBackend {
 }
 
 /// The last lines of the hybrid vsock backend's log in `run_dir` (at most 2 KiB), for an error.
-pub fn backend_log_tail(run_dir: &Path) -> String {
-    let text = std::fs::read(run_dir.join(VSOCK_BACKEND_LOG)).unwrap_or_default();
+pub fn backend_log_tail(run_dir: &RunDir) -> String {
+    let text = std::fs::read(run_dir.path().join(VSOCK_BACKEND_LOG)).unwrap_or_default();
     let tail = &text[text.len().saturating_sub(2048)..];
     let text = String::from_utf8_lossy(tail);
     let lines: Vec<&str> = text.lines().collect();
@@ -170,12 +172,12 @@ pub fn resolve(choice: AgentChannelChoice) -> AgentChannelChoice {
 }
 
 /// The channel for sandbox `id` with run directory `run_dir`.
-pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) -> Result<AgentLink> {
+pub async fn agent_link(choice: AgentChannelChoice, run_dir: &RunDir, id: &str) -> Result<AgentLink> {
     let choice = resolve(choice);
     let addr = |s: String| s.parse::<AgentAddr>().map_err(Error::from);
     Ok(match choice {
         AgentChannelChoice::Serial => {
-            let socket: PathBuf = run_dir.join("agent.sock");
+            let socket: PathBuf = run_dir.agent_socket();
             AgentLink {
                 addr: addr(format!("unix://{}", socket.display()))?,
                 channel: AgentChannel::Serial { socket },
@@ -184,8 +186,8 @@ pub async fn agent_link(choice: AgentChannelChoice, run_dir: &Path, id: &str) ->
         }
         AgentChannelChoice::HybridVsock => AgentLink {
             backend: Some(VsockBackend::start(run_dir).await?),
-            channel: AgentChannel::VhostUserVsock { backend: run_dir.join(VSOCK_BACKEND_SOCKET) },
-            addr: addr(format!("hvsock://{}:{AGENT_PORT}", run_dir.join("vsock.sock").display()))?,
+            channel: AgentChannel::VhostUserVsock { backend: run_dir.vsock_backend_socket() },
+            addr: addr(format!("hvsock://{}:{AGENT_PORT}", run_dir.hybrid_vsock().display()))?,
         },
         AgentChannelChoice::Vsock | AgentChannelChoice::Auto => {
             let (cid, fd) = reserve_cid(id)?;
@@ -216,7 +218,8 @@ mod tests {
     async fn the_backends_worker_thread_is_seen_and_its_absence_too() {
         // Removed on drop, even when an assertion fails; the backends are killed on drop.
         let dir = tests::vm::Scratch::new("vsock-worker");
-        let backend = super::VsockBackend::start(&dir.0).await.expect("vhost-device-vsock in PATH");
+        let backend =
+            super::VsockBackend::start(&network::RunDir::at(dir.0.clone())).await.expect("vhost-device-vsock in PATH");
         assert!(backend.worker_alive(), "vhost-device-vsock runs a {} thread", super::VSOCK_WORKER_THREAD);
         drop(backend);
         let child = tokio::process::Command::new("sleep").arg("30").kill_on_drop(true).spawn().unwrap();
@@ -229,10 +232,13 @@ mod tests {
     #[test]
     fn the_backends_log_tail_is_its_last_five_lines() {
         let dir = tests::vm::Scratch::new("vsock-log");
-        assert_eq!(super::backend_log_tail(&dir.0), "", "no log: nothing to quote");
+        assert_eq!(super::backend_log_tail(&network::RunDir::at(dir.0.clone())), "", "no log: nothing to quote");
         let log: String = (1..=8).map(|n| format!("line {n}\n")).collect();
         std::fs::write(dir.0.join(super::VSOCK_BACKEND_LOG), log).unwrap();
-        assert_eq!(super::backend_log_tail(&dir.0), "line 4 | line 5 | line 6 | line 7 | line 8");
+        assert_eq!(
+            super::backend_log_tail(&network::RunDir::at(dir.0.clone())),
+            "line 4 | line 5 | line 6 | line 7 | line 8"
+        );
     }
 
     #[test]

@@ -19,8 +19,32 @@ use agent_client::protocols::types as pb;
 use network::endpoint::{Endpoint, EndpointState};
 use network::{LinkKind, NetworkInfo, Rollback};
 
-use super::{PodNic, Sandbox, NIC_WAIT};
+use super::{Sandbox, NIC_WAIT};
 use crate::error::Result;
+
+/// The pod's links with a NIC in the VM, and the part of the VM's route table that is the
+/// pod's (as the namespace had them when last synced).
+#[derive(Debug, Default)]
+pub struct PodLinks {
+    pub nics: Vec<PodNic>,
+    pub routes: Vec<agent_client::protocols::types::Route>,
+    /// The pod's permanent neighbours given to the guest.
+    pub neighbors: Vec<network::Neighbor>,
+    /// New pod links whose plugging failed (and was undone), by name and interface index: not
+    /// tried again until the link is made again, so a refusal does not turn into a loop (the
+    /// undo's own netlink events would start the next attempt).
+    pub refused: Vec<(network::IfName, u32)>,
+}
+
+/// A pod link with a NIC in the VM.
+#[derive(Debug, Clone)]
+pub struct PodNic {
+    /// The link as last synced to the guest.
+    pub link: network::Link,
+    pub nic_id: String,
+    /// Hotplugged (factory mode, or after start): it can leave the VM again.
+    pub hotplugged: bool,
+}
 
 /// How long the namespace must stay quiet before the VM is brought in line.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -62,35 +86,37 @@ impl Sandbox {
             return Ok(());
         }
         let info = self.ctx.scan().await?;
-        let gone: Vec<PodNic> = ops.pod.iter().filter(|p| info.link(p.link.name.as_str()).is_none()).cloned().collect();
+        let gone: Vec<PodNic> =
+            ops.pod.nics.iter().filter(|p| info.link(p.link.name.as_str()).is_none()).cloned().collect();
         for p in gone {
             self.pod_link_gone(&mut ops, &p).await?;
         }
         let known = |name: &str, ops: &super::Ops| {
-            ops.pod.iter().any(|p| p.link.name.as_str() == name) || ops.added.iter().any(|a| a.device.as_str() == name)
+            ops.pod.nics.iter().any(|p| p.link.name.as_str() == name)
+                || ops.operator.added.iter().any(|a| a.device.as_str() == name)
         };
-        ops.refused.retain(|(name, index)| info.link(name.as_str()).is_some_and(|l| l.index == *index));
+        ops.pod.refused.retain(|(name, index)| info.link(name.as_str()).is_some_and(|l| l.index == *index));
         let new: Vec<network::Link> = (info.links.iter())
             .filter(|l| pod_kind(&l.kind) && !known(l.name.as_str(), &ops))
-            .filter(|l| !ops.refused.contains(&(l.name.clone(), l.index)))
+            .filter(|l| !ops.pod.refused.contains(&(l.name.clone(), l.index)))
             .cloned()
             .collect();
         for link in new {
             if let Err(e) = self.pod_link_new(&mut ops, &info, &link).await {
-                ops.refused.push((link.name.clone(), link.index));
+                ops.pod.refused.push((link.name.clone(), link.index));
                 slog::error!(self.log, "a new pod link could not be plugged in (undone; tried again when the link is made again)";
                     "link" => link.name.as_str(), "error" => crate::error::message(&e));
             }
         }
-        for i in 0..ops.pod.len() {
-            if moved_by_runtime(&ops, &ops.pod[i].link.name) {
+        for i in 0..ops.pod.nics.len() {
+            if moved_by_runtime(&ops, &ops.pod.nics[i].link.name) {
                 continue;
             }
-            let Some(now) = info.link(ops.pod[i].link.name.as_str()).cloned() else { continue };
-            if now.addresses != ops.pod[i].link.addresses || now.mtu != ops.pod[i].link.mtu {
+            let Some(now) = info.link(ops.pod.nics[i].link.name.as_str()).cloned() else { continue };
+            if now.addresses != ops.pod.nics[i].link.addresses || now.mtu != ops.pod.nics[i].link.mtu {
                 self.configure(&now, None).await?;
                 slog::info!(self.log, "pod link changed"; "link" => now.name.as_str());
-                ops.pod[i].link = now;
+                ops.pod.nics[i].link = now;
             }
         }
         self.pod_routes(&mut ops, &info).await?;
@@ -100,16 +126,16 @@ impl Sandbox {
     /// Permanent neighbours that appeared on pod links reach the guest (kata's protocol has no
     /// call to delete one: a removed neighbour stays in the guest until its NIC goes).
     async fn pod_neighbors(&self, ops: &mut super::Ops, info: &NetworkInfo) -> Result<()> {
-        let ours = |dev: &network::IfName| ops.pod.iter().any(|p| &p.link.name == dev);
+        let ours = |dev: &network::IfName| ops.pod.nics.iter().any(|p| &p.link.name == dev);
         let now: Vec<network::Neighbor> = info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
-        let new: Vec<network::Neighbor> = now.iter().filter(|n| !ops.pod_neighbors.contains(n)).cloned().collect();
+        let new: Vec<network::Neighbor> = now.iter().filter(|n| !ops.pod.neighbors.contains(n)).cloned().collect();
         if !new.is_empty() {
             self.agent
                 .add_arp_neighbors(agent_client::neighbors(&new).iter().map(pb::ARPNeighbor::from).collect())
                 .await?;
             slog::info!(self.log, "pod neighbours synced"; "added" => new.len());
         }
-        ops.pod_neighbors = now;
+        ops.pod.neighbors = now;
         Ok(())
     }
 
@@ -171,7 +197,7 @@ impl Sandbox {
             return Err(e);
         }
         rb.commit();
-        ops.pod.push(PodNic { link: link.clone(), nic_id: id, hotplugged: true });
+        ops.pod.nics.push(PodNic { link: link.clone(), nic_id: id, hotplugged: true });
         slog::info!(self.log, "pod link plugged in"; "link" => link.name.as_str());
         Ok(())
     }
@@ -187,31 +213,37 @@ impl Sandbox {
         }
         ops.state.endpoints.retain(|e: &EndpointState| e.link() != &p.link.name);
         ops.state.save(&self.bundle)?;
-        ops.pod.retain(|q| q.link.name != p.link.name);
-        ops.routes.retain(|r| r.device != p.link.name.as_str());
-        ops.pod_routes.retain(|r| r.device != p.link.name.as_str());
+        ops.pod.nics.retain(|q| q.link.name != p.link.name);
+        ops.routes.list.retain(|r| r.device != p.link.name.as_str());
+        ops.pod.routes.retain(|r| r.device != p.link.name.as_str());
         slog::info!(self.log, "pod link gone"; "link" => p.link.name.as_str(), "unplugged" => p.hotplugged);
         Ok(())
     }
 
     /// The pod's routes as the namespace has them now; the operator's routes stay.
     async fn pod_routes(&self, ops: &mut super::Ops, info: &NetworkInfo) -> Result<()> {
-        let moved: Vec<String> =
-            ops.pod.iter().filter(|p| moved_by_runtime(ops, &p.link.name)).map(|p| p.link.name.to_string()).collect();
-        let ours = |dev: &str| ops.pod.iter().any(|p| p.link.name.as_str() == dev) && !moved.iter().any(|m| m == dev);
+        let moved: Vec<String> = ops
+            .pod
+            .nics
+            .iter()
+            .filter(|p| moved_by_runtime(ops, &p.link.name))
+            .map(|p| p.link.name.to_string())
+            .collect();
+        let ours =
+            |dev: &str| ops.pod.nics.iter().any(|p| p.link.name.as_str() == dev) && !moved.iter().any(|m| m == dev);
         let pod: Vec<network::Route> = info.routes.iter().filter(|r| ours(r.device.as_str())).cloned().collect();
         let mut pod: Vec<pb::Route> = agent_client::routes(&pod).iter().map(pb::Route::from).collect();
         // The routes the runtime itself took off a link (macvtap model) stay as they were synced.
-        pod.extend(ops.pod_routes.iter().filter(|r| moved.contains(&r.device)).cloned());
-        if pod == ops.pod_routes {
+        pod.extend(ops.pod.routes.iter().filter(|r| moved.contains(&r.device)).cloned());
+        if pod == ops.pod.routes {
             return Ok(());
         }
         let mut table = pod.clone();
-        table.extend(ops.routes.iter().filter(|r| !ops.pod_routes.contains(r)).cloned());
+        table.extend(ops.routes.list.iter().filter(|r| !ops.pod.routes.contains(r)).cloned());
         self.agent.update_routes(table.clone(), false).await?;
-        ops.routes = table;
-        ops.pod_routes = pod;
-        slog::info!(self.log, "pod routes synced"; "routes" => ops.pod_routes.len());
+        ops.routes.list = table;
+        ops.pod.routes = pod;
+        slog::info!(self.log, "pod routes synced"; "routes" => ops.pod.routes.len());
         Ok(())
     }
 }

@@ -8,13 +8,19 @@ use std::time::Instant;
 use ipnet::IpNet;
 use netmgmt::doc::IfaceRequest;
 use netmgmt::mg;
-use netmgmt::output::{address, counters_pb, pci_addr};
+use netmgmt::output::{address, pci_addr};
 use network::endpoint::{EndpointState, OperatorTap, OperatorTapRequest};
 use network::{IfName, MacAddr, NicBackend, NicConfig, PciPath, Rollback};
 
 use super::{Ops, Sandbox, NIC_WAIT};
 use crate::error::{Error, Result};
 use crate::failpoint;
+
+/// The NICs the operator plugged in with add-iface, in order.
+#[derive(Debug, Default)]
+pub struct OperatorNics {
+    pub added: Vec<Added>,
+}
 
 /// A NIC plugged in with add-iface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +84,7 @@ impl Sandbox {
     /// Refuse a name, MAC or device the sandbox already has, before anything is touched.
     async fn check_new_iface(&self, req: &IfaceRequest, ops: &Ops) -> Result<IfName> {
         let taken = || Error::AlreadyExists(format!("name: {} is already in the sandbox", req.name));
-        if ops.added.iter().any(|a| a.name == req.name) {
+        if ops.operator.added.iter().any(|a| a.name == req.name) {
             return Err(taken());
         }
         let guest = self.agent.list_interfaces().await?;
@@ -91,7 +97,8 @@ impl Sandbox {
         let device: IfName =
             req.device.parse().map_err(|e| Error::Doc(netmgmt::doc::DocError::Json(format!("device: {e}"))))?;
         if req.vhost_user_socket.is_none()
-            && (ops.state.endpoints.iter().any(|e| e.link() == &device) || ops.added.iter().any(|a| a.device == device))
+            && (ops.state.endpoints.iter().any(|e| e.link() == &device)
+                || ops.operator.added.iter().any(|a| a.device == device))
         {
             return Err(Error::AlreadyExists(format!("device: {device} is already plugged into this sandbox")));
         }
@@ -144,7 +151,7 @@ impl Sandbox {
             Ok(()) => {
                 rb.commit();
                 let added = plugged.expect("plugged on success");
-                ops.added.push(added.clone());
+                ops.operator.added.push(added.clone());
                 slog::info!(self.log, "interface added"; "name" => &added.name, "device" => added.device.as_str(),
                     "pci_path" => %added.pci, "created_tap" => added.created);
                 Ok(added)
@@ -192,7 +199,7 @@ impl Sandbox {
                 slog::error!(self.log, "add-iface: undo failed"; "device" => device.as_str(), "error" => %u);
                 match (plugged, &u) {
                     (Some(added), network::Error::Unplug { .. }) => {
-                        ops.added.push(added);
+                        ops.operator.added.push(added);
                         Error::undo_failed(&e, &u, "del-iface removes it")
                     }
                     _ => Error::undo_failed(&e, &u, "the sandbox's end removes the rest"),
@@ -204,15 +211,15 @@ impl Sandbox {
     /// del-iface: unplug the NIC added as `name`; remove its TAP if the runtime made it.
     pub async fn del_iface(&self, name: &str, deadline: Option<Instant>) -> Result<()> {
         let mut ops = self.ops_by(deadline).await?;
-        let pos = ops.added.iter().position(|a| a.name == name).ok_or_else(|| {
+        let pos = ops.operator.added.iter().position(|a| a.name == name).ok_or_else(|| {
             Error::NotFound(format!("name: no interface {name} was added to this sandbox with add-iface"))
         })?;
-        let a = ops.added[pos].clone();
+        let a = ops.operator.added[pos].clone();
         failpoint::hit_async("del-iface:found").await?;
         self.vm.unplug_nic(&a.id).await?;
-        ops.added.remove(pos);
+        ops.operator.added.remove(pos);
         // The guest's kernel dropped the routes through the NIC with it.
-        ops.routes.retain(|r| r.device != name);
+        ops.routes.list.retain(|r| r.device != name);
         // The TAP's record says what to undo on the host: remove a TAP the runtime made, give an
         // operator's TAP its features back.
         let record = (ops.state.endpoints.iter())
@@ -229,11 +236,12 @@ impl Sandbox {
     /// The added interfaces as the guest has them now (the record where the guest has none).
     pub async fn list_ifaces(&self) -> Result<Vec<mg::Interface>> {
         let ops = self.ops.lock().await;
-        if ops.added.is_empty() {
+        if ops.operator.added.is_empty() {
             return Ok(Vec::new());
         }
         let guest = self.agent.list_interfaces().await?;
         Ok(ops
+            .operator
             .added
             .iter()
             .map(|a| {
@@ -253,60 +261,5 @@ impl Sandbox {
                 out
             })
             .collect())
-    }
-}
-
-impl Sandbox {
-    /// Per NIC, the counters of the host device its frames pass through (see
-    /// `EndpointState::host_device`), read in the sandbox's namespace: the pod's NICs (named in
-    /// the guest as their links are), then the operator's. A vhost-user NIC has no such device.
-    pub async fn nic_stats(&self) -> Result<Vec<mg::NicStats>> {
-        // What to read, taken under the operation lock and read without it: the guest's answer
-        // may take a while, and nothing else on the sandbox waits for that.
-        let nics: Vec<(network::IfName, String, bool)> = {
-            let ops = self.ops.lock().await;
-            ops.state
-                .endpoints
-                .iter()
-                .filter_map(|e| {
-                    let device = e.host_device()?.clone();
-                    let name = match ops.added.iter().find(|a| &a.device == e.link()) {
-                        Some(a) => a.name.clone(),
-                        None => e.link().to_string(),
-                    };
-                    Some((device, name, e.host_device_is_macvtap()))
-                })
-                .collect()
-        };
-        // The guest's own counters, beside (an agent without GetMetrics gives none).
-        let guest = match self.agent.get_metrics().await {
-            Ok(text) => agent_client::metrics::guest_netdev(&text),
-            Err(e) => {
-                slog::debug!(self.log, "no guest counters"; "error" => e.to_string());
-                Default::default()
-            }
-        };
-        let mut out = Vec::new();
-        for (device, name, macvtap) in nics {
-            // A device gone (being unplugged, removed under the runtime) costs its own row only.
-            let c = match network::nl::link_counters(&self.ctx.handle, device.as_str()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    slog::warn!(self.log, "no counters for a NIC"; "device" => device.as_str(), "error" => e.to_string());
-                    continue;
-                }
-            };
-            let kind = if macvtap { "macvtap" } else { "tap" };
-            let in_guest = guest.get(&name).map(counters_pb);
-            out.push(mg::NicStats {
-                name,
-                device: device.to_string(),
-                host: Some(counters_pb(&c)).into(),
-                guest: in_guest.into(),
-                kind: kind.into(),
-                ..Default::default()
-            });
-        }
-        Ok(out)
     }
 }

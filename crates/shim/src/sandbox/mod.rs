@@ -7,6 +7,7 @@ mod follow;
 mod helpers;
 mod iface;
 mod ipvs;
+mod nic_counters;
 mod routes;
 pub mod sharedfs;
 mod spec;
@@ -20,12 +21,15 @@ use std::time::Duration;
 use agent_client::AgentClient;
 use hypervisor::Vm;
 use netmgmt::ipvs::IpvsTable;
-use network::NetCtx;
+use network::{NetCtx, RunDir, SandboxId};
 
-pub use channel::{VSOCK_BACKEND, VSOCK_BACKEND_SOCKET};
+pub use channel::VSOCK_BACKEND;
 pub use follow::follow;
-pub use iface::Added;
-pub use spec::{SpecNetwork, DNS_ANNOTATION};
+pub use follow::{PodLinks, PodNic};
+pub use iface::{Added, OperatorNics};
+pub use nic_counters::{Flow, NicCounters};
+pub use routes::RouteTable;
+pub use spec::{sandbox_of, SpecNetwork, DNS_ANNOTATION};
 pub use start::start;
 pub use state::{claim_run_dir, netns_identity, own_netns_path, run_dir_held, SandboxState, STATE_FILE};
 
@@ -35,10 +39,10 @@ pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);
 /// A running sandbox, shared by the Task service and the management service.
 #[derive(Debug)]
 pub struct Sandbox {
-    pub id: String,
+    pub id: SandboxId,
     pub bundle: PathBuf,
-    /// `<run_dir>/<id>`: the sandbox's sockets and shared directory.
-    pub run_dir: Option<PathBuf>,
+    /// `<run_root>/<id>`: the sandbox's sockets and shared directory.
+    pub run_dir: RunDir,
     pub vm: Arc<Vm>,
     pub agent: AgentClient,
     /// The agent serves openEuler's extensions of kata's protocol (`UpdateIPVSRule`, routes'
@@ -63,38 +67,20 @@ pub struct Sandbox {
     pub oom_killed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// What changes after start, under [`Sandbox::ops`].
+/// What changes after start, under [`Sandbox::ops`]: each part is kept by the file that
+/// changes it.
 #[derive(Debug)]
 pub struct Ops {
     pub state: SandboxState,
-    /// NICs plugged in with add-iface, in order.
-    pub added: Vec<Added>,
+    /// The operator's NICs (add-iface), in order.
+    pub operator: iface::OperatorNics,
     pub ipvs: IpvsTable,
-    /// The VM's route table as the shim set it (not the kernel's own routes): see `routes.rs`.
-    pub routes: Vec<agent_client::protocols::types::Route>,
-    /// The pod's links with a NIC in the VM, and the part of `routes` that is the pod's (as the
-    /// namespace had them when last synced): see `follow.rs`.
-    pub pod: Vec<PodNic>,
-    pub pod_routes: Vec<agent_client::protocols::types::Route>,
-    /// The pod's permanent neighbours given to the guest.
-    pub pod_neighbors: Vec<network::Neighbor>,
-    /// New pod links whose plugging failed (and was undone), by name and interface index: not
-    /// tried again until the link is made again, so a refusal does not turn into a loop (the
-    /// undo's own netlink events would start the next attempt).
-    pub refused: Vec<(network::IfName, u32)>,
+    pub routes: routes::RouteTable,
+    /// The pod's links with a NIC in the VM, as last synced.
+    pub pod: follow::PodLinks,
     /// The sandbox is being torn down: following the namespace stops here, so no late event
     /// records state again after the teardown forgot it.
     pub closed: bool,
-}
-
-/// A pod link with a NIC in the VM.
-#[derive(Debug, Clone)]
-pub struct PodNic {
-    /// The link as last synced to the guest.
-    pub link: network::Link,
-    pub nic_id: String,
-    /// Hotplugged (factory mode, or after start): it can leave the VM again.
-    pub hotplugged: bool,
 }
 
 impl Sandbox {
@@ -121,5 +107,24 @@ impl Sandbox {
         let mut ops = self.ops.lock().await;
         ops.closed = true;
         ops.state.clone()
+    }
+
+    /// The sandbox's end: the VM stopped (given `grace` to stop on its own), then everything
+    /// the state records torn down and the state file forgotten. Each step is tried whatever
+    /// the one before gave; a failed teardown keeps the state file for containerd's `delete`.
+    pub async fn shutdown(&self, grace: Duration, run_root: Option<&std::path::Path>) -> crate::Result<()> {
+        let _ = self.vm.stop(grace).await;
+        removal_step(&self.log, &self.id, "remove:vm-stopped");
+        self.closing_state().await.teardown(&self.log, run_root).await?;
+        removal_step(&self.log, &self.id, "remove:torn-down");
+        SandboxState::forget(&self.bundle);
+        Ok(())
+    }
+}
+
+/// A step of a removal: an injected failure (failpoint `name`) is logged and the removal goes on.
+pub(crate) fn removal_step(log: &slog::Logger, id: &str, name: &str) {
+    if let Err(e) = crate::failpoint::hit(name) {
+        slog::warn!(log, "a removal step failed; the removal goes on"; "container_id" => id, "error" => e.to_string());
     }
 }

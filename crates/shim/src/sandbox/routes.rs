@@ -19,34 +19,41 @@ use netmgmt::output::{route_out, route_pb};
 use super::Sandbox;
 use crate::error::{Error, Result};
 
+/// The VM's route table as the shim set it (not the kernel's own routes): the pod's routes,
+/// then the operator's.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    pub list: Vec<pb::Route>,
+}
+
 impl Sandbox {
     pub async fn add_route(&self, r: RouteRequest, deadline: Option<Instant>) -> Result<Vec<mg::Route>> {
         let mut ops = self.ops_by(deadline).await?;
         let route = route_pb(&r, false);
-        let mut table = ops.routes.clone();
+        let mut table = ops.routes.list.clone();
         table.retain(|t| !same_route(t, &route));
         table.push(route.clone());
         if self.extended_agent {
             self.agent.update_routes(vec![route.clone()], true).await?;
         } else {
-            self.set_routes(&ops.routes, table.clone()).await?;
+            self.set_routes(&ops.routes.list, table.clone()).await?;
         }
-        ops.routes = table;
+        ops.routes.list = table;
         Ok(vec![route_out(&route)])
     }
 
     /// del-route: every route that matches all given fields; returns the routes deleted.
     pub async fn del_route(&self, r: RouteRequest, deadline: Option<Instant>) -> Result<Vec<mg::Route>> {
         let mut ops = self.ops_by(deadline).await?;
-        let kept: Vec<pb::Route> = ops.routes.iter().filter(|t| !matches(t, &r)).cloned().collect();
+        let kept: Vec<pb::Route> = ops.routes.list.iter().filter(|t| !matches(t, &r)).cloned().collect();
         if self.extended_agent {
             // The guest matches (its routes may be more than the table's); what went is what it listed before and not after.
             let before = self.agent.list_routes().await?;
             let after = self.agent.update_routes(vec![route_pb(&r, true)], true).await?;
-            ops.routes = kept;
+            ops.routes.list = kept;
             return Ok(before.iter().filter(|b| !after.contains(b)).map(route_out).collect());
         }
-        let gone: Vec<pb::Route> = ops.routes.iter().filter(|t| matches(t, &r)).cloned().collect();
+        let gone: Vec<pb::Route> = ops.routes.list.iter().filter(|t| matches(t, &r)).cloned().collect();
         if gone.is_empty() {
             let dest = r.dest.map_or("default".into(), |d| d.to_string());
             return Err(Error::NotFound(format!("dest: no route to {dest} that matches in the sandbox")));
@@ -54,8 +61,8 @@ impl Sandbox {
         if gone.iter().any(|g| g.device == "lo") {
             return Err(Error::AgentLacks("deleting routes on lo: kata's UpdateRoutes leaves lo's routes alone"));
         }
-        self.set_routes(&ops.routes, kept.clone()).await?;
-        ops.routes = kept;
+        self.set_routes(&ops.routes.list, kept.clone()).await?;
+        ops.routes.list = kept;
         Ok(gone.iter().map(route_out).collect())
     }
 
@@ -65,7 +72,7 @@ impl Sandbox {
     pub async fn list_routes(&self) -> Result<Vec<mg::Route>> {
         let ops = self.ops.lock().await;
         let guest = self.agent.list_routes().await?;
-        Ok(with_table_dests(guest, &ops.routes).iter().map(route_out).collect())
+        Ok(with_table_dests(guest, &ops.routes.list).iter().map(route_out).collect())
     }
 
     /// Send `table`; if the guest refuses it, send `before` again (best effort) and fail.

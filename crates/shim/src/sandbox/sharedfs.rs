@@ -28,17 +28,15 @@ use std::path::{Path, PathBuf};
 
 use agent_client::protocols::agent::Storage;
 use hypervisor::QemuConfig;
+use network::RunDir;
 
 use crate::error::{Error, Result};
 
-/// virtiofsd's vhost-user socket (QEMU's side) in the run directory.
-pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
-/// The sandbox's unbindable tmpfs in the run directory, holding [`HOST_DIR`] and [`SHARED_DIR`].
-pub const FS_DIR: &str = "fs";
-/// What virtiofsd serves, in the run directory: a read-only view of [`HOST_DIR`].
-pub const SHARED_DIR: &str = "fs/shared";
-/// Where the host makes what it shares, in the run directory.
-pub const HOST_DIR: &str = "fs/mounts";
+/// What virtiofsd serves, in the sandbox's unbindable tmpfs (`RunDir::shared_fs`): a read-only
+/// view of [`HOST_DIR`].
+const SHARED_DIR: &str = "shared";
+/// Where the host makes what it shares, in the sandbox's unbindable tmpfs.
+const HOST_DIR: &str = "mounts";
 /// Where kata's agent mounts the share in the guest.
 pub const GUEST_MOUNT_POINT: &str = "/run/kata-containers/shared/containers/";
 
@@ -57,9 +55,10 @@ impl VirtioFsd {
 
     /// Make the sandbox's unbindable tmpfs, the host's directory in it and the guest's read-only
     /// view of that (root's, 0700), and start virtiofsd on the view; wait (bounded) for its socket.
-    pub async fn start(cfg: &QemuConfig, run_dir: &Path) -> Result<Self> {
-        let (fs, host, shared) = (run_dir.join(FS_DIR), run_dir.join(HOST_DIR), run_dir.join(SHARED_DIR));
-        let socket = run_dir.join(VIRTIOFSD_SOCKET);
+    pub async fn start(cfg: &QemuConfig, run_dir: &RunDir) -> Result<Self> {
+        let fs = run_dir.shared_fs();
+        let (host, shared) = (fs.join(HOST_DIR), fs.join(SHARED_DIR));
+        let socket = run_dir.virtiofsd_socket();
         let io = |source| Error::Io { what: "starting virtiofsd for", path: shared.clone(), source };
         use nix::mount::{mount, MsFlags};
         let errno = |e: nix::errno::Errno| io(std::io::Error::from(e));
@@ -174,8 +173,8 @@ pub fn storage() -> Storage {
 }
 
 /// A container's directory in the host's side of the shared directory.
-pub fn container_dir(run_dir: &Path, cid: &str) -> PathBuf {
-    run_dir.join(HOST_DIR).join(cid)
+pub fn container_dir(run_dir: &RunDir, cid: &str) -> PathBuf {
+    run_dir.shared_fs().join(HOST_DIR).join(cid)
 }
 
 /// Where the guest sees container `cid`'s rootfs.
@@ -187,7 +186,7 @@ pub fn guest_rootfs(cid: &str) -> String {
 /// the spec's `root.path`) at `<cid>/rootfs` in the shared directory. On failure what was
 /// mounted is unmounted.
 pub fn share_rootfs(
-    run_dir: &Path,
+    run_dir: &RunDir,
     cid: &str,
     mounts: &[containerd_shim_protos::types::mount::Mount],
     host_root: &Path,
@@ -223,7 +222,7 @@ pub fn share_rootfs(
 /// works on that open file: what it really is is checked (never at or under the runtime's run
 /// root, `run_dir`'s parent: the runtime's own sockets and other sandboxes' directories) and
 /// copied, so a symlink swapped in between cannot send the copy elsewhere.
-pub fn share_path(run_dir: &Path, cid: &str, share: &crate::workload::spec::Share) -> Result<()> {
+pub fn share_path(run_dir: &RunDir, cid: &str, share: &crate::workload::spec::Share) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let target = container_dir(run_dir, cid).join("mounts").join(&share.name);
     let io = |source| Error::Io { what: "sharing a bind mount of the spec at", path: target.clone(), source };
@@ -235,7 +234,7 @@ pub fn share_path(run_dir: &Path, cid: &str, share: &crate::workload::spec::Shar
         .map_err(|source| Error::Io { what: "the spec binds", path: share.host.clone(), source })?;
     let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&src)))
         .map_err(|source| Error::Io { what: "resolving the spec's bind source", path: share.host.clone(), source })?;
-    if let Some(root) = run_dir.parent().filter(|root| real.starts_with(root)) {
+    if let Some(root) = run_dir.path().parent().filter(|root| real.starts_with(root)) {
         return Err(Error::Spec(format!(
             "{field}: {} is {}, in the runtime's own run directory {}: a bind of it is refused",
             share.host.display(),
@@ -347,7 +346,7 @@ mod detached {
 }
 
 /// Unmount and remove container `cid`'s directory in the shared directory.
-pub fn unshare_container(run_dir: &Path, cid: &str) -> Result<()> {
+pub fn unshare_container(run_dir: &RunDir, cid: &str) -> Result<()> {
     let dir = container_dir(run_dir, cid);
     unmount_under(&dir)?;
     match std::fs::remove_dir_all(&dir) {

@@ -72,3 +72,17 @@ fn read_resolv_conf(path: &Path) -> Result<String> {
     f.take(MAX_DNS_BYTES).read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
     Ok(text)
 }
+
+/// The CRI annotations naming a container's kind and its sandbox.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The sandbox a container of `spec` belongs to, when it is an app container (CRI's
+/// `container-type = container` with the sandbox's id); `None` for a sandbox container.
+pub fn sandbox_of(annotations: Option<&std::collections::HashMap<String, String>>) -> Option<String> {
+    let a = annotations?;
+    match a.get(CONTAINER_TYPE).map(String::as_str) {
+        Some("container") => a.get(SANDBOX_ID).cloned(),
+        _ => None,
+    }
+}

@@ -11,7 +11,7 @@ use agent_client::protocols::types as pb;
 use agent_client::{AgentAddr, AgentClient};
 use hypervisor::{AgentChannel, SharedFs, Vm, VmSpec};
 use network::endpoint::{Attached, Endpoint, EndpointConfig};
-use network::{NetCtx, NetNs, NetworkInfo, PciPath};
+use network::{NetCtx, NetNs, NetworkInfo, PciPath, RunDir, SandboxId};
 
 use super::sharedfs::VirtioFsd;
 use super::{Ops, PodNic, Sandbox, SandboxState, SpecNetwork, NIC_WAIT};
@@ -24,7 +24,7 @@ use crate::failpoint;
 /// A start whose hybrid vsock backend stopped serving the VM (a fault of vhost-device-vsock
 /// 0.3.0, see `VsockBackend::worker_alive`) is undone and made once more, from the beginning.
 /// The longest unix socket path a sandbox's run directory holds (the hybrid vsock backend's).
-const LONGEST_SOCKET: &str = super::VSOCK_BACKEND_SOCKET;
+const LONGEST_SOCKET: &str = RunDir::VSOCK_BACKEND_SOCKET;
 
 /// A unix socket's path must fit `sun_path` (108 bytes with its NUL): checked before anything
 /// is made, naming the key that sets it (a CRI sandbox id alone is 64 characters).
@@ -43,18 +43,24 @@ fn check_socket_paths(run_root: &Path, id: &str) -> Result<()> {
     }
 }
 
-pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log: &slog::Logger) -> Result<Sandbox> {
+pub async fn start(
+    id: &SandboxId,
+    bundle: &Path,
+    net: &SpecNetwork,
+    cfg: &Config,
+    log: &slog::Logger,
+) -> Result<Sandbox> {
     check_socket_paths(&cfg.runtime.run_dir, id)?;
     let mut again = true;
     loop {
-        let mut s = Start { id, bundle, cfg, log, state: SandboxState { id: id.to_owned(), ..Default::default() } };
+        let state = SandboxState { id: id.to_string(), ..Default::default() };
+        let mut s = Start { id, run_dir: RunDir::new(&cfg.runtime.run_dir, id), bundle, cfg, log, state };
         match s.run(net).await {
             Ok(sb) => return Ok(sb),
             Err(e) => {
-                let _ = s.state.teardown(log, Some(&cfg.runtime.run_dir)).await;
-                SandboxState::forget(bundle);
+                let _ = s.state.remove(log, Some(&cfg.runtime.run_dir), bundle).await;
                 if matches!(e, Error::VsockBackendLost { .. }) && std::mem::take(&mut again) {
-                    slog::warn!(log, "the sandbox's start is undone and made again"; "sandbox_id" => id,
+                    slog::warn!(log, "the sandbox's start is undone and made again"; "sandbox_id" => %id,
                         "cause" => crate::error::message(&e));
                     continue;
                 }
@@ -66,7 +72,8 @@ pub async fn start(id: &str, bundle: &Path, net: &SpecNetwork, cfg: &Config, log
 
 /// A sandbox being started, and what it has made so far.
 struct Start<'a> {
-    id: &'a str,
+    id: &'a SandboxId,
+    run_dir: RunDir,
     bundle: &'a Path,
     cfg: &'a Config,
     log: &'a slog::Logger,
@@ -82,44 +89,112 @@ struct GuestNics {
     queues: usize,
 }
 
+/// The pod's network attached: the scan, its endpoints connected to NICs.
+struct Network {
+    ctx: NetCtx,
+    info: NetworkInfo,
+    eps: Vec<Endpoint>,
+    ep_cfg: EndpointConfig,
+    attached: Vec<Attached>,
+    scan_ms: String,
+    attach_ms: String,
+}
+
+/// The VM booted, its helpers running and its agent connected.
+struct Booted {
+    vm: Vm,
+    /// Each cold- or hotplugged NIC's PCI path, by id.
+    plugged: Vec<(String, PciPath)>,
+    agent: AgentClient,
+    link: super::channel::AgentLink,
+    virtiofsd: Option<VirtioFsd>,
+}
+
 fn ms(t: Instant) -> String {
     format!("{:.2}", t.elapsed().as_secs_f64() * 1e3)
 }
 
 impl Start<'_> {
+    /// The phases in order (each timed in the log): the run directory claimed, the network
+    /// attached, the VM booted, the agent synced.
     async fn run(&mut self, net: &SpecNetwork) -> Result<Sandbox> {
+        let claim = self.claim()?;
+        let network = self.network(net).await?;
+        let (scan_ms, attach_ms) = (network.scan_ms.clone(), network.attach_ms.clone());
         let t = Instant::now();
-        // First of all: the id's run directory must be free. Held, it is another live sandbox's
-        // (the same id in another containerd namespace): refused, and nothing of it is touched
-        // (the run directory is recorded only once it is ours).
-        let claim = super::claim_run_dir(&self.run_dir())?.ok_or_else(|| {
+        let ids: Vec<String> = network.attached.iter().map(|a| a.nic.id.clone()).collect();
+        let links = network.eps.iter().filter_map(|e| network.info.link(e.link_name().as_str()).cloned()).collect();
+        let Network { ctx, info, ep_cfg, attached, .. } = network;
+        let booted = self.boot(attached).await?;
+        let boot_ms = ms(t);
+        let t = Instant::now();
+        let paths = ids.iter().map(|id| booted.plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
+        let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
+        let storages: Vec<_> = booted.virtiofsd.iter().map(|_| super::sharedfs::storage()).collect();
+        let routes = sync_agent(&booted.agent, &guest, self.id, net, storages).await?;
+        let ours = |dev: &network::IfName| guest.links.iter().any(|l| &l.name == dev);
+        let neighbors = guest.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
+        let hotplugged = self.cfg.hypervisor.qemu.enable_template;
+        let nics = (guest.links.iter().zip(&ids))
+            .map(|(l, id)| PodNic { link: l.clone(), nic_id: id.clone(), hotplugged })
+            .collect();
+        let pod = super::PodLinks { nics, routes: routes.clone(), neighbors, refused: Vec::new() };
+        slog::info!(self.log, "sandbox started"; "sandbox_id" => %self.id, "endpoints" => ids.len(),
+            "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
+        let ops = Ops {
+            state: self.state.clone(),
+            operator: Default::default(),
+            ipvs: Default::default(),
+            routes: super::RouteTable { list: routes },
+            pod,
+            closed: false,
+        };
+        Ok(self.sandbox(booted, ctx, ep_cfg, ops, claim).await)
+    }
+
+    /// First of all: the id's run directory must be free. Held, it is another live sandbox's
+    /// (the same id in another containerd namespace): refused, and nothing of it is touched
+    /// (the run directory is recorded only once it is ours).
+    fn claim(&mut self) -> Result<std::fs::File> {
+        let claim = super::claim_run_dir(self.run_dir.path())?.ok_or_else(|| {
             Error::AlreadyExists(format!(
                 "sandbox id {:?} is in use by a running sandbox (its run directory {} is held by a live shim: \
                  the same id in another containerd namespace?)",
-                self.id,
-                self.run_dir().display()
+                self.id.as_str(),
+                self.run_dir.path().display()
             ))
         })?;
-        self.state.run_dir = Some(self.run_dir());
+        self.state.run_dir = Some(self.run_dir.path().to_owned());
+        Ok(claim)
+    }
+
+    /// The pod's namespace (the spec's, or one of the shim's own), scanned, and every link's
+    /// endpoint attached to a NIC.
+    async fn network(&mut self, net: &SpecNetwork) -> Result<Network> {
+        let t = Instant::now();
         let ctx = self.namespace(net)?;
         let (info, eps, ep_cfg) = self.scan(&ctx).await?;
         let scan_ms = ms(t);
         let t = Instant::now();
         let attached = self.attach(&ctx, &eps, &ep_cfg).await?;
-        let attach_ms = ms(t);
-        let t = Instant::now();
-        let links = eps.iter().filter_map(|e| info.link(e.link_name().as_str()).cloned()).collect();
-        let ids: Vec<String> = attached.iter().map(|a| a.nic.id.clone()).collect();
-        let link = super::channel::agent_link(self.cfg.hypervisor.qemu.agent_channel, &self.run_dir(), self.id).await?;
+        Ok(Network { ctx, info, eps, ep_cfg, attached, scan_ms, attach_ms: ms(t) })
+    }
+
+    /// The agent's channel and the shared directory's virtiofsd, QEMU with the NICs, then the
+    /// agent connected within `dial_timeout`.
+    async fn boot(&mut self, attached: Vec<Attached>) -> Result<Booted> {
+        let qemu = &self.cfg.hypervisor.qemu;
+        let link = super::channel::agent_link(qemu.agent_channel, &self.run_dir, self.id).await?;
         if matches!(link.channel, AgentChannel::Vsock { .. }) {
             slog::warn!(self.log, "agent_channel = \"vsock\": any local user can reach this guest's agent (kernel vsock has no owner)";
-                "sandbox_id" => self.id);
+                "sandbox_id" => %self.id);
         }
-        let virtiofsd = match self.cfg.hypervisor.qemu.shared_fs {
-            SharedFs::VirtioFs => Some(VirtioFsd::start(&self.cfg.hypervisor.qemu, &self.run_dir()).await?),
+        let virtiofsd = match qemu.shared_fs {
+            SharedFs::VirtioFs => Some(VirtioFsd::start(qemu, &self.run_dir).await?),
             SharedFs::None => None,
         };
-        let (vm, plugged) = self.boot_vm(attached, link.channel, virtiofsd.as_ref().map(|f| f.socket.clone())).await?;
+        let fs_socket = virtiofsd.as_ref().map(|f| f.socket.clone());
+        let (vm, plugged) = self.boot_vm(attached, link.channel.clone(), fs_socket).await?;
         // One dial_timeout for both: the guest's vsock driver (not before it is up: see
         // `Vm::wait_virtio_ready`), then the agent.
         let dial_by = Instant::now() + Duration::from_secs(self.cfg.agent.kata.dial_timeout.into());
@@ -133,63 +208,44 @@ impl Start<'_> {
             Some(backend) => tokio::select! {
                 agent = connect => agent?,
                 () = backend.worker_lost() => {
-                    return Err(Error::VsockBackendLost { log: super::channel::backend_log_tail(&self.run_dir()) })
+                    return Err(Error::VsockBackendLost { log: super::channel::backend_log_tail(&self.run_dir) })
                 }
             },
             None => connect.await?,
         };
-        let boot_ms = ms(t);
-        let t = Instant::now();
-        let paths = ids.iter().map(|id| plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
-        let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
-        let storages: Vec<_> = virtiofsd.iter().map(|_| super::sharedfs::storage()).collect();
-        let routes = sync_agent(&agent, &guest, self.id, net, storages).await?;
-        let ours = |dev: &network::IfName| guest.links.iter().any(|l| &l.name == dev);
-        let pod_neighbors = guest.info.neighbors.iter().filter(|n| ours(&n.device)).cloned().collect();
-        let hotplugged = self.cfg.hypervisor.qemu.enable_template;
-        let pod = (guest.links.iter().zip(&ids))
-            .map(|(l, id)| PodNic { link: l.clone(), nic_id: id.clone(), hotplugged })
-            .collect();
-        let extended_agent = serves_extensions(&agent).await;
-        slog::info!(self.log, "sandbox started"; "sandbox_id" => self.id, "endpoints" => ids.len(),
-            "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
-        let vm = Arc::new(vm);
+        Ok(Booted { vm, plugged, agent, link, virtiofsd })
+    }
+
+    /// The running sandbox, its helpers watched.
+    async fn sandbox(&self, b: Booted, ctx: NetCtx, ep_cfg: EndpointConfig, ops: Ops, claim: std::fs::File) -> Sandbox {
+        let extended_agent = serves_extensions(&b.agent).await;
+        let vm = Arc::new(b.vm);
         let helpers = [
-            ("virtiofsd", virtiofsd.as_ref().map(|v| v.pid())),
-            ("vhost-device-vsock", link.backend.as_ref().map(|b| b.pid())),
+            ("virtiofsd", b.virtiofsd.as_ref().map(|v| v.pid())),
+            ("vhost-device-vsock", b.link.backend.as_ref().map(|b| b.pid())),
         ]
         .into_iter()
         .filter_map(|(name, pid)| Some(super::helpers::Helper::new(name, pid.filter(|p| *p != 0)?)))
         .collect();
         super::helpers::watch(helpers, vm.clone(), self.log.clone());
-        Ok(Sandbox {
-            id: self.id.to_owned(),
+        Sandbox {
+            id: self.id.clone(),
             bundle: self.bundle.to_owned(),
-            run_dir: Some(self.run_dir()),
+            run_dir: self.run_dir.clone(),
             vm,
-            agent,
+            agent: b.agent,
             extended_agent,
             ctx,
             queues: ep_cfg.queues,
             vhost_net: ep_cfg.vhost_net,
             ep_cfg,
-            vsock_backend: tokio::sync::Mutex::new(link.backend),
-            virtiofsd,
+            vsock_backend: tokio::sync::Mutex::new(b.link.backend),
+            virtiofsd: b.virtiofsd,
             claim,
             oom_killed: Default::default(),
-            ops: tokio::sync::Mutex::new(Ops {
-                state: self.state.clone(),
-                added: Vec::new(),
-                ipvs: Default::default(),
-                pod_routes: routes.clone(),
-                routes,
-                pod,
-                pod_neighbors,
-                refused: Vec::new(),
-                closed: false,
-            }),
+            ops: tokio::sync::Mutex::new(ops),
             log: self.log.clone(),
-        })
+        }
     }
 
     /// The spec's namespace, or one of the shim's own (recorded before it is made).
@@ -242,7 +298,7 @@ impl Start<'_> {
     /// endpoint will make is recorded before it is made (its teardown undoes a half-made one),
     /// then what it made.
     async fn attach(&mut self, ctx: &NetCtx, eps: &[Endpoint], ep_cfg: &EndpointConfig) -> Result<Vec<Attached>> {
-        let run_dir = self.cfg.runtime.run_dir.join(self.id);
+        let run_dir = self.run_dir.path().to_owned();
         self.state.run_dir = Some(run_dir.clone());
         self.state.endpoints = eps.iter().filter_map(Endpoint::planned_state).collect();
         self.state.save(self.bundle)?;
@@ -256,10 +312,6 @@ impl Start<'_> {
         std::fs::create_dir_all(&run_dir).map_err(io)?;
         std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
         Ok(attached)
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.cfg.runtime.run_dir.join(self.id)
     }
 
     /// QEMU with the NICs (cold-plugged, or hotplugged in factory mode); its pid is recorded
@@ -280,7 +332,7 @@ impl Start<'_> {
             .join(" ");
         let spec = VmSpec {
             config,
-            run_dir: self.run_dir(),
+            run_dir: self.run_dir.clone(),
             agent,
             shared_fs,
             netns: self.state.netns.clone(),

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use network::endpoint::EndpointState;
-use network::{NetCtx, NetNs};
+use network::{NetCtx, NetNs, RunDir, SandboxId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -67,6 +67,13 @@ impl SandboxState {
     }
 
     /// Remove the state file of `bundle` (nothing is left to find).
+    /// [`teardown`](Self::teardown), then the state file forgotten whatever it gave.
+    pub async fn remove(&self, log: &slog::Logger, run_root: Option<&Path>, bundle: &Path) -> Result<()> {
+        let torn = self.teardown(log, run_root).await;
+        Self::forget(bundle);
+        torn
+    }
+
     pub fn forget(bundle: &Path) {
         let _ = std::fs::remove_file(bundle.join(STATE_FILE));
     }
@@ -76,7 +83,7 @@ impl SandboxState {
     fn confined_run_dir(&self, run_root: Option<&Path>) -> Option<&Path> {
         let d = self.run_dir.as_deref()?;
         let plain = d.is_absolute() && d.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        let named = netmgmt::paths::check_sandbox_id(&self.id).is_ok() && d.file_name() == Some(self.id.as_ref());
+        let named = SandboxId::parse(&self.id).is_ok() && d.file_name() == Some(self.id.as_ref());
         let under = run_root.is_none_or(|root| d.parent() == Some(root));
         (plain && named && under).then_some(d)
     }
@@ -85,7 +92,7 @@ impl SandboxState {
     /// [`own_netns_path`] of this sandbox's id.
     fn own_netns(&self) -> Option<&Path> {
         let ns = self.netns.as_deref().filter(|_| self.netns_created || self.netns_intent)?;
-        (netmgmt::paths::check_sandbox_id(&self.id).is_ok() && ns == own_netns_path(&self.id)).then_some(ns)
+        (SandboxId::parse(&self.id).is_ok() && ns == own_netns_path(&self.id)).then_some(ns)
     }
 
     /// Remove everything recorded: QEMU, runtime-made devices, the shim's namespace, the run
@@ -232,9 +239,10 @@ pub fn netns_identity(path: &Path) -> Option<(u64, u64)> {
 /// the sandbox's hybrid vsock backend or virtiofsd (their vhost-user sockets are there).
 fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let qmp = format!("unix:{},", run_dir.join("qmp.sock").display());
-    let vsock = format!("socket={},", run_dir.join(super::VSOCK_BACKEND_SOCKET).display());
-    let fsd = format!("--socket-path={}", run_dir.join(super::sharedfs::VIRTIOFSD_SOCKET).display());
+    let d = RunDir::at(run_dir.to_owned());
+    let qmp = format!("unix:{},", d.qmp_socket().display());
+    let vsock = format!("socket={},", d.vsock_backend_socket().display());
+    let fsd = format!("--socket-path={}", d.virtiofsd_socket().display());
     cmdline.split(|b| *b == 0).any(|arg| {
         arg.starts_with(qmp.as_bytes())
             || arg == fsd.as_bytes()

@@ -29,6 +29,21 @@ pub struct Stdio {
     pub terminal: bool,
 }
 
+impl Stdio {
+    /// The process's standard IO as containerd names it: FIFO paths. containerd's log URIs
+    /// (`binary://`, `file://`, as `ctr run --log-uri` gives them) are refused, naming the stream.
+    pub fn of_fifos(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> crate::Result<Stdio> {
+        for (name, p) in [("stdin", stdin), ("stdout", stdout), ("stderr", stderr)] {
+            if let Some((scheme, _)) = p.split_once("://") {
+                return Err(crate::Error::Spec(format!(
+                    "process {name}: {scheme}:// log URIs are not supported by this runtime (its output goes to containerd's FIFOs)"
+                )));
+            }
+        }
+        Ok(Stdio { stdin: stdin.into(), stdout: stdout.into(), stderr: stderr.into(), terminal })
+    }
+}
+
 /// How much one read asks the agent for.
 const CHUNK: u32 = 32 * 1024;
 

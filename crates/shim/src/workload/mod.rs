@@ -3,13 +3,13 @@
 //! between containerd's FIFOs and the agent.
 
 pub mod io;
-pub(crate) mod process;
 pub mod spec;
 pub(crate) mod stats;
 
 use std::path::Path;
 
 use agent_client::protocols::agent::CreateContainerRequest;
+use network::SandboxId;
 use protobuf::MessageField;
 
 use crate::error::{Error, Result};
@@ -21,12 +21,11 @@ use crate::sandbox::Sandbox;
 /// `Ok(true)`: it shares the pod's PID namespace.
 pub async fn create_container(
     sb: &Sandbox,
-    cid: &str,
+    cid: &SandboxId,
     bundle: &Path,
     rootfs: &[containerd_shim_protos::types::mount::Mount],
 ) -> Result<bool> {
-    netmgmt::paths::check_sandbox_id(cid).map_err(|_| Error::InvalidId(cid.to_owned()))?;
-    let run_dir = sb.run_dir.clone().ok_or_else(|| Error::Internal("the sandbox has no run directory".into()))?;
+    let run_dir = sb.run_dir.clone();
     let path = bundle.join("config.json");
     let text =
         std::fs::read(&path).map_err(|source| Error::Io { what: "reading the spec", path: path.clone(), source })?;
@@ -44,8 +43,8 @@ pub async fn create_container(
         .and_then(|r| r)
     };
     let req = CreateContainerRequest {
-        container_id: cid.to_owned(),
-        exec_id: cid.to_owned(),
+        container_id: cid.to_string(),
+        exec_id: cid.to_string(),
         OCI: MessageField::some(spec),
         sandbox_pidns: hints.sandbox_pidns,
         ..Default::default()
@@ -67,15 +66,10 @@ pub async fn create_container(
 /// Both are tried; the first error is returned.
 pub async fn remove_container(sb: &Sandbox, cid: &str) -> Result<()> {
     let removed = sb.agent.remove_container(cid, 10).await.map_err(Error::from);
-    let unshared = match &sb.run_dir {
-        Some(d) => {
-            let (d, cid) = (d.clone(), cid.to_owned());
-            tokio::task::spawn_blocking(move || sharedfs::unshare_container(&d, &cid))
-                .await
-                .map_err(|e| Error::Internal(format!("unsharing: {e}")))
-                .and_then(|r| r)
-        }
-        None => Ok(()),
-    };
+    let (d, cid) = (sb.run_dir.clone(), cid.to_owned());
+    let unshared = tokio::task::spawn_blocking(move || sharedfs::unshare_container(&d, &cid))
+        .await
+        .map_err(|e| Error::Internal(format!("unsharing: {e}")))
+        .and_then(|r| r);
     removed.and(unshared)
 }

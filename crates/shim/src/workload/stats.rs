@@ -1,12 +1,41 @@
-//! The guest's counters of a container (StatsContainer) in the metrics containerd's CRI reads.
+//! A container's metrics as containerd's CRI reads them: the guest's counters of the container
+//! (StatsContainer) and the sandbox's NICs.
 
+use containerd_shim_protos::cgroups::metrics::{Metrics, NetworkStat};
 use containerd_shim_protos::protobuf::MessageField;
 
+use crate::sandbox::NicCounters;
+
+/// cgroups v1 metrics (`ctr task metrics`, CRI's ContainerStats): `network` from the pod's
+/// point of view (receive: what reached the VM), the rest from the guest's cgroup when given.
+pub(crate) fn metrics(nics: &[NicCounters], cgroup: Option<&agent_client::protocols::agent::CgroupStats>) -> Metrics {
+    let network = nics
+        .iter()
+        .map(|n| {
+            let (rx, tx) = (n.to_vm(), n.from_vm());
+            NetworkStat {
+                name: n.name.clone(),
+                rx_bytes: rx.bytes,
+                rx_packets: rx.packets,
+                rx_errors: rx.errors,
+                rx_dropped: rx.dropped,
+                tx_bytes: tx.bytes,
+                tx_packets: tx.packets,
+                tx_errors: tx.errors,
+                tx_dropped: tx.dropped,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let mut m = Metrics { network, ..Default::default() };
+    if let Some(c) = cgroup {
+        metrics_from_guest(&mut m, c);
+    }
+    m
+}
+
 /// The guest's cgroup counters (kata's CgroupStats) in containerd's cgroup v1 metrics.
-pub(crate) fn metrics_from_guest(
-    m: &mut containerd_shim_protos::cgroups::metrics::Metrics,
-    c: &agent_client::protocols::agent::CgroupStats,
-) {
+fn metrics_from_guest(m: &mut Metrics, c: &agent_client::protocols::agent::CgroupStats) {
     use containerd_shim_protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, PidsStat, Throttle};
     if let Some(cpu) = c.cpu_stats.as_ref() {
         let u = cpu.cpu_usage.clone().unwrap_or_default();

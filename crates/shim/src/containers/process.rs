@@ -2,8 +2,6 @@
 //! execs, their exits (from the agent's WaitProcess, or QEMU's death for all of them), and the
 //! TaskExit events that tell containerd.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +11,9 @@ use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim_protos::topics;
-use tokio::sync::Mutex;
 
+use super::Entries;
 use crate::error::Error;
-use crate::mgmt_server::MgmtServer;
 use crate::sandbox;
 use crate::workload;
 
@@ -89,35 +86,6 @@ impl Proc {
     }
 }
 
-/// A container of the sandbox: the sandbox container itself (it owns the sandbox, its VM and
-/// its management server) or an app container in the same VM.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) bundle: PathBuf,
-    pub(crate) sandbox: Arc<sandbox::Sandbox>,
-    pub(crate) owns_sandbox: bool,
-    pub(crate) mgmt: Option<MgmtServer>,
-    /// Its processes run in the VM; `false` (no shared filesystem): the sandbox's task is the VM.
-    pub(crate) workload: bool,
-    /// It shares the pod's PID namespace (its init is no PID 1 whose end ends the others).
-    pub(crate) shared_pidns: bool,
-    pub(crate) init: Proc,
-    pub(crate) execs: HashMap<String, Proc>,
-}
-
-impl Entry {
-    pub(crate) fn proc(&self, exec_id: &str) -> ttrpc::Result<&Proc> {
-        match exec_id {
-            "" => Ok(&self.init),
-            e => self.execs.get(e).ok_or_else(|| Error::NotFound(format!("no exec {e}")).into()),
-        }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.sandbox.vm.pid()
-    }
-}
-
 /// The agent's name for a process: the container's id for its init.
 pub(crate) fn agent_exec_id<'a>(cid: &'a str, exec_id: &'a str) -> &'a str {
     match exec_id {
@@ -125,8 +93,6 @@ pub(crate) fn agent_exec_id<'a>(cid: &'a str, exec_id: &'a str) -> &'a str {
         e => e,
     }
 }
-
-pub(crate) type Entries = Arc<Mutex<HashMap<String, Entry>>>;
 
 /// Publishes the Task service's events to containerd.
 #[derive(Clone)]
@@ -285,12 +251,9 @@ pub(crate) fn watch_exit(entries: Entries, events: Events, id: String, sb: Arc<s
             let e = entries.lock().await;
             e.iter()
                 .filter(|(_, entry)| Arc::ptr_eq(&entry.sandbox, &sb))
-                .flat_map(|(cid, entry)| {
-                    let init = std::iter::once((cid.clone(), String::new(), &entry.init));
-                    init.chain(entry.execs.iter().map(|(x, p)| (cid.clone(), x.clone(), p)))
-                })
+                .flat_map(|(cid, entry)| entry.procs().map(move |(x, p)| (cid, x, p)))
                 .filter(|(_, _, p)| p.record_exit(code))
-                .map(|(c, x, _)| (c, x))
+                .map(|(c, x, _)| (c.clone(), x.to_owned()))
                 .collect()
         };
         if !exited.is_empty() {
