@@ -107,11 +107,11 @@ fn remember(file: &Path, key: &str, a: Accel) {
 }
 
 /// How long the probe waits for the kernel's first line under KVM.
-pub const PROBE_LIMIT: Duration = Duration::from_secs(3);
+pub(crate) const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
 /// Boot `kernel` under KVM (no initrd, no disk: it panics and QEMU exits after its first lines);
 /// KVM works if the kernel's banner reaches the serial port.
-pub fn kvm_boots(qemu: &Path, machine: MachineType, kernel: &Path) -> bool {
+pub(crate) fn kvm_boots(qemu: &Path, machine: MachineType, kernel: &Path) -> bool {
     if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         return false;
     }

@@ -20,7 +20,7 @@ pub const VSOCK_DEVICE_ID: &str = "vsock0";
 
 /// Arguments, and the fds to pass: (fd, number in the child).
 #[derive(Debug, Default)]
-pub struct CommandLine {
+pub(crate) struct CommandLine {
     pub args: Vec<String>,
     pub fds: Vec<(OwnedFd, RawFd)>,
 }
@@ -41,7 +41,7 @@ impl CommandLine {
 
 /// What the command line is built from, besides the cold-plugged NICs.
 #[derive(Debug, Clone, Copy)]
-pub struct Machine<'a> {
+pub(crate) struct Machine<'a> {
     pub cfg: &'a QemuConfig,
     pub accel: Accel,
     /// Where QMP's socket and the console's log are.
@@ -54,7 +54,7 @@ pub struct Machine<'a> {
 
 /// Everything QEMU needs, in order. Returns the command line and the PCI path of each
 /// cold-plugged NIC (by id).
-pub fn build(m: &Machine<'_>, nics: Vec<NicConfig>) -> Result<(CommandLine, Vec<(String, PciPath)>)> {
+pub(crate) fn build(m: &Machine<'_>, nics: Vec<NicConfig>) -> Result<(CommandLine, Vec<(String, PciPath)>)> {
     if nics.len() > slots::MAX_COLD_NICS {
         return Err(Error::Unsupported(format!("{} cold-plugged NICs (at most {})", nics.len(), slots::MAX_COLD_NICS)));
     }
@@ -196,7 +196,7 @@ fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, image_len: Option<u64>,
             let file = path.display().to_string();
             if file.contains(',') {
                 // QEMU's option syntax would read it as the next property.
-                return Err(Error::Config { key: "image", why: format!("{file}: a path with a comma") });
+                return Err(Error::Config { key: "image", rule: crate::config::Rule::Comma(file) });
             }
             if let (true, Some(len)) = (nvdimm, image_len) {
                 c.arg(
@@ -221,7 +221,7 @@ fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, image_len: Option<u64>,
 
 /// Make the command's child join the network namespace open on `ns` before it execs (registered
 /// before [`install_fds`], so it runs first; the fd is close-on-exec and closed there anyway).
-pub fn enter_netns(cmd: &mut tokio::process::Command, ns: RawFd) {
+pub(crate) fn enter_netns(cmd: &mut tokio::process::Command, ns: RawFd) {
     // SAFETY: the closure runs in the child between fork and exec and makes one
     // async-signal-safe system call (setns) on an fd opened before the fork.
     unsafe {
@@ -240,7 +240,7 @@ pub fn enter_netns(cmd: &mut tokio::process::Command, ns: RawFd) {
 /// Works under any `RLIMIT_NOFILE`: sources are first moved just above the target range (the
 /// lowest free numbers there, so a soft limit of 1024 is no obstacle), and where the kernel lacks
 /// `close_range` (before 5.9) the rest are closed one by one up to the limit read before the fork.
-pub fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) {
+pub(crate) fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) {
     let map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     let mut temps: Vec<RawFd> = vec![-1; map.len()];
     let first_free = 3 + map.len() as libc::c_int;

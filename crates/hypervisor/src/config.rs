@@ -28,15 +28,15 @@ pub enum MachineType {
 }
 
 /// This project's guest, where `make install` puts it.
-pub const OUR_KERNEL: &str = "/usr/share/kata-net-rs/vmlinuz";
-pub const OUR_INITRD: &str = "/usr/share/kata-net-rs/initrd.img";
+pub(crate) const OUR_KERNEL: &str = "/usr/share/kata-net-rs/vmlinuz";
+pub(crate) const OUR_INITRD: &str = "/usr/share/kata-net-rs/initrd.img";
 /// kata-deploy's guest, where kata-deploy puts it: used by default when ours is not installed.
-pub const KATA_DEPLOY_KERNEL: &str = "/opt/kata/share/kata-containers/vmlinux.container";
-pub const KATA_DEPLOY_IMAGE: &str = "/opt/kata/share/kata-containers/kata-containers.img";
+pub(crate) const KATA_DEPLOY_KERNEL: &str = "/opt/kata/share/kata-containers/vmlinux.container";
+pub(crate) const KATA_DEPLOY_IMAGE: &str = "/opt/kata/share/kata-containers/kata-containers.img";
 /// Where virtiofsd is looked for when `virtio_fs_daemon` is unset, in order: the Rust virtiofsd
 /// (`cargo install --root /usr/local virtiofsd`, a distribution's package, kata-deploy's), then
 /// QEMU 7.2's C one (Debian's qemu-system-common; QEMU 8 removed it).
-pub const VIRTIOFSD_PATHS: [&str; 4] =
+pub(crate) const VIRTIOFSD_PATHS: [&str; 4] =
     ["/usr/local/bin/virtiofsd", "/usr/libexec/virtiofsd", "/opt/kata/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
 
 /// `virtio_fs_cache` (kata's values): `auto` (the default), `always`, `never` (the C
@@ -133,19 +133,58 @@ impl Default for QemuConfig {
 
 /// A file QEMU is given (run as root, it decides what the guest runs): absolute, present, and
 /// root's alone to change (`network::trust::check_root_file`).
+/// Why a key's value is refused: each rule with the value that broke it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rule {
+    #[error("{} must be an absolute path", .0.display())]
+    NotAbsolute(PathBuf),
+    #[error("{} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// A file QEMU is given that another user could have written (`network::trust`).
+    #[error("refused: {0}")]
+    Untrusted(String),
+    #[error("is exclusive with {0} (as in kata): set one of them")]
+    Exclusive(&'static str),
+    #[error("neither initrd nor image is set")]
+    NoRoot,
+    #[error("{} is {len} bytes: a guest image is a whole number of 2 MiB blocks (kata's layout)", path.display())]
+    ImageSize { path: PathBuf, len: u64 },
+    #[error("is only for an image")]
+    OnlyForImage,
+    #[error("{value}{unit} is outside {min}..={max}")]
+    OutOfRange { value: u64, unit: &'static str, min: u64, max: u64 },
+    #[error("{value} is more than the {max} this machine type offers")]
+    TooManySlots { value: u64, max: u64 },
+    #[error("{0:?}: each is one option, starting with '-'")]
+    NotAnOption(String),
+    #[error("must be one line")]
+    NotOneLine,
+    /// QEMU's option syntax cannot carry a comma in this path.
+    #[error("{0}: a path with a comma")]
+    Comma(String),
+}
+
+/// `value` of `key` within `min..=max`.
+fn in_range(key: &'static str, value: u64, unit: &'static str, min: u64, max: u64) -> Result<()> {
+    match (min..=max).contains(&value) {
+        true => Ok(()),
+        false => Err(Error::Config { key, rule: Rule::OutOfRange { value, unit, min, max } }),
+    }
+}
+
 fn file(key: &'static str, p: &Path) -> Result<()> {
     if !p.is_absolute() {
-        return Err(Error::Config { key, why: format!("{} must be an absolute path", p.display()) });
+        return Err(Error::Config { key, rule: Rule::NotAbsolute(p.to_owned()) });
     }
     if !p.is_file() {
-        return Err(Error::Config { key, why: format!("{} does not exist", p.display()) });
+        return Err(Error::Config { key, rule: Rule::Missing(p.to_owned()) });
     }
-    network::trust::check_root_file(p).map_err(|e| Error::Config { key, why: format!("refused: {e}") })
+    network::trust::check_root_file(p).map_err(|e| Error::Config { key, rule: Rule::Untrusted(e.to_string()) })
 }
 
 /// What the guest boots from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuestRoot<'a> {
+pub(crate) enum GuestRoot<'a> {
     Initrd(&'a Path),
     /// A root filesystem image: an NVDIMM backed by the file, or a read-only virtio-blk disk;
     /// with the initramfs that loads their drivers first, where the kernel needs one.
@@ -193,7 +232,7 @@ impl QemuConfig {
     }
 
     /// What the guest boots from (after [`QemuConfig::validate`]: exactly one of the two is set).
-    pub fn root(&self) -> GuestRoot<'_> {
+    pub(crate) fn root(&self) -> GuestRoot<'_> {
         match self.image.as_os_str().is_empty() {
             true => GuestRoot::Initrd(&self.initrd),
             false => GuestRoot::Image {
@@ -210,15 +249,8 @@ impl QemuConfig {
         file("kernel", &self.kernel)?;
         let (has_initrd, has_image) = (!self.initrd.as_os_str().is_empty(), !self.image.as_os_str().is_empty());
         match (has_initrd, has_image) {
-            (true, true) => {
-                return Err(Error::Config {
-                    key: "image",
-                    why: "is exclusive with initrd (as in kata): set one of them".into(),
-                })
-            }
-            (false, false) => {
-                return Err(Error::Config { key: "initrd", why: "neither initrd nor image is set".into() })
-            }
+            (true, true) => return Err(Error::Config { key: "image", rule: Rule::Exclusive("initrd") }),
+            (false, false) => return Err(Error::Config { key: "initrd", rule: Rule::NoRoot }),
             (true, false) => file("initrd", &self.initrd)?,
             (false, true) => {
                 file("image", &self.image)?;
@@ -226,56 +258,39 @@ impl QemuConfig {
                 if len == 0 || len % (2 << 20) != 0 {
                     return Err(Error::Config {
                         key: "image",
-                        why: format!(
-                            "{} is {len} bytes: a guest image is a whole number of 2 MiB blocks (kata's layout)",
-                            self.image.display()
-                        ),
+                        rule: Rule::ImageSize { path: self.image.clone(), len },
                     });
                 }
             }
         }
         if !self.image_boot_initrd.as_os_str().is_empty() {
             if !has_image {
-                return Err(Error::Config { key: "image_boot_initrd", why: "is only for an image".into() });
+                return Err(Error::Config { key: "image_boot_initrd", rule: Rule::OnlyForImage });
             }
             file("image_boot_initrd", &self.image_boot_initrd)?;
         }
-        if !(1..=255).contains(&self.default_vcpus) {
-            return Err(Error::Config {
-                key: "default_vcpus",
-                why: format!("{} is outside 1..=255", self.default_vcpus),
-            });
-        }
-        if !(128..=1_048_576).contains(&self.default_memory) {
-            return Err(Error::Config {
-                key: "default_memory",
-                why: format!("{} MiB is outside 128..=1048576", self.default_memory),
-            });
-        }
+        in_range("default_vcpus", self.default_vcpus.into(), "", 1, 255)?;
+        in_range("default_memory", self.default_memory.into(), " MiB", 128, 1_048_576)?;
         let max_slots = match self.machine_type {
             MachineType::Q35 => 14,
             MachineType::Pc => 30,
         };
         if self.hotplug_slots > max_slots {
-            return Err(Error::Config {
-                key: "hotplug_slots",
-                why: format!("{} is more than the {max_slots} this machine type offers", self.hotplug_slots),
-            });
+            let rule = Rule::TooManySlots { value: self.hotplug_slots.into(), max: max_slots.into() };
+            return Err(Error::Config { key: "hotplug_slots", rule });
         }
         if !self.vhost_user_store_path.is_absolute() {
-            return Err(Error::Config { key: "vhost_user_store_path", why: "must be an absolute path".into() });
+            let rule = Rule::NotAbsolute(self.vhost_user_store_path.clone());
+            return Err(Error::Config { key: "vhost_user_store_path", rule });
         }
         if self.shared_fs == SharedFs::VirtioFs {
             file("virtio_fs_daemon", &self.virtio_fs_daemon)?;
         }
         if let Some(a) = self.virtio_fs_extra_args.iter().find(|a| !a.starts_with('-') || a.contains(['\n', '\0'])) {
-            return Err(Error::Config {
-                key: "virtio_fs_extra_args",
-                why: format!("{a:?}: each is one option, starting with '-'"),
-            });
+            return Err(Error::Config { key: "virtio_fs_extra_args", rule: Rule::NotAnOption(a.clone()) });
         }
         if self.kernel_params.contains(['\n', '\0']) {
-            return Err(Error::Config { key: "kernel_params", why: "must be one line".into() });
+            return Err(Error::Config { key: "kernel_params", rule: Rule::NotOneLine });
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("[hypervisor.qemu] {key}: {why}")]
-    Config { key: &'static str, why: String },
+    #[error("[hypervisor.qemu] {key}: {rule}")]
+    Config { key: &'static str, rule: crate::config::Rule },
     #[error("cannot start QEMU ({path})")]
     Spawn {
         path: String,

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 /// How the NIC's frames reach the host, by the names QEMU knows its fds by: their numbers on
 /// the command line, their `getfd` names over QMP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Netdev {
+pub(crate) enum Netdev {
     /// One TAP fd per queue; one vhost-net fd per queue, or none for `vhost=off`.
     Tap {
         fds: Vec<String>,
@@ -23,7 +23,7 @@ pub enum Netdev {
 
 /// A virtio-net-pci device and its netdev.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicDevice {
+pub(crate) struct NicDevice {
     pub id: String,
     pub mac: MacAddr,
     pub mtu: u32,
@@ -77,11 +77,11 @@ fn render_json(props: &Props) -> Value {
 }
 
 impl NicDevice {
-    pub fn netdev_id(&self) -> String {
+    pub(crate) fn netdev_id(&self) -> String {
         netdev_id(&self.id)
     }
 
-    pub fn chardev_id(&self) -> String {
+    pub(crate) fn chardev_id(&self) -> String {
         format!("char-{}", self.id)
     }
 
@@ -151,7 +151,7 @@ impl NicDevice {
     }
 
     /// `chardev-add` arguments (vhost-user only).
-    pub fn qmp_chardev(&self) -> Option<Value> {
+    pub(crate) fn qmp_chardev(&self) -> Option<Value> {
         match &self.netdev {
             Netdev::VhostUser { socket } => Some(json!({"id": self.chardev_id(), "backend": {"type": "socket",
                 "data": {"addr": {"type": "unix", "data": {"path": socket}}, "server": false}}})),
@@ -160,7 +160,7 @@ impl NicDevice {
     }
 
     /// `netdev_add` arguments.
-    pub fn qmp_netdev(&self) -> Value {
+    pub(crate) fn qmp_netdev(&self) -> Value {
         let (kind, props) = self.netdev_props();
         let mut v = render_json(&props);
         v["type"] = json!(kind);
@@ -168,13 +168,13 @@ impl NicDevice {
     }
 
     /// `device_add` arguments.
-    pub fn qmp_device(&self) -> Value {
+    pub(crate) fn qmp_device(&self) -> Value {
         render_json(&self.device_props())
     }
 }
 
 /// The netdev id of NIC `id`.
-pub fn netdev_id(id: &str) -> String {
+pub(crate) fn netdev_id(id: &str) -> String {
     format!("nd-{id}")
 }
 

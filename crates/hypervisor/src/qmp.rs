@@ -67,7 +67,7 @@ impl Qmp {
         self.inner.events.subscribe()
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
@@ -77,7 +77,7 @@ impl Qmp {
     }
 
     /// Run a command with `fd` attached (for `getfd`).
-    pub async fn execute_with_fd(&self, command: &str, args: Value, fd: BorrowedFd<'_>) -> Result<Value> {
+    pub(crate) async fn execute_with_fd(&self, command: &str, args: Value, fd: BorrowedFd<'_>) -> Result<Value> {
         self.run(command, args, Some(fd.as_raw_fd())).await
     }
 
@@ -111,7 +111,7 @@ impl Qmp {
     }
 
     /// Wait for an event named `name` whose `data` satisfies `matches`, up to `limit`.
-    pub async fn wait_event(
+    pub(crate) async fn wait_event(
         rx: &mut broadcast::Receiver<Value>,
         name: &str,
         limit: Duration,

@@ -11,19 +11,19 @@ use network::PciPath;
 use crate::config::MachineType;
 use crate::error::{Error, Result};
 
-pub const BRIDGE_SLOT: u8 = 0x02;
-pub const SERIAL_SLOT: u8 = 0x03;
-pub const VSOCK_SLOT: u8 = 0x04;
-pub const FS_SLOT: u8 = 0x05;
-pub const FIRST_COLD_NIC_SLOT: u8 = 0x06;
-pub const MAX_COLD_NICS: usize = 10;
-pub const FIRST_ROOT_PORT_SLOT: u8 = 0x10;
+pub(crate) const BRIDGE_SLOT: u8 = 0x02;
+pub(crate) const SERIAL_SLOT: u8 = 0x03;
+pub(crate) const VSOCK_SLOT: u8 = 0x04;
+pub(crate) const FS_SLOT: u8 = 0x05;
+pub(crate) const FIRST_COLD_NIC_SLOT: u8 = 0x06;
+pub(crate) const MAX_COLD_NICS: usize = 10;
+pub(crate) const FIRST_ROOT_PORT_SLOT: u8 = 0x10;
 /// The guest image as a virtio-blk disk (`disable_image_nvdimm`), after the last root port.
-pub const ROOT_DISK_SLOT: u8 = 0x1e;
+pub(crate) const ROOT_DISK_SLOT: u8 = 0x1e;
 
 /// A place for one hotplugged NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     pub index: usize,
     /// `bus` for device_add.
     pub bus: String,
@@ -34,7 +34,7 @@ pub struct Slot {
 
 /// The hotplug slots of a VM and which NIC holds each.
 #[derive(Debug)]
-pub struct Slots {
+pub(crate) struct Slots {
     machine: MachineType,
     holders: Vec<Option<String>>,
 }
@@ -68,7 +68,7 @@ impl Slots {
     }
 
     /// Take the first free slot for `holder`.
-    pub fn alloc(&mut self, holder: &str) -> Result<Slot> {
+    pub(crate) fn alloc(&mut self, holder: &str) -> Result<Slot> {
         let i = self.holders.iter().position(Option::is_none).ok_or(Error::NoFreeSlot(self.holders.len()))?;
         self.holders[i] = Some(holder.to_owned());
         Ok(self.slot(i))
@@ -80,7 +80,7 @@ impl Slots {
         }
     }
 
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.holders.iter().filter(|h| h.is_some()).count()
     }
 

@@ -203,11 +203,6 @@ impl Vm {
         &self.qmp
     }
 
-    /// The PCI path of each cold-plugged NIC, by id.
-    pub fn cold_plugged(&self) -> &[(String, PciPath)] {
-        &self.cold
-    }
-
     /// `Some(exit status)` once QEMU has exited.
     pub fn exit_status(&self) -> Option<String> {
         self.exited.borrow().clone()
@@ -290,7 +285,7 @@ impl Vm {
 
     /// Plug a NIC into the running VM: pass its fds (`getfd`), `netdev_add`, `device_add` on a
     /// free slot. Any failure undoes the earlier steps, frees the slot and closes the fds.
-    pub async fn hotplug_nic(&self, nic: NicConfig) -> Result<PciPath> {
+    pub(crate) async fn hotplug_nic(&self, nic: NicConfig) -> Result<PciPath> {
         self.ensure_running()?;
         let mut plugged = self.plugged.lock().await;
         if plugged.contains_key(&nic.id) || self.cold.iter().any(|(id, _)| *id == nic.id) {

@@ -333,9 +333,18 @@ async fn del_iface(a: &DocArgs) -> Outcome {
     }
 }
 
-/// One line for standard error: the error and its causes.
+/// One line for standard error: the error and each cause that it does not already say.
 pub fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
+    let mut out = String::new();
+    for text in e.chain().map(|c| c.to_string()).filter(|t| !t.is_empty()) {
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out.replace('\n', " ")
 }
 
 #[cfg(test)]
@@ -351,5 +360,18 @@ mod tests {
         .printable();
         assert_eq!(out.stdout, "IP Virtual Server\n?]2;pwned?TCP 10.0.0.1:80");
         assert_eq!(out.error.as_deref(), Some("the VM refused: bad thing?[31m"));
+    }
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let line = netmgmt::ipvs::IpvsError::Line {
+            line: 3,
+            source: Box::new(netmgmt::ipvs::IpvsError::Syntax("-A: needs -t or -u".into())),
+        };
+        assert_eq!(one_line(&anyhow::Error::new(line)), "rule file line 3: -A: needs -t or -u");
+        let same = anyhow::anyhow!("the VM refused: no such service").context("the VM refused: no such service");
+        assert_eq!(one_line(&same), "the VM refused: no such service");
+        let two = anyhow::anyhow!("connection refused").context("sandbox a: cannot reach its shim");
+        assert_eq!(one_line(&two), "sandbox a: cannot reach its shim: connection refused");
     }
 }

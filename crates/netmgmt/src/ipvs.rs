@@ -92,7 +92,7 @@ pub enum IpvsError {
     Limit { would: usize },
     #[error("the sandbox holds {0} rules: clear them first (--clear); nothing was restored")]
     NotEmpty(usize),
-    #[error("rule file line {line}: {source}")]
+    #[error("rule file line {line}")]
     Line {
         line: usize,
         #[source]
@@ -703,8 +703,11 @@ mod tests {
             ("-A -t 10.10.11.12:100 ; reboot\n", "line 1: unexpected argument \";\""),
         ];
         for (text, why) in bad {
-            let e = Restore::parse(text).unwrap_err().to_string();
-            assert!(e.contains(why), "{text:?}: {e}");
+            let e = Restore::parse(text).unwrap_err();
+            // The line, then its cause (said once: the line's own message does not repeat it).
+            let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+            let e = format!("{e}: {cause}");
+            assert!(e.contains(why) && !e.contains(&format!("{cause}: {cause}")), "{text:?}: {e}");
         }
     }
 

@@ -69,7 +69,7 @@ impl NetNs {
     /// Like [`NetNs::run`], with a private mount namespace in which `/sys` shows this network
     /// namespace's devices (sysfs takes the namespace of whoever mounts it). The mount dies with
     /// the thread and is never visible outside it.
-    pub fn run_with_sysfs<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+    pub(crate) fn run_with_sysfs<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
         self.run(|| {
             let enter = |e: nix::Error| Error::NetnsEnter { path: self.path.clone(), source: e };
             unshare(CloneFlags::CLONE_NEWNS).map_err(enter)?;
@@ -133,7 +133,7 @@ impl NetNs {
 
 /// Drive a netlink route socket (bound to whatever namespace it was opened in) on the current
 /// tokio runtime.
-pub fn netlink_from_socket(sock: netlink_sys::Socket) -> Result<rtnetlink::Handle> {
+pub(crate) fn netlink_from_socket(sock: netlink_sys::Socket) -> Result<rtnetlink::Handle> {
     sock.set_non_blocking(true).map_err(Error::NetlinkSocket)?;
     // SAFETY: the fd was just taken out of a live netlink socket that gives up ownership.
     let sock = unsafe { netlink_sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) };

@@ -36,7 +36,7 @@ pub struct TapFlags {
 
 impl TapFlags {
     /// What the VM's NIC needs: no PI header, a virtio-net header.
-    pub fn for_vm(multi_queue: bool) -> Self {
+    pub(crate) fn for_vm(multi_queue: bool) -> Self {
         Self { pi: false, vnet_hdr: true, multi_queue }
     }
 
@@ -72,7 +72,7 @@ fn attach_tap(name: &IfName, flags: TapFlags) -> io::Result<OwnedFd> {
 
 /// Give the TAP `name` (in the worker's namespace) its features back: attach once with them and
 /// let go. Nothing to do when the TAP is gone.
-pub fn restore_tap_flags_in(ns: &NsWorker, name: &IfName, flags: TapFlags) -> Result<()> {
+pub(crate) fn restore_tap_flags_in(ns: &NsWorker, name: &IfName, flags: TapFlags) -> Result<()> {
     let n = name.clone();
     match ns.run(move || attach_tap(&n, flags).map(drop))? {
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
@@ -85,12 +85,17 @@ pub fn restore_tap_flags_in(ns: &NsWorker, name: &IfName, flags: TapFlags) -> Re
 /// expects: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, plus IFF_MULTI_QUEUE when `multi_queue`.
 ///
 /// Call it on a thread inside the target namespace ([`NetNs::run`]).
-pub fn open_tap_queues(name: &IfName, queues: usize, multi_queue: bool) -> io::Result<Vec<OwnedFd>> {
+pub(crate) fn open_tap_queues(name: &IfName, queues: usize, multi_queue: bool) -> io::Result<Vec<OwnedFd>> {
     (0..queues.max(1)).map(|_| attach_tap(name, TapFlags::for_vm(multi_queue))).collect()
 }
 
 /// Open queues of an existing TAP inside the worker's namespace; the error names the device.
-pub fn open_tap_queues_in(ns: &NsWorker, name: &IfName, queues: usize, multi_queue: bool) -> Result<Vec<OwnedFd>> {
+pub(crate) fn open_tap_queues_in(
+    ns: &NsWorker,
+    name: &IfName,
+    queues: usize,
+    multi_queue: bool,
+) -> Result<Vec<OwnedFd>> {
     let n = name.clone();
     ns.run(move || open_tap_queues(&n, queues, multi_queue))?.map_err(Error::io("open TAP queues of", name.as_str()))
 }
@@ -99,7 +104,12 @@ pub fn open_tap_queues_in(ns: &NsWorker, name: &IfName, queues: usize, multi_que
 /// A device of that name already there is [`Error::DeviceExists`]: attaching to it with
 /// TUNSETIFF would silently share someone else's device. The check and the index lookup are
 /// ioctls on the namespace thread that opens the queues anyway, not extra netlink round trips.
-pub fn create_tap_in(ns: &NsWorker, name: &IfName, queues: usize, multi_queue: bool) -> Result<(Vec<OwnedFd>, u32)> {
+pub(crate) fn create_tap_in(
+    ns: &NsWorker,
+    name: &IfName,
+    queues: usize,
+    multi_queue: bool,
+) -> Result<(Vec<OwnedFd>, u32)> {
     let name = name.clone();
     ns.run(move || {
         let dev = name.as_str();
@@ -114,7 +124,7 @@ pub fn create_tap_in(ns: &NsWorker, name: &IfName, queues: usize, multi_queue: b
 
 /// One `/dev/vhost-net` fd per queue, or none when the device is missing or vhost is disabled.
 /// QEMU aborts on `vhost=on` without it, so the caller must pass `vhost=off` when this is empty.
-pub fn open_vhost_net(queues: usize, enabled: bool) -> Result<Vec<OwnedFd>> {
+pub(crate) fn open_vhost_net(queues: usize, enabled: bool) -> Result<Vec<OwnedFd>> {
     if !enabled || !Path::new(VHOST_NET_DEVICE).exists() {
         return Ok(Vec::new());
     }
@@ -135,7 +145,7 @@ pub fn open_vhost_net(queues: usize, enabled: bool) -> Result<Vec<OwnedFd>> {
 /// The node is normally `/dev/tap<ifindex>`, made by udev; there is no udev here and ifindexes
 /// repeat across namespaces, so the major:minor is read from the namespace's own sysfs and the
 /// node is made on a private tmpfs that exists only for this call.
-pub fn open_macvtap_queues(ns: &NetNs, name: &IfName, ifindex: u32, queues: usize) -> Result<Vec<OwnedFd>> {
+pub(crate) fn open_macvtap_queues(ns: &NetNs, name: &IfName, ifindex: u32, queues: usize) -> Result<Vec<OwnedFd>> {
     let dev = name.as_str();
     ns.run_with_sysfs(|| -> Result<Vec<OwnedFd>> {
         let sys = format!("/sys/class/net/{dev}/macvtap/tap{ifindex}/dev");

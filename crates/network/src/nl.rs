@@ -27,7 +27,7 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// The index of the link `name`, or `None` when there is no such link.
-pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     let res: Result<Vec<LinkMessage>, _> =
         handle.link().get().match_name(name.to_owned()).execute().try_collect().await;
     match res {
@@ -80,12 +80,12 @@ pub async fn link_counters(handle: &Handle, name: &str) -> Result<LinkCounters> 
 }
 
 /// The index of the link `name`; an error when it does not exist.
-pub async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
+pub(crate) async fn require_link(handle: &Handle, name: &str) -> Result<u32> {
     link_index(handle, name).await?.ok_or_else(|| Error::LinkNotFound(name.to_owned()))
 }
 
 /// Fail with [`Error::DeviceExists`] when a link named `name` is already there.
-pub async fn ensure_absent(handle: &Handle, name: &IfName) -> Result<()> {
+pub(crate) async fn ensure_absent(handle: &Handle, name: &IfName) -> Result<()> {
     match link_index(handle, name.as_str()).await? {
         Some(_) => Err(Error::DeviceExists(name.to_string())),
         None => Ok(()),
@@ -93,7 +93,7 @@ pub async fn ensure_absent(handle: &Handle, name: &IfName) -> Result<()> {
 }
 
 /// Delete the link `name`; a link that is already gone is fine.
-pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
+pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
     let Some(index) = link_index(handle, name).await? else { return Ok(()) };
     match handle.link().del(index).execute().await {
         Err(e) if errno_of(&e) != Some(ENODEV) => Err(Error::netlink("delete link", name)(e)),
@@ -106,7 +106,7 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
 pub const RUNTIME_LINK_GROUP: u32 = 0x6b61_7461;
 
 /// Put a device the runtime made into [`RUNTIME_LINK_GROUP`], set its MTU and bring it up.
-pub async fn set_runtime_dev_up(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<()> {
+pub(crate) async fn set_runtime_dev_up(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<()> {
     let msg = LinkUnspec::new_with_index(index).mtu(mtu).link_group(RUNTIME_LINK_GROUP).up().build();
     handle.link().set(msg).execute().await.map_err(Error::netlink("set MTU and up on", name))
 }
@@ -125,13 +125,13 @@ pub async fn delete_group(handle: &Handle, group: u32) -> Result<()> {
 }
 
 /// Set the MAC address of a link.
-pub async fn set_mac(handle: &Handle, index: u32, name: &str, mac: MacAddr) -> Result<()> {
+pub(crate) async fn set_mac(handle: &Handle, index: u32, name: &str, mac: MacAddr) -> Result<()> {
     let msg = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
     handle.link().set(msg).execute().await.map_err(Error::netlink("set MAC address of", name))
 }
 
 /// Create a bridge-mode macvtap on `parent` with the given MAC and MTU, up.
-pub async fn add_macvtap(handle: &Handle, name: &IfName, parent: u32, mac: MacAddr, mtu: u32) -> Result<()> {
+pub(crate) async fn add_macvtap(handle: &Handle, name: &IfName, parent: u32, mac: MacAddr, mtu: u32) -> Result<()> {
     let msg = LinkMacVtap::new(name.as_str(), parent, MacVtapMode::Bridge)
         .address(mac.0.to_vec())
         .mtu(mtu)
@@ -145,12 +145,12 @@ pub async fn add_macvtap(handle: &Handle, name: &IfName, parent: u32, mac: MacAd
 }
 
 /// `tc qdisc add dev <name> ingress`.
-pub async fn add_ingress(handle: &Handle, index: u32, name: &str) -> Result<()> {
+pub(crate) async fn add_ingress(handle: &Handle, index: u32, name: &str) -> Result<()> {
     handle.qdisc().add(index as i32).ingress().execute().await.map_err(Error::netlink("add ingress qdisc on", name))
 }
 
 /// `tc qdisc del dev <name> ingress`; a missing qdisc or link is fine.
-pub async fn del_ingress(handle: &Handle, name: &str) -> Result<()> {
+pub(crate) async fn del_ingress(handle: &Handle, name: &str) -> Result<()> {
     let Some(index) = link_index(handle, name).await? else { return Ok(()) };
     let mut req = handle.qdisc().del(index as i32);
     req.message_mut().header.parent = TcHandle::INGRESS;
@@ -165,7 +165,7 @@ pub async fn del_ingress(handle: &Handle, name: &str) -> Result<()> {
 
 /// `tc filter add dev <from> parent ffff: protocol all u32 match u32 0 0 action mirred egress
 /// redirect dev <to>`. The protocol goes in network byte order, or the filter matches nothing.
-pub async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to: u32) -> Result<()> {
+pub(crate) async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to: u32) -> Result<()> {
     handle
         .traffic_filter(from as i32)
         .add()
@@ -181,7 +181,7 @@ pub async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to: u32) 
 
 /// The priority (`pref`) of the runtime's redirect filters: its tag, as the link group is its
 /// devices' (a qdisc has no group).
-pub const RUNTIME_FILTER_PRIORITY: u16 = 0x6b61;
+pub(crate) const RUNTIME_FILTER_PRIORITY: u16 = 0x6b61;
 
 /// Remove the ingress qdisc of every link that holds one of the runtime's redirect filters (the
 /// tc filter model makes its own ingress qdisc and refuses a link that has one): what `delete`
@@ -253,7 +253,7 @@ pub async fn add_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNe
 }
 
 /// The netlink message for route `r` through link `index`, in the main table.
-pub fn route_message(r: &Route, index: u32) -> Result<netlink_packet_route::route::RouteMessage> {
+pub(crate) fn route_message(r: &Route, index: u32) -> Result<netlink_packet_route::route::RouteMessage> {
     fn bad<E: std::fmt::Debug>(r: &Route) -> impl FnOnce(E) -> Error + '_ {
         move |e| Error::Kernel { dev: r.device.to_string(), what: format!("{e:?}") }
     }

@@ -78,7 +78,7 @@ impl Undo {
 }
 
 /// Run steps in the given order; every step is tried, and the first error is returned.
-pub async fn run_all(ctx: &NetCtx, steps: &[Undo]) -> Result<()> {
+pub(crate) async fn run_all(ctx: &NetCtx, steps: &[Undo]) -> Result<()> {
     let mut first = Ok(());
     for step in steps {
         if let Err(e) = step.run(ctx).await {

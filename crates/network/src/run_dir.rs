@@ -57,7 +57,7 @@ pub struct RunDir(PathBuf);
 impl RunDir {
     /// The management socket (the operator's command connects to it).
     pub const MGMT_SOCKET: &'static str = "mgmt.sock";
-    pub const QMP_SOCKET: &'static str = "qmp.sock";
+    pub(crate) const QMP_SOCKET: &'static str = "qmp.sock";
     /// The hybrid vsock backend's socket: the longest name of the directory's sockets.
     pub const VSOCK_BACKEND_SOCKET: &'static str = "vhost-vsock.sock";
 

@@ -129,16 +129,27 @@ impl NetworkInfo {
     }
 
     /// The routes leaving through `name`.
-    pub fn routes_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+    pub(crate) fn routes_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
         self.routes.iter().filter(move |r| r.device.as_str() == name)
     }
 }
 
+/// The name of the TAP (or macvtap) the runtime makes for the `n`th endpoint: `tap<N>_kata`,
+/// as kata names them. `None` when `n` is too large for a device name.
+pub(crate) fn runtime_device(n: usize) -> Option<IfName> {
+    format!("tap{n}_kata").parse().ok()
+}
+
 /// Is this a device the runtime made itself (`tap<N>_kata`)?
-pub fn is_runtime_device(name: &str) -> bool {
+pub(crate) fn is_runtime_device(name: &str) -> bool {
     name.strip_prefix("tap")
         .and_then(|r| r.strip_suffix("_kata"))
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The first endpoint number whose runtime device is not among `used`.
+pub fn free_device_number<'a>(used: impl IntoIterator<Item = &'a IfName> + Clone) -> usize {
+    (0..).find(|n| runtime_device(*n).is_some_and(|d| !used.clone().into_iter().any(|u| *u == d))).unwrap_or(0)
 }
 
 const IFLA_TUN_TYPE: u16 = 3;
@@ -366,6 +377,12 @@ mod tests {
         {
             assert_eq!(is_runtime_device(name), want, "{name}");
         }
+        assert_eq!(runtime_device(3).unwrap().as_str(), "tap3_kata");
+        assert!(is_runtime_device(runtime_device(12345).unwrap().as_str()));
+        assert_eq!(runtime_device(10usize.pow(9)), None, "16 bytes: too long for a device name");
+        let used: Vec<IfName> = ["tap0_kata", "tap2_kata", "eth0"].iter().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(free_device_number(used.iter()), 1);
+        assert_eq!(free_device_number(used[..0].iter()), 0);
     }
 
     #[test]

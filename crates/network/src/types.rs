@@ -26,7 +26,7 @@ pub struct IfName(String);
 
 impl IfName {
     /// Longest name the kernel accepts (IFNAMSIZ - 1).
-    pub const MAX_LEN: usize = 15;
+    pub(crate) const MAX_LEN: usize = 15;
 
     pub fn as_str(&self) -> &str {
         &self.0
@@ -60,7 +60,7 @@ pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
     /// A locally administered unicast address from the kernel's random source.
-    pub fn random_local() -> std::io::Result<Self> {
+    pub(crate) fn random_local() -> std::io::Result<Self> {
         let mut b = [0u8; 6];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
         b[0] = (b[0] & 0xfe) | 0x02;

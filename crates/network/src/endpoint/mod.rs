@@ -186,7 +186,7 @@ impl Endpoint {
         if let Some(socket) = vhost_user_socket(cfg.vhost_user_dir.as_deref(), link)? {
             return Ok(Some(Endpoint::VhostUser(VhostUserEndpoint { id, link: link.clone(), socket })));
         }
-        let vm_dev: IfName = format!("tap{n}_kata").parse().map_err(|_| Error::Kernel {
+        let vm_dev: IfName = crate::scan::runtime_device(n).ok_or_else(|| Error::Kernel {
             dev: link.name.to_string(),
             what: format!("endpoint number {n} too large for a device name"),
         })?;

@@ -78,7 +78,7 @@ impl Bridged {
     /// it can be recorded first (its teardown steps undo a half-made connection too: each step
     /// succeeds when there is nothing to undo). `None` when the link has no MAC (the attach
     /// fails before making anything).
-    pub fn planned_connection(&self) -> Option<Connection> {
+    pub(crate) fn planned_connection(&self) -> Option<Connection> {
         let (link, vm_dev) = (self.link.name.clone(), self.vm_dev.clone());
         Some(match self.model {
             NetworkModel::TcFilter => Connection::TcFilter { link, tap: vm_dev },

@@ -153,9 +153,8 @@ impl Sandbox {
     /// A new pod link: endpoint (intent recorded first), NIC, guest configuration; all undone on
     /// failure.
     async fn pod_link_new(&self, ops: &mut super::Ops, info: &NetworkInfo, link: &network::Link) -> Result<()> {
-        let used: Vec<String> =
-            ops.state.endpoints.iter().filter_map(|e| e.host_device().map(|d| d.to_string())).collect();
-        let n = (0..).find(|n| !used.contains(&format!("tap{n}_kata"))).unwrap_or(0);
+        let used: Vec<&network::IfName> = ops.state.endpoints.iter().filter_map(|e| e.host_device()).collect();
+        let n = network::scan::free_device_number(used.iter().copied());
         let Some(ep) = Endpoint::from_link(n, link, info, &self.ep_cfg)? else { return Ok(()) };
         let Some(planned) = ep.planned_state() else { return Ok(()) };
         ops.state.endpoints.push(planned);

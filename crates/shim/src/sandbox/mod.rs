@@ -23,15 +23,15 @@ use hypervisor::Vm;
 use netmgmt::ipvs::IpvsTable;
 use network::{NetCtx, RunDir, SandboxId};
 
-pub use channel::VSOCK_BACKEND;
 pub use follow::follow;
 pub use follow::{PodLinks, PodNic};
-pub use iface::{Added, OperatorNics};
-pub use nic_counters::{Flow, NicCounters};
+pub use iface::Added;
+pub(crate) use nic_counters::NicCounters;
 pub use routes::RouteTable;
-pub use spec::{sandbox_of, SpecNetwork, DNS_ANNOTATION};
+pub(crate) use spec::{sandbox_of, SpecNetwork};
 pub use start::start;
-pub use state::{claim_run_dir, netns_identity, own_netns_path, run_dir_held, SandboxState, STATE_FILE};
+pub(crate) use state::{claim_run_dir, own_netns_path, run_dir_held};
+pub use state::{netns_identity, SandboxState};
 
 /// How long the guest may take to show a NIC at its PCI path.
 pub(crate) const NIC_WAIT: Duration = Duration::from_secs(30);

@@ -43,7 +43,7 @@ impl NicCounters {
     }
 
     /// What reached the VM (the pod's receive side), counted on the host device.
-    pub fn to_vm(&self) -> Flow {
+    pub fn received_by_vm(&self) -> Flow {
         if self.macvtap {
             self.rx()
         } else {
@@ -52,7 +52,7 @@ impl NicCounters {
     }
 
     /// What the VM sent (the pod's transmit side), counted on the host device.
-    pub fn from_vm(&self) -> Flow {
+    pub fn sent_by_vm(&self) -> Flow {
         if self.macvtap {
             self.tx()
         } else {
@@ -122,9 +122,9 @@ mod tests {
             macvtap: false,
             guest: None,
         };
-        assert_eq!((tap.to_vm().bytes, tap.to_vm().packets), (30, 40));
-        assert_eq!((tap.from_vm().bytes, tap.from_vm().packets), (1, 2));
+        assert_eq!((tap.received_by_vm().bytes, tap.received_by_vm().packets), (30, 40));
+        assert_eq!((tap.sent_by_vm().bytes, tap.sent_by_vm().packets), (1, 2));
         let mvt = NicCounters { macvtap: true, ..tap };
-        assert_eq!((mvt.to_vm().bytes, mvt.from_vm().bytes), (1, 30));
+        assert_eq!((mvt.received_by_vm().bytes, mvt.sent_by_vm().bytes), (1, 30));
     }
 }

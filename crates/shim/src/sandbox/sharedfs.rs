@@ -40,6 +40,20 @@ const HOST_DIR: &str = "mounts";
 /// Where kata's agent mounts the share in the guest.
 pub const GUEST_MOUNT_POINT: &str = "/run/kata-containers/shared/containers/";
 
+/// A host path a bind mount of the spec names, shared into the guest at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The mount's index in the spec's `mounts` (for errors naming the field).
+    pub index: usize,
+    pub host: PathBuf,
+    /// The share's name in the container's directory of the shared directory.
+    pub name: String,
+    pub guest: String,
+    pub read_only: bool,
+    /// `rbind`: the source's submounts come along (plain `bind`: the source's mount alone).
+    pub recursive: bool,
+}
+
 /// A virtiofsd serving one sandbox; killed when dropped.
 #[derive(Debug)]
 pub struct VirtioFsd {
@@ -222,7 +236,7 @@ pub fn share_rootfs(
 /// works on that open file: what it really is is checked (never at or under the runtime's run
 /// root, `run_dir`'s parent: the runtime's own sockets and other sandboxes' directories) and
 /// copied, so a symlink swapped in between cannot send the copy elsewhere.
-pub fn share_path(run_dir: &RunDir, cid: &str, share: &crate::workload::spec::Share) -> Result<()> {
+pub(crate) fn share_path(run_dir: &RunDir, cid: &str, share: &Share) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let target = container_dir(run_dir, cid).join("mounts").join(&share.name);
     let io = |source| Error::Io { what: "sharing a bind mount of the spec at", path: target.clone(), source };

@@ -17,20 +17,7 @@ use protobuf::MessageField;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-
-/// A host path a bind mount of the spec names, shared into the guest at `guest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Share {
-    /// The mount's index in the spec's `mounts` (for errors naming the field).
-    pub index: usize,
-    pub host: PathBuf,
-    /// The share's name in the container's directory of the shared directory.
-    pub name: String,
-    pub guest: String,
-    pub read_only: bool,
-    /// `rbind`: the source's submounts come along (plain `bind`: the source's mount alone).
-    pub recursive: bool,
-}
+use crate::sandbox::sharedfs::Share;
 
 fn bad(field: &str, rule: &str) -> Error {
     Error::Spec(format!("{field}: {rule}"))

@@ -12,7 +12,7 @@ pub(crate) fn metrics(nics: &[NicCounters], cgroup: Option<&agent_client::protoc
     let network = nics
         .iter()
         .map(|n| {
-            let (rx, tx) = (n.to_vm(), n.from_vm());
+            let (rx, tx) = (n.received_by_vm(), n.sent_by_vm());
             NetworkStat {
                 name: n.name.clone(),
                 rx_bytes: rx.bytes,
