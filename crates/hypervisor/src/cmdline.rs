@@ -196,7 +196,7 @@ fn root_device(c: &mut CommandLine, root: GuestRoot<'_>, image_len: Option<u64>,
             let file = path.display().to_string();
             if file.contains(',') {
                 // QEMU's option syntax would read it as the next property.
-                return Err(Error::Config { key: "image", rule: crate::config::Rule::Comma(file) });
+                return Err(Error::Config { key: "image", rule: crate::error::Rule::Comma(file) });
             }
             if let (true, Some(len)) = (nvdimm, image_len) {
                 c.arg(

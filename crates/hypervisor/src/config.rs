@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Rule};
 
 /// Which accelerator: `auto` uses KVM when it really works (probed), TCG otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -133,37 +133,6 @@ impl Default for QemuConfig {
 
 /// A file QEMU is given (run as root, it decides what the guest runs): absolute, present, and
 /// root's alone to change (`network::trust::check_root_file`).
-/// Why a key's value is refused: each rule with the value that broke it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rule {
-    #[error("{} must be an absolute path", .0.display())]
-    NotAbsolute(PathBuf),
-    #[error("{} does not exist", .0.display())]
-    Missing(PathBuf),
-    /// A file QEMU is given that another user could have written (`network::trust`).
-    #[error("refused: {0}")]
-    Untrusted(String),
-    #[error("is exclusive with {0} (as in kata): set one of them")]
-    Exclusive(&'static str),
-    #[error("neither initrd nor image is set")]
-    NoRoot,
-    #[error("{} is {len} bytes: a guest image is a whole number of 2 MiB blocks (kata's layout)", path.display())]
-    ImageSize { path: PathBuf, len: u64 },
-    #[error("is only for an image")]
-    OnlyForImage,
-    #[error("{value}{unit} is outside {min}..={max}")]
-    OutOfRange { value: u64, unit: &'static str, min: u64, max: u64 },
-    #[error("{value} is more than the {max} this machine type offers")]
-    TooManySlots { value: u64, max: u64 },
-    #[error("{0:?}: each is one option, starting with '-'")]
-    NotAnOption(String),
-    #[error("must be one line")]
-    NotOneLine,
-    /// QEMU's option syntax cannot carry a comma in this path.
-    #[error("{0}: a path with a comma")]
-    Comma(String),
-}
-
 /// `value` of `key` within `min..=max`.
 fn in_range(key: &'static str, value: u64, unit: &'static str, min: u64, max: u64) -> Result<()> {
     match (min..=max).contains(&value) {

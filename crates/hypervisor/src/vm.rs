@@ -117,25 +117,7 @@ impl Vm {
         let (cl, cold) = cmdline::build(&machine, nics)?;
         let _ = std::fs::remove_file(spec.run_dir.qmp_socket());
         let started = Instant::now();
-        let qemu_log = std::fs::File::create(spec.run_dir.qemu_log())
-            .map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
-        let mut cmd = tokio::process::Command::new(&cfg.path);
-        cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
-        let netns = match &spec.netns {
-            Some(p) => Some(
-                std::fs::File::open(p)
-                    .map_err(|source| Error::Spawn { path: format!("network namespace {}", p.display()), source })?,
-            ),
-            None => None,
-        };
-        if let Some(ns) = &netns {
-            cmdline::enter_netns(&mut cmd, ns.as_raw_fd());
-        }
-        cmdline::install_fds(&mut cmd, &cl.fds);
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn { path: cfg.path.display().to_string(), source })?;
-        // QEMU has its own copies now.
-        drop(cl);
-        drop(netns);
+        let mut child = spawn_qemu(&spec, cl)?;
         let pid = child.id().unwrap_or(0);
         if let Some(hook) = &spec.hook {
             if let Err(e) = hook("spawned", pid) {
@@ -467,6 +449,28 @@ impl NicHotplug for Vm {
     async fn remove_nic(&self, id: &str) -> Result<()> {
         self.unplug_nic(id).await
     }
+}
+
+/// QEMU spawned with the command line `cl` (its fds passed, then closed here: QEMU has its
+/// own copies), in the spec's network namespace, its output to `qemu.log`.
+fn spawn_qemu(spec: &VmSpec, cl: cmdline::CommandLine) -> Result<tokio::process::Child> {
+    let cfg = &spec.config;
+    let spawn_error = |source| Error::Spawn { path: cfg.path.display().to_string(), source };
+    let qemu_log = std::fs::File::create(spec.run_dir.qemu_log()).map_err(spawn_error)?;
+    let mut cmd = tokio::process::Command::new(&cfg.path);
+    cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
+    let netns = match &spec.netns {
+        Some(p) => Some(
+            std::fs::File::open(p)
+                .map_err(|source| Error::Spawn { path: format!("network namespace {}", p.display()), source })?,
+        ),
+        None => None,
+    };
+    if let Some(ns) = &netns {
+        cmdline::enter_netns(&mut cmd, ns.as_raw_fd());
+    }
+    cmdline::install_fds(&mut cmd, &cl.fds);
+    cmd.spawn().map_err(spawn_error)
 }
 
 /// QMP of the QEMU just spawned (`pid`), once its socket answers; QEMU's log when it exits

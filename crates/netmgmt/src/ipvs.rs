@@ -169,6 +169,8 @@ struct Parsed {
     opts: BTreeMap<&'static str, Vec<String>>,
 }
 
+/// Longer than most: one loop over the words, a state machine over ipvsadm's grammar (a command,
+/// options with and without values, their long and short names); its states are its locals.
 fn split(words: &[&str]) -> Result<Parsed, IpvsError> {
     let mut command = None;
     let mut opts: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();

@@ -202,6 +202,9 @@ pub async fn scan_routes(handle: &Handle, links: &[Link], include_kernel: bool) 
 }
 
 /// `None` for `lo`; an error for a name the kernel should never give.
+///
+/// Longer than most: one pass over the message's attributes, then one match that maps the
+/// kernel's link kinds to ours; split, the two halves would share every local.
 fn parse_link(msg: &LinkMessage) -> Option<Result<Link>> {
     if msg.header.link_layer_type == LinkLayerType::Loopback {
         return None;

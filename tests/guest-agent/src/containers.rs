@@ -292,6 +292,23 @@ fn size_of(p: &oci::Process) -> Option<(u16, u16)> {
     p.ConsoleSize.as_ref().map(|b| (b.Height as u16, b.Width as u16)).filter(|(h, w)| *h > 0 && *w > 0)
 }
 
+/// The spec's `linux` section on the launch: seccomp (compiled; returned too), sysctls, masked
+/// and read-only paths, and the hostname.
+fn linux_attrs(launch: &mut Launch, linux: &oci::Linux, hostname: &str) -> R<Vec<Vec<u8>>> {
+    let seccomp = match linux.Seccomp.as_ref() {
+        Some(p) => crate::seccomp::compile(p).map_err(|e| invalid("OCI.Linux.Seccomp", e))?,
+        None => Vec::new(),
+    };
+    launch.seccomp = seccomp.clone();
+    let mut sysctl: Vec<(String, String)> = linux.Sysctl.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    sysctl.sort();
+    launch.sysctl = sysctl;
+    launch.masked = linux.MaskedPaths.clone();
+    launch.readonly_paths = linux.ReadonlyPaths.clone();
+    launch.hostname = hostname.to_owned();
+    Ok(seccomp)
+}
+
 impl Containers {
     fn proc(&self, cid: &str, eid: &str) -> R<Arc<Proc>> {
         let ctrs = self.ctrs.lock().unwrap();
@@ -327,24 +344,44 @@ impl Containers {
         let mut launch = launch_of(process, Some(root.Path.clone()), mounts, root.Readonly, None)?;
         process_attrs(&mut launch, process);
         let linux = spec.Linux.as_ref().cloned().unwrap_or_default();
-        let seccomp = match linux.Seccomp.as_ref() {
-            Some(p) => crate::seccomp::compile(p).map_err(|e| invalid("OCI.Linux.Seccomp", e))?,
-            None => Vec::new(),
+        let seccomp = linux_attrs(&mut launch, &linux, &spec.Hostname)?;
+        self.namespaces(&mut launch, cid, &linux, req.sandbox_pidns)?;
+        let cgroup = match self.cgroups {
+            true => Some(
+                crate::cgroups::create(cid, linux.Resources.as_ref()).map_err(|e| invalid("OCI.Linux.Resources", e))?,
+            ),
+            false => None,
         };
-        launch.seccomp = seccomp.clone();
-        let mut sysctl: Vec<(String, String)> = linux.Sysctl.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        sysctl.sort();
-        launch.sysctl = sysctl;
-        launch.masked = linux.MaskedPaths.clone();
-        launch.readonly_paths = linux.ReadonlyPaths.clone();
-        launch.hostname = spec.Hostname.clone();
+        launch.cgroup = cgroup.as_ref().map(|c| c.display().to_string());
+        let oom = cgroup.as_ref().map(|cg| self.watch_oom(cid, cg));
+        let eid = if req.exec_id.is_empty() { cid.clone() } else { req.exec_id.clone() };
+        let mut ctrs = self.ctrs.lock().unwrap();
+        if ctrs.contains_key(cid) {
+            return Err((Code::ALREADY_EXISTS, format!("container {cid} exists")));
+        }
+        let mut p = make_proc(launch, size_of(process))?;
+        p.kill_all_on_exit = cgroup.clone().filter(|_| req.sandbox_pidns);
+        p.oom = oom.clone();
+        let p = Arc::new(p);
+        ctrs.insert(
+            cid.clone(),
+            Ctr { init_exec: eid.clone(), procs: HashMap::from([(eid, p)]), cgroup, seccomp, oom },
+        );
+        eprintln!("guest-agent: container {cid} created on {}", root.Path);
+        Ok(())
+    }
+
+    /// The container's IPC, UTS and PID namespaces. The sandbox's container makes the pod's IPC
+    /// and UTS namespaces; the others join them (kata's agent shares them among the pod's
+    /// containers the same way). The pod's PID namespace when asked (`shared_pidns`: the sandbox
+    /// container's, its pause as PID 1; or a holder the agent makes), else a new one: kata's
+    /// runtime sends no PID namespace.
+    fn namespaces(&self, launch: &mut Launch, cid: &str, linux: &oci::Linux, shared_pidns: bool) -> R<()> {
         let listed = |t: &str| linux.Namespaces.iter().any(|n| n.Type == t);
-        // The sandbox's container makes the pod's IPC and UTS namespaces; the others join them
-        // (kata's agent shares them among the pod's containers the same way).
         let sandbox_init = {
             let sb = self.sandbox.lock().unwrap();
             let ctrs = self.ctrs.lock().unwrap();
-            (cid != &sb.id)
+            (cid != sb.id)
                 .then(|| {
                     ctrs.get(&sb.id)
                         .and_then(|c| c.procs.get(&c.init_exec))
@@ -356,9 +393,6 @@ impl Containers {
             Some(pid) => (launch.ipc_of, launch.uts_of) = (Some(pid), Some(pid)),
             None => (launch.new_ipc, launch.new_uts) = (listed("ipc"), listed("uts")),
         }
-        // The pod's PID namespace when asked (the sandbox container's, its pause as PID 1; or a
-        // holder the agent makes), else a new one: kata's runtime sends no PID namespace.
-        let shared_pidns = req.sandbox_pidns;
         launch.pid_ns = match (shared_pidns, sandbox_init) {
             (false, _) => PidNs::New,
             (true, Some(pid)) => PidNs::Join(pid),
@@ -373,47 +407,27 @@ impl Containers {
                 PidNs::Join(pid)
             }
         };
-        let cgroup = match self.cgroups {
-            true => Some(
-                crate::cgroups::create(cid, linux.Resources.as_ref()).map_err(|e| invalid("OCI.Linux.Resources", e))?,
-            ),
-            false => None,
-        };
-        launch.cgroup = cgroup.as_ref().map(|c| c.display().to_string());
-        let oom = cgroup.as_ref().map(|cg| {
-            Arc::new(OomWatch {
-                cid: cid.clone(),
-                cgroup: cg.clone(),
-                seen: AtomicU64::new(0),
-                tx: self.oom_tx.clone(),
-            })
-        });
-        if let Some(o) = &oom {
-            // Kills of the container's other processes are reported while it lives.
-            let o = Arc::downgrade(o);
-            tokio::spawn(async move {
-                while let Some(o) = o.upgrade() {
-                    o.check();
-                    drop(o);
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-            });
-        }
-        let eid = if req.exec_id.is_empty() { cid.clone() } else { req.exec_id.clone() };
-        let mut ctrs = self.ctrs.lock().unwrap();
-        if ctrs.contains_key(cid) {
-            return Err((Code::ALREADY_EXISTS, format!("container {cid} exists")));
-        }
-        let mut p = make_proc(launch, size_of(process))?;
-        p.kill_all_on_exit = cgroup.clone().filter(|_| shared_pidns);
-        p.oom = oom.clone();
-        let p = Arc::new(p);
-        ctrs.insert(
-            cid.clone(),
-            Ctr { init_exec: eid.clone(), procs: HashMap::from([(eid, p)]), cgroup, seccomp, oom },
-        );
-        eprintln!("guest-agent: container {cid} created on {}", root.Path);
         Ok(())
+    }
+
+    /// The OOM kills in container `cid`'s cgroup, watched while the container lives (kills of
+    /// its other processes are reported then too).
+    fn watch_oom(&self, cid: &str, cgroup: &std::path::Path) -> Arc<OomWatch> {
+        let watch = Arc::new(OomWatch {
+            cid: cid.to_owned(),
+            cgroup: cgroup.to_owned(),
+            seen: AtomicU64::new(0),
+            tx: self.oom_tx.clone(),
+        });
+        let o = Arc::downgrade(&watch);
+        tokio::spawn(async move {
+            while let Some(o) = o.upgrade() {
+                o.check();
+                drop(o);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        watch
     }
 
     pub fn start(&self, cid: &str) -> R<()> {

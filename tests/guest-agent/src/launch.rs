@@ -364,7 +364,8 @@ fn mirror(child: nix::unistd::Pid) -> ! {
     }
 }
 
-/// The container's process: everything between the fork and its exec.
+/// The container's process: everything between the fork and its exec, in the order the kernel
+/// allows (what needs root first, then the user, capabilities and the environment).
 fn process(l: &Launch) -> anyhow::Result<()> {
     if let Some(cg) = &l.cgroup {
         std::fs::write(Path::new(cg).join("cgroup.procs"), "0").with_context(|| format!("join the cgroup {cg}"))?;
@@ -376,16 +377,7 @@ fn process(l: &Launch) -> anyhow::Result<()> {
             bail!("make the terminal the controlling one: {}", std::io::Error::last_os_error());
         }
     }
-    if l.new_uts && !l.hostname.is_empty() {
-        nix::unistd::sethostname(&l.hostname).context("set the hostname")?;
-    }
-    for (k, v) in &l.sysctl {
-        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&path, v).with_context(|| format!("sysctl {k} = {v}"))?;
-    }
-    if let Some(adj) = l.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).context("oom_score_adj")?;
-    }
+    kernel_settings(l)?;
     match (&l.rootfs, l.join) {
         (Some(r), None) => {
             setup_mounts(r, &l.mounts)?;
@@ -400,6 +392,34 @@ fn process(l: &Launch) -> anyhow::Result<()> {
         let r = rlimit_of(name).ok_or_else(|| anyhow::anyhow!("rlimit {name}: unknown"))?;
         nix::sys::resource::setrlimit(r, *soft, *hard).with_context(|| format!("rlimit {name}"))?;
     }
+    become_user(l)?;
+    set_env(&l.env);
+    let args: Vec<CString> = l.args.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+    if l.no_new_privileges && !l.seccomp.is_empty() {
+        crate::seccomp::install(&l.seccomp).context("the seccomp filter")?;
+    }
+    let e = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    bail!("exec {}: {e}", l.args[0])
+}
+
+/// The hostname (in a UTS namespace of its own), sysctls and the OOM score.
+fn kernel_settings(l: &Launch) -> anyhow::Result<()> {
+    if l.new_uts && !l.hostname.is_empty() {
+        nix::unistd::sethostname(&l.hostname).context("set the hostname")?;
+    }
+    for (k, v) in &l.sysctl {
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&path, v).with_context(|| format!("sysctl {k} = {v}"))?;
+    }
+    if let Some(adj) = l.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).context("oom_score_adj")?;
+    }
+    Ok(())
+}
+
+/// The bounding set dropped and a seccomp filter that needs root installed while root, then
+/// the groups and user, the capabilities narrowed, and no_new_privileges.
+fn become_user(l: &Launch) -> anyhow::Result<()> {
     if let Some(c) = &l.caps {
         // The bounding set is dropped while root still may.
         let keep = cap_set(&c.bounding);
@@ -435,11 +455,16 @@ fn process(l: &Launch) -> anyhow::Result<()> {
             bail!("no_new_privileges: {}", std::io::Error::last_os_error());
         }
     }
+    Ok(())
+}
+
+/// The process's environment, and only it.
+fn set_env(env: &[String]) {
     for (k, _) in std::env::vars_os() {
         // SAFETY: the launcher is single-threaded.
         unsafe { std::env::remove_var(k) };
     }
-    for kv in &l.env {
+    for kv in env {
         if let Some((k, v)) = kv.split_once('=') {
             if !k.is_empty() {
                 // SAFETY: the launcher is single-threaded.
@@ -447,12 +472,6 @@ fn process(l: &Launch) -> anyhow::Result<()> {
             }
         }
     }
-    let args: Vec<CString> = l.args.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
-    if l.no_new_privileges && !l.seccomp.is_empty() {
-        crate::seccomp::install(&l.seccomp).context("the seccomp filter")?;
-    }
-    let e = nix::unistd::execvp(&args[0], &args).unwrap_err();
-    bail!("exec {}: {e}", l.args[0])
 }
 
 /// `guest-agent --pause`: hold a PID namespace for the pod (`sandbox_pidns` without a sandbox

@@ -90,7 +90,7 @@ impl Containers {
             sb.shutdown(VM_STOP_GRACE, run_root).await?;
         } else {
             // Unshared even when the VM is gone.
-            let _ = sandbox::sharedfs::unshare_container(&sb.run_dir, id);
+            let _ = sandbox::shares::unshare_container(&sb.run_dir, id);
         }
         let (exit_status, exited_at) = entry.init.exited().unwrap_or((0, now()));
         let ev = TaskDelete {

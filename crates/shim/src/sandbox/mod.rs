@@ -10,6 +10,7 @@ mod ipvs;
 mod nic_counters;
 mod routes;
 pub mod sharedfs;
+pub mod shares;
 mod spec;
 mod start;
 mod state;

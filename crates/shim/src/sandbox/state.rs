@@ -127,7 +127,7 @@ impl SandboxState {
         // The shared directory and what is mounted under it (rootfs, shares) are unmounted
         // first: the directory is removed only when nothing is mounted under it.
         if let Some(d) = run_dir {
-            match super::sharedfs::unmount_under(d) {
+            match super::shares::unmount_under(d) {
                 Ok(()) => {
                     let _ = std::fs::remove_dir_all(d);
                 }

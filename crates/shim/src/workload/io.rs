@@ -117,82 +117,88 @@ async fn open_stdin(path: PathBuf) -> std::io::Result<tokio::fs::File> {
 /// Start copying process `exec_id` of container `cid` (the agent's names) between `stdio` and the
 /// agent.
 pub fn start(agent: &AgentClient, cid: &str, exec_id: &str, stdio: &Stdio, log: &slog::Logger) -> Copies {
-    let mut outputs = Vec::new();
     let streams: &[bool] = if stdio.terminal { &[false] } else { &[false, true] };
-    for &stderr in streams {
-        let path = if stderr { &stdio.stderr } else { &stdio.stdout };
-        let (agent, cid, eid, path, log) =
-            (agent.clone(), cid.to_owned(), exec_id.to_owned(), path.clone(), log.clone());
-        outputs.push(tokio::spawn(async move {
-            // No FIFO: the output is read and dropped, so the process never blocks on a full pipe.
-            let mut out = match path.is_empty() {
-                true => None,
-                false => match tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_sender(&path) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        slog::warn!(log, "cannot open the output FIFO"; "path" => &path, "error" => %e);
-                        None
-                    }
-                },
-            };
-            // The stream ends at the second error in a row: kata's agent 3.2 ends a pending read
-            // with "eof" when the process's stdin is closed (CloseStdin wakes its terminal-exit
-            // notifier for every stream), and the next read goes on; a stream that really ended
-            // fails again at once.
-            let mut failed = false;
-            loop {
-                match agent.read_stream(&cid, &eid, stderr, CHUNK).await {
-                    Ok(data) => {
-                        failed = false;
-                        if let Some(f) = out.as_mut() {
-                            if let Err(e) = write_within(f, &data, STALL).await {
-                                slog::warn!(log, "the output FIFO is given up: the rest of this stream is dropped";
-                                    "path" => &path, "error" => %e);
-                                out = None;
-                            }
-                        }
-                    }
-                    Err(_) if !failed => failed = true,
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
+    let outputs = streams
+        .iter()
+        .map(|&stderr| {
+            let path = if stderr { &stdio.stderr } else { &stdio.stdout };
+            let (agent, cid, eid, path, log) =
+                (agent.clone(), cid.to_owned(), exec_id.to_owned(), path.clone(), log.clone());
+            tokio::spawn(async move { copy_output(&agent, &cid, &eid, stderr, &path, &log).await })
+        })
+        .collect();
+    let (agent, cid, eid) = (agent.clone(), cid.to_owned(), exec_id.to_owned());
     let stdin = match (stdio.stdin.is_empty(), stdio.terminal) {
         // No stdin: the process reads the end at once, as from /dev/null.
-        (true, false) => {
-            let (agent, cid, eid) = (agent.clone(), cid.to_owned(), exec_id.to_owned());
-            Some(tokio::spawn(async move {
-                let _ = agent.close_stdin(&cid, &eid).await;
-            }))
-        }
+        (true, false) => Some(tokio::spawn(async move {
+            let _ = agent.close_stdin(&cid, &eid).await;
+        })),
         (true, true) => None,
         (false, terminal) => {
-            let (agent, cid, eid, path) = (agent.clone(), cid.to_owned(), exec_id.to_owned(), stdio.stdin.clone());
-            Some(tokio::spawn(async move {
-                let Ok(mut f) = open_stdin(path.into()).await else { return };
-                let mut buf = vec![0u8; CHUNK as usize];
-                loop {
-                    match f.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let mut at = 0;
-                            while at < n {
-                                match agent.write_stdin(&cid, &eid, &buf[at..n]).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(w) => at += w as usize,
-                                }
-                            }
-                        }
-                    }
-                }
-                if !terminal {
-                    let _ = agent.close_stdin(&cid, &eid).await;
-                }
-            }))
+            let path = PathBuf::from(&stdio.stdin);
+            Some(tokio::spawn(async move { copy_stdin(&agent, &cid, &eid, path, terminal).await }))
         }
     };
     Copies { outputs, stdin, stdin_path: stdio.stdin.clone() }
+}
+
+/// One output stream of the process (stdout, or `stderr`) from the agent to the FIFO at `path`.
+async fn copy_output(agent: &AgentClient, cid: &str, eid: &str, stderr: bool, path: &str, log: &slog::Logger) {
+    // No FIFO: the output is read and dropped, so the process never blocks on a full pipe.
+    let mut out = match path.is_empty() {
+        true => None,
+        false => match tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_sender(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                slog::warn!(log, "cannot open the output FIFO"; "path" => path, "error" => %e);
+                None
+            }
+        },
+    };
+    // The stream ends at the second error in a row: kata's agent 3.2 ends a pending read with
+    // "eof" when the process's stdin is closed (CloseStdin wakes its terminal-exit notifier for
+    // every stream), and the next read goes on; a stream that really ended fails again at once.
+    let mut failed = false;
+    loop {
+        match agent.read_stream(cid, eid, stderr, CHUNK).await {
+            Ok(data) => {
+                failed = false;
+                if let Some(f) = out.as_mut() {
+                    if let Err(e) = write_within(f, &data, STALL).await {
+                        slog::warn!(log, "the output FIFO is given up: the rest of this stream is dropped";
+                            "path" => path, "error" => %e);
+                        out = None;
+                    }
+                }
+            }
+            Err(_) if !failed => failed = true,
+            Err(_) => break,
+        }
+    }
+}
+
+/// The stdin FIFO at `path` to the process, until it ends; then the process's stdin is closed
+/// (a terminal's is not: its end is the terminal's).
+async fn copy_stdin(agent: &AgentClient, cid: &str, eid: &str, path: PathBuf, terminal: bool) {
+    let Ok(mut f) = open_stdin(path).await else { return };
+    let mut buf = vec![0u8; CHUNK as usize];
+    loop {
+        match f.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut at = 0;
+                while at < n {
+                    match agent.write_stdin(cid, eid, &buf[at..n]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(w) => at += w as usize,
+                    }
+                }
+            }
+        }
+    }
+    if !terminal {
+        let _ = agent.close_stdin(cid, eid).await;
+    }
 }
 
 #[cfg(test)]

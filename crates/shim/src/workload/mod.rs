@@ -13,7 +13,8 @@ use network::SandboxId;
 use protobuf::MessageField;
 
 use crate::error::{Error, Result};
-use crate::sandbox::sharedfs::{self, GUEST_MOUNT_POINT};
+use crate::sandbox::sharedfs::GUEST_MOUNT_POINT;
+use crate::sandbox::shares;
 use crate::sandbox::Sandbox;
 
 /// Make container `cid` in the VM: its rootfs and the spec's bind mounts shared, the container
@@ -31,12 +32,12 @@ pub async fn create_container(
         std::fs::read(&path).map_err(|source| Error::Io { what: "reading the spec", path: path.clone(), source })?;
     let parsed = spec::parse_spec(&text)?;
     let host_root = spec::host_root(&parsed, bundle);
-    let (spec, shares, hints) = spec::to_agent(&parsed, cid, &sharedfs::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
+    let (spec, shares, hints) = spec::to_agent(&parsed, cid, &shares::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
     let made = {
         let (run_dir, cid, rootfs) = (run_dir.clone(), cid.to_owned(), rootfs.to_vec());
         tokio::task::spawn_blocking(move || {
-            sharedfs::share_rootfs(&run_dir, &cid, &rootfs, &host_root)?;
-            shares.iter().try_for_each(|s| sharedfs::share_path(&run_dir, &cid, s))
+            shares::share_rootfs(&run_dir, &cid, &rootfs, &host_root)?;
+            shares.iter().try_for_each(|s| shares::share_path(&run_dir, &cid, s))
         })
         .await
         .map_err(|e| Error::Internal(format!("sharing the rootfs: {e}")))
@@ -56,7 +57,7 @@ pub async fn create_container(
     let created = created.and_then(|()| Ok(crate::failpoint::hit("container:created")?));
     if let Err(e) = created {
         let _ = sb.agent.remove_container(cid, 10).await;
-        let _ = sharedfs::unshare_container(&run_dir, cid);
+        let _ = shares::unshare_container(&run_dir, cid);
         return Err(e);
     }
     Ok(hints.sandbox_pidns)
@@ -67,7 +68,7 @@ pub async fn create_container(
 pub async fn remove_container(sb: &Sandbox, cid: &str) -> Result<()> {
     let removed = sb.agent.remove_container(cid, 10).await.map_err(Error::from);
     let (d, cid) = (sb.run_dir.clone(), cid.to_owned());
-    let unshared = tokio::task::spawn_blocking(move || sharedfs::unshare_container(&d, &cid))
+    let unshared = tokio::task::spawn_blocking(move || shares::unshare_container(&d, &cid))
         .await
         .map_err(|e| Error::Internal(format!("unsharing: {e}")))
         .and_then(|r| r);

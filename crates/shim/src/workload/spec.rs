@@ -17,7 +17,7 @@ use protobuf::MessageField;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::sandbox::sharedfs::Share;
+use crate::sandbox::shares::Share;
 
 fn bad(field: &str, rule: &str) -> Error {
     Error::Spec(format!("{field}: {rule}"))
@@ -128,8 +128,6 @@ pub fn host_root(spec: &Spec, bundle: &Path) -> PathBuf {
 /// Mount types the guest makes itself (the rest are the host's bind mounts).
 const GUEST_MADE: &[&str] = &["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"];
 
-/// The spec for container `cid`, whose rootfs the guest sees at `guest_root`; `shared_guest` is
-/// where the guest sees the shared directory. Returns the spec and the host paths to share.
 /// What the agent is told beside the spec: whether the container shares the pod's PID namespace
 /// (its spec's PID namespace has a path: CRI's PodPID), as kata's runtime tells kata's agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,6 +135,8 @@ pub struct AgentHints {
     pub sandbox_pidns: bool,
 }
 
+/// The spec for container `cid`, whose rootfs the guest sees at `guest_root`; `shared_guest` is
+/// where the guest sees the shared directory. Returns the spec and the host paths to share.
 pub fn to_agent(
     spec: &Spec,
     cid: &str,
@@ -147,82 +147,11 @@ pub fn to_agent(
     let mut shares = Vec::new();
     let mut mounts = Vec::new();
     for (n, m) in spec.mounts().iter().flatten().enumerate() {
-        let dest = m.destination().to_str().ok_or_else(|| bad(&format!("mounts[{n}].destination"), "must be UTF-8"))?;
-        if !dest.starts_with('/') {
-            return Err(bad(&format!("mounts[{n}].destination"), "must be an absolute path"));
-        }
-        let typ = m.typ().as_deref().unwrap_or_default();
-        let options = m.options().clone().unwrap_or_default();
-        let source = match m.source() {
-            Some(src) => src.to_str().ok_or_else(|| bad(&format!("mounts[{n}].source"), "must be UTF-8"))?,
-            None => "",
-        };
-        let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
-        if !bind && GUEST_MADE.contains(&typ) {
-            mounts.push(agent::Mount {
-                destination: dest.into(),
-                source: source.into(),
-                type_: typ.into(),
-                options,
-                ..Default::default()
-            });
-            continue;
-        }
-        if !bind {
-            return Err(bad(
-                &format!("mounts[{n}].type"),
-                "must be a bind mount or one of proc, sysfs, tmpfs, devpts, mqueue, cgroup",
-            ));
-        }
-        // The pod's /dev/shm (a bind of the sandbox's shm on the host) is the guest's own tmpfs.
-        if dest == "/dev/shm" {
-            mounts.push(agent::Mount {
-                destination: dest.into(),
-                source: "shm".into(),
-                type_: "tmpfs".into(),
-                options: vec!["nosuid".into(), "noexec".into(), "nodev".into(), "mode=1777".into()],
-                ..Default::default()
-            });
-            continue;
-        }
-        if !source.starts_with('/') {
-            return Err(bad(&format!("mounts[{n}].source"), "a bind mount's source must be an absolute host path"));
-        }
-        let base = std::path::Path::new(source).file_name().and_then(|b| b.to_str()).unwrap_or("root");
-        let name = format!("{n}-{base}");
-        let guest = format!("{shared_guest}{cid}/mounts/{name}");
-        let read_only = options.iter().any(|o| o == "ro");
-        let recursive = options.iter().any(|o| o == "rbind");
-        shares.push(Share { index: n, host: source.into(), name, guest: guest.clone(), read_only, recursive });
-        let opts = options.into_iter().filter(|o| o != "rbind").chain(["bind".to_owned()]);
-        mounts.push(agent::Mount {
-            destination: dest.into(),
-            source: guest,
-            type_: "bind".into(),
-            options: opts.collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
-            ..Default::default()
-        });
+        let (mount, share) = mount(n, m, &format!("{shared_guest}{cid}/mounts/"))?;
+        mounts.push(mount);
+        shares.extend(share);
     }
-    let linux = spec.linux().clone().unwrap_or_default();
-    // The PID namespace goes (the agent makes one, or joins the pod's), as kata's runtime does
-    // it: a path (another container's, the pause's) means the pod's.
-    let sandbox_pidns = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .any(|ns| json_name(&ns.typ()) == "pid" && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()));
-    let namespaces = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .map(|ns| json_name(&ns.typ()))
-        .filter(|t| !matches!(t.as_str(), "network" | "cgroup" | "pid"))
-        .map(|t| agent::LinuxNamespace { Type: t, Path: String::new(), ..Default::default() })
-        .collect();
-    let resources = linux.resources().as_ref().map(resources);
-    let seccomp = linux.seccomp().as_ref().map(seccomp);
-    let sysctl: HashMap<String, String> = linux.sysctl().clone().unwrap_or_default();
-    let annotations = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+    let (linux, hints) = linux(&spec.linux().clone().unwrap_or_default(), cid);
     let spec = agent::Spec {
         Version: match spec.version().as_str() {
             "" => "1.0.2".into(),
@@ -236,21 +165,89 @@ pub fn to_agent(
         }),
         Hostname: spec.hostname().clone().unwrap_or_default(),
         Mounts: mounts,
-        Annotations: annotations,
-        Linux: MessageField::some(agent::Linux {
-            Sysctl: sysctl,
-            // The guest's cgroups are the VM's own: one per container, by its id.
-            CgroupsPath: format!("/kata/{cid}"),
-            Namespaces: namespaces,
-            Resources: resources.into(),
-            Seccomp: seccomp.into(),
-            MaskedPaths: linux.masked_paths().clone().unwrap_or_default(),
-            ReadonlyPaths: linux.readonly_paths().clone().unwrap_or_default(),
-            ..Default::default()
-        }),
+        Annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        Linux: MessageField::some(linux),
         ..Default::default()
     };
-    Ok((spec, shares, AgentHints { sandbox_pidns }))
+    Ok((spec, shares, hints))
+}
+
+/// The spec's `n`th mount as the guest makes it: its own (proc, tmpfs, ...; the pod's
+/// `/dev/shm` too), or a bind of a host path shared into `mounts_guest` (returned beside).
+fn mount(n: usize, m: &oci_spec::runtime::Mount, mounts_guest: &str) -> Result<(agent::Mount, Option<Share>)> {
+    let dest = m.destination().to_str().ok_or_else(|| bad(&format!("mounts[{n}].destination"), "must be UTF-8"))?;
+    if !dest.starts_with('/') {
+        return Err(bad(&format!("mounts[{n}].destination"), "must be an absolute path"));
+    }
+    let typ = m.typ().as_deref().unwrap_or_default();
+    let options = m.options().clone().unwrap_or_default();
+    let source = match m.source() {
+        Some(src) => src.to_str().ok_or_else(|| bad(&format!("mounts[{n}].source"), "must be UTF-8"))?,
+        None => "",
+    };
+    let guest_mount = |source: &str, typ: &str, options: Vec<String>| agent::Mount {
+        destination: dest.into(),
+        source: source.into(),
+        type_: typ.into(),
+        options,
+        ..Default::default()
+    };
+    let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+    if !bind && GUEST_MADE.contains(&typ) {
+        return Ok((guest_mount(source, typ, options), None));
+    }
+    if !bind {
+        return Err(bad(
+            &format!("mounts[{n}].type"),
+            "must be a bind mount or one of proc, sysfs, tmpfs, devpts, mqueue, cgroup",
+        ));
+    }
+    // The pod's /dev/shm (a bind of the sandbox's shm on the host) is the guest's own tmpfs.
+    if dest == "/dev/shm" {
+        let options = ["nosuid", "noexec", "nodev", "mode=1777"].map(String::from).to_vec();
+        return Ok((guest_mount("shm", "tmpfs", options), None));
+    }
+    if !source.starts_with('/') {
+        return Err(bad(&format!("mounts[{n}].source"), "a bind mount's source must be an absolute host path"));
+    }
+    let base = std::path::Path::new(source).file_name().and_then(|b| b.to_str()).unwrap_or("root");
+    let name = format!("{n}-{base}");
+    let guest = format!("{mounts_guest}{name}");
+    let read_only = options.iter().any(|o| o == "ro");
+    let recursive = options.iter().any(|o| o == "rbind");
+    let share = Share { index: n, host: source.into(), name, guest: guest.clone(), read_only, recursive };
+    let opts = options.into_iter().filter(|o| o != "rbind").chain(["bind".to_owned()]);
+    let opts = opts.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    Ok((guest_mount(&guest, "bind", opts), Some(share)))
+}
+
+/// The spec's `linux` section for the agent: the guest's cgroup `/kata/<cid>`, the namespaces
+/// the agent makes (network, cgroup and PID are the VM's or the pod's), resources, seccomp,
+/// sysctls, masked and read-only paths.
+fn linux(linux: &oci_spec::runtime::Linux, cid: &str) -> (agent::Linux, AgentHints) {
+    let namespaces = || linux.namespaces().iter().flatten();
+    // The PID namespace goes (the agent makes one, or joins the pod's), as kata's runtime does
+    // it: a path (another container's, the pause's) means the pod's.
+    let sandbox_pidns = namespaces()
+        .any(|ns| json_name(&ns.typ()) == "pid" && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()));
+    let kept = namespaces()
+        .map(|ns| json_name(&ns.typ()))
+        .filter(|t| !matches!(t.as_str(), "network" | "cgroup" | "pid"))
+        .map(|t| agent::LinuxNamespace { Type: t, Path: String::new(), ..Default::default() })
+        .collect();
+    let sysctl: HashMap<String, String> = linux.sysctl().clone().unwrap_or_default();
+    let out = agent::Linux {
+        Sysctl: sysctl,
+        // The guest's cgroups are the VM's own: one per container, by its id.
+        CgroupsPath: format!("/kata/{cid}"),
+        Namespaces: kept,
+        Resources: linux.resources().as_ref().map(resources).into(),
+        Seccomp: linux.seccomp().as_ref().map(seccomp).into(),
+        MaskedPaths: linux.masked_paths().clone().unwrap_or_default(),
+        ReadonlyPaths: linux.readonly_paths().clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    (out, AgentHints { sandbox_pidns })
 }
 
 /// OCI's `linux.resources` in kata's message (memory, CPU, pids: what the guest's cgroups take).
