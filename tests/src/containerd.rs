@@ -69,6 +69,21 @@ impl Containerd {
         }
     }
 
+    /// Wait (up to `limit`) for a line of containerd's log that holds every one of `parts`
+    /// (the shim's `delete` subcommand's stderr reaches it as "cleanup warnings").
+    pub fn wait_for_log(&self, limit: Duration, parts: &[&str]) {
+        let log = self.dir.0.join("containerd.log");
+        wait_until(limit, &format!("containerd's log: {parts:?}"), || {
+            std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| parts.iter().all(|p| l.contains(p)))
+        });
+    }
+
+    /// How many lines of containerd's log (the shims' logs are in it) hold `part`.
+    pub fn log_lines(&self, part: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.0.join("containerd.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains(part)).count()
+    }
+
     pub fn sock(&self) -> PathBuf {
         self.dir.0.join("containerd.sock")
     }

@@ -428,8 +428,9 @@ fn the_same_id_in_a_second_containerd_namespace_is_refused_and_the_first_sandbox
     assert!(!out.status.success(), "a second sandbox with the same id must be refused");
     assert!(err.contains("sandbox id \"sbdup\" is in use by a running sandbox"), "{err}");
     let _ = c.ctr(&["-n", "second", "container", "rm", "sbdup"]);
-    // containerd ran the second's delete too: the first is as it was, and still answers.
-    std::thread::sleep(Duration::from_secs(2));
+    // containerd ran the second's delete too (it said it touched nothing): the first is as it
+    // was, and still answers.
+    c.wait_for_log(Duration::from_secs(20), &["cleanup warnings", "held by a live shim", "nothing touched"]);
     assert_eq!(tests::containerd::qemu_pid_in(&c.run_dir().join("sbdup")), Some(qemu), "the first sandbox's QEMU");
     assert_eq!(cni.pod.snapshot(), live, "the first sandbox's devices");
     assert_eq!(other.pod.snapshot(), other_before, "nothing was made in the second pod");
@@ -942,7 +943,8 @@ fn output_written_while_no_one_reads_and_containerd_restarts_reaches_the_next_re
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Attached once it has read what waited in the FIFO.
+    wait_until(Duration::from_secs(20), "ctr task attach reads the FIFO", || unread_in_fifo(&stdout) == 0);
     let out = c.ctr(&["task", "exec", "--exec-id", "end", "sbout", "sh", "-c", ": > /end"]);
     assert!(out.status.success(), "{out:?}");
     let out = attach.wait_with_output().unwrap();

@@ -275,7 +275,10 @@ async fn cri_run_pod_sandbox_gets_the_cni_address_in_the_vm_and_cleans_up() {
     tests::containerd::wait_until(Duration::from_secs(20), "containerd ran delete for the app container", || {
         log().lines().any(|l| l.contains("shim disconnected") && l.contains(&cid))
     });
-    std::thread::sleep(Duration::from_secs(1)); // the delete's own run, after the log line
+    // The delete's own run, after it: its stderr reaches containerd's log once it has ended.
+    tests::containerd::wait_until(Duration::from_secs(20), "the app container's delete ran to its end", || {
+        log().lines().any(|l| l.contains("cleanup warnings") && l.contains("nothing of its sandbox is touched"))
+    });
     let qemu = tests::containerd::qemu_pid_in(&dir.0).expect("the pod's QEMU runs on");
     let pod_echos = || {
         let snmp = tests::run(&["nsenter", &format!("--net=/proc/{qemu}/ns/net"), "cat", "/proc/net/snmp"]);

@@ -323,7 +323,9 @@ fn an_interrupted_command_never_leaves_half_an_operation() {
     assert!(!out.status.success(), "the second command times out");
     assert_eq!(first.join().unwrap().2, 0, "the first finishes");
     h.set("");
-    std::thread::sleep(Duration::from_secs(1));
+    // The sandbox's operations take its lock in the order they asked (tokio's Mutex is fair):
+    // this list-ifaces queues behind the second command's add-iface, so it answers only after
+    // that one was refused or had run.
     let listed = cli.ok(&["kata-network", "list-ifaces", id], None);
     assert!(listed.contains("eth-op") && !listed.contains("eth-two"), "the late one never started: {listed}");
     assert_eq!(cli.run(&["kata-network", "del-iface", id, "-"], Some(doc)).2, 0);
@@ -409,10 +411,15 @@ fn a_shim_killed_while_following_a_new_pod_link_is_cleaned_by_delete() {
     h.set("");
     assert!(h.run(id, Some(&cni)).status.success());
     let run = h.c.run_dir().join(id);
+    const UNDONE: &str = "a new pod link could not be plugged in (undone";
     for step in steps {
         h.set(&format!("{step} fail\n"));
+        let undone = h.c.log_lines(UNDONE);
         add_eth1();
-        std::thread::sleep(Duration::from_secs(3));
+        // The shim says it undid the plugging once it has: then nothing of it may be left.
+        wait_until(Duration::from_secs(30), &format!("{step} fail: the shim undid the new link"), || {
+            h.c.log_lines(UNDONE) > undone
+        });
         let links = cni.pod.ip(&["-o", "link"]);
         assert!(!links.contains("tap1_kata"), "{step} fail: the new TAP is removed again: {links}");
         assert!(!cni.pod.exec(&["tc", "qdisc", "show", "dev", "eth1"]).contains("ingress"), "{step}: no redirect left");
