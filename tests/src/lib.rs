@@ -4,14 +4,15 @@
 
 pub mod cli;
 pub mod containerd;
+pub mod cri;
 pub mod frames;
 pub mod grpc;
 pub mod guest;
 pub mod vm;
 
-/// The median of timings (benchmarks).
-pub fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
-    v.sort();
+/// The median of timings (benchmarks): durations or milliseconds.
+pub fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
 

@@ -8,10 +8,12 @@
 pub mod client;
 pub mod convert;
 pub mod metrics;
+pub mod network_agent;
 pub mod types;
 
 pub use client::{AgentAddr, AgentClient, Error};
 pub use convert::{interfaces, neighbors, routes};
+pub use network_agent::NetworkAgent;
 
 /// Code generated from `protos/` at build time.
 #[allow(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tests::containerd::{kata_conf, start_containerd, wait_until, Containerd};
 use tests::guest::Agent;
-use tests::CniPod;
+use tests::{median, CniPod};
 
 /// The number after `key` on the shim's "sandbox started" log line.
 fn phase(line: &str, key: &str) -> f64 {
@@ -37,11 +37,6 @@ fn one_start(c: &Containerd, cni: &CniPod, id: &str, conf: &str) -> (f64, f64, f
     let line = log.lines().rfind(|l| l.contains("sandbox started") && l.contains(id)).expect("phase line").to_owned();
     c.remove_sandbox(id);
     (phase(&line, "vm_boot_ms"), phase(&line, "agent_sync_ms"), total)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Each agent over each channel it serves, `runs` times, interleaved.

@@ -10,12 +10,7 @@ use std::time::Instant;
 
 use tests::containerd::{kata_conf, processes_naming, qemu_pid_in, start_containerd, Containerd};
 use tests::guest::Agent;
-use tests::CniPod;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use tests::{median, CniPod};
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3

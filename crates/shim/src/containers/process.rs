@@ -274,4 +274,34 @@ mod tests {
         assert_eq!(super::exit_code("exit status: 0"), 0);
         assert_eq!(super::exit_code("unknown"), 255);
     }
+
+    #[test]
+    fn a_status_is_runcs_only_for_a_signal_the_runtime_sent() {
+        let p = super::Proc::new(Default::default(), None);
+        assert_eq!(p.runc_status(9), 9, "a 9 of the process's own is its exit code");
+        p.sent(9);
+        assert_eq!(p.runc_status(9), 137);
+        assert_eq!(p.runc_status(15), 15, "SIGTERM was not sent");
+        assert_eq!(p.runc_status(0), 0);
+        assert_eq!(p.runc_status(200), 200, "no signal has that number");
+    }
+
+    #[test]
+    fn an_exit_is_recorded_once_and_makes_the_process_stopped() {
+        use containerd_shim_protos::api::Status;
+        let mut p = super::Proc::new(Default::default(), None);
+        assert_eq!(p.status(), Status::CREATED);
+        p.started = true;
+        assert_eq!(p.status(), Status::RUNNING);
+        assert!(p.record_exit(3));
+        assert!(!p.record_exit(4), "the first exit stays");
+        assert_eq!(p.exited().map(|(c, _)| c), Some(3));
+        assert_eq!(p.status(), Status::STOPPED);
+    }
+
+    #[test]
+    fn the_agents_name_for_an_init_is_its_containers_id() {
+        assert_eq!(super::agent_exec_id("c1", ""), "c1");
+        assert_eq!(super::agent_exec_id("c1", "e1"), "e1");
+    }
 }

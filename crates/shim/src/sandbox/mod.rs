@@ -2,6 +2,8 @@
 //! (`start`), and the operations on it while it runs (`iface`, `routes`, `ipvs`), each beside the
 //! type it changes.
 
+#[cfg(test)]
+mod agent_double;
 mod channel;
 mod follow;
 mod helpers;

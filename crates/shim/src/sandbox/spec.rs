@@ -86,3 +86,21 @@ pub fn sandbox_of(annotations: Option<&std::collections::HashMap<String, String>
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_container_names_its_sandbox_and_a_sandbox_container_none() {
+        let a = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let app = a(&[(CONTAINER_TYPE, "container"), (SANDBOX_ID, "pod1")]);
+        assert_eq!(sandbox_of(Some(&app)).as_deref(), Some("pod1"));
+        let pause = a(&[(CONTAINER_TYPE, "sandbox"), (SANDBOX_ID, "pod1")]);
+        assert_eq!(sandbox_of(Some(&pause)), None);
+        assert_eq!(sandbox_of(Some(&a(&[(SANDBOX_ID, "pod1")]))), None, "ctr run: no container type");
+        assert_eq!(sandbox_of(None), None);
+    }
+}

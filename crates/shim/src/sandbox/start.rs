@@ -387,7 +387,7 @@ fn vm_hook(state: SandboxState, bundle: PathBuf) -> hypervisor::vm::StepHook {
 /// Interfaces, then routes, then neighbours, then CreateSandbox with hostname and DNS. Returns
 /// the routes set.
 async fn sync_agent(
-    agent: &AgentClient,
+    agent: &dyn agent_client::NetworkAgent,
     g: &GuestNics,
     id: &str,
     net: &SpecNetwork,
@@ -439,5 +439,62 @@ mod tests {
         let long = std::path::Path::new("/tmp/a-rather-long-directory-name/run");
         let e = super::check_socket_paths(long, &cri_id).unwrap_err().to_string();
         assert!(e.contains("[runtime] run_dir") && e.contains("at most 107"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_sync_gives_the_guest_the_pods_links_then_their_routes_and_neighbours_then_the_sandbox() {
+        use crate::sandbox::agent_double::{AgentDouble, Call};
+        use network::{Link, LinkKind, Neighbor, NetworkInfo, Route};
+        let name = |n: &str| -> network::IfName { n.parse().unwrap() };
+        let link = Link {
+            index: 2,
+            name: name("eth0"),
+            kind: LinkKind::Veth,
+            mac: Some("02:00:0a:58:00:05".parse().unwrap()),
+            mtu: 1500,
+            flags: 0,
+            addresses: vec!["10.88.0.5/24".parse().unwrap()],
+        };
+        let route = |dest: Option<&str>, gw: Option<&str>, dev: &str| Route {
+            dest: dest.map(|d| d.parse().unwrap()),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            device: name(dev),
+            source: None,
+            scope: 0,
+            ipv6: false,
+            flags: 0,
+            mtu: 0,
+            protocol: 4,
+            metric: 0,
+        };
+        let neighbor = |ip: &str, dev: &str| Neighbor {
+            ip: ip.parse().unwrap(),
+            device: name(dev),
+            lladdr: Some("02:00:0a:58:00:01".parse().unwrap()),
+            state: 0x80,
+            flags: 0,
+        };
+        let info = NetworkInfo {
+            links: vec![link.clone()],
+            routes: vec![route(None, Some("10.88.0.1"), "eth0"), route(Some("10.77.0.0/16"), None, "vhost0")],
+            neighbors: vec![neighbor("10.88.0.1", "eth0"), neighbor("10.77.0.1", "vhost0")],
+        };
+        let g = super::GuestNics { info, links: vec![link], paths: vec![Some("02/00".parse().unwrap())], queues: 2 };
+        let net =
+            super::SpecNetwork { netns: None, hostname: "pod-a".into(), dns: vec!["nameserver 10.96.0.10".into()] };
+        let agent = AgentDouble::default();
+        let routes = super::sync_agent(&agent, &g, "sb1", &net, Vec::new()).await.unwrap();
+        let calls = agent.calls();
+        assert_eq!(calls.len(), 4, "{calls:#?}");
+        let Call::Interface(iface) = &calls[0] else { panic!("first the NIC: {calls:#?}") };
+        assert_eq!((iface.name.as_str(), iface.devicePath.as_str(), iface.Queues), ("eth0", "02/00", 2));
+        let Call::Routes(sent, false) = &calls[1] else { panic!("then the routes, whole: {calls:#?}") };
+        assert_eq!(sent, &routes);
+        assert_eq!(sent.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(), ["eth0"], "only the pod links'");
+        let Call::Neighbors(n) = &calls[2] else { panic!("then the neighbours: {calls:#?}") };
+        assert_eq!(n.iter().map(|n| n.device.as_str()).collect::<Vec<_>>(), ["eth0"]);
+        let Call::Sandbox(req) = &calls[3] else { panic!("the sandbox last: {calls:#?}") };
+        assert_eq!((req.hostname.as_str(), req.sandbox_id.as_str(), req.sandbox_pidns), ("pod-a", "sb1", true));
+        assert_eq!(req.dns, ["nameserver 10.96.0.10"]);
     }
 }

@@ -308,3 +308,39 @@ async fn kill_ours(pids: &[u32], run_dir: &Path) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_ids_own_run_directory_under_the_run_root_may_be_removed() {
+        let st = |id: &str, dir: &str| SandboxState { id: id.into(), run_dir: Some(dir.into()), ..Default::default() };
+        let root = Path::new("/run/kn");
+        assert_eq!(st("sb1", "/run/kn/sb1").confined_run_dir(Some(root)), Some(Path::new("/run/kn/sb1")));
+        assert_eq!(st("sb1", "/run/kn/sb1").confined_run_dir(None), Some(Path::new("/run/kn/sb1")));
+        for (id, dir) in [
+            ("sb1", "/run/kn/sb2"),
+            ("sb1", "/etc/sb1"),
+            ("sb1", "/run/kn/../kn/sb1"),
+            ("sb1", "sb1"),
+            ("../x", "/run/kn/../x"),
+        ] {
+            assert_eq!(st(id, dir).confined_run_dir(Some(root)), None, "{id} {dir}");
+        }
+    }
+
+    #[test]
+    fn only_the_shims_own_namespace_may_be_removed() {
+        let own = own_netns_path("sb1");
+        let st = |netns: &Path, created: bool| SandboxState {
+            id: "sb1".into(),
+            netns: Some(netns.to_owned()),
+            netns_created: created,
+            ..Default::default()
+        };
+        assert_eq!(st(&own, true).own_netns(), Some(own.as_path()));
+        assert_eq!(st(&own, false).own_netns(), None, "not made by the shim");
+        assert_eq!(st(Path::new("/var/run/netns/cni-1"), true).own_netns(), None, "CNI's");
+    }
+}

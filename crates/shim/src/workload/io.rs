@@ -223,4 +223,14 @@ mod tests {
         let e = super::write_within(&mut f, &big, Duration::from_millis(200)).await.expect_err("nobody makes room");
         assert!(e.to_string().contains("no reader made room"), "{e}");
     }
+
+    #[test]
+    fn fifos_are_taken_and_log_uris_refused_naming_the_stream() {
+        let s = super::Stdio::of_fifos("/f/in", "/f/out", "", true).unwrap();
+        assert_eq!((s.stdin.as_str(), s.stdout.as_str(), s.stderr.as_str(), s.terminal), ("/f/in", "/f/out", "", true));
+        let e = super::Stdio::of_fifos("", "binary:///usr/bin/logger", "", false).unwrap_err().to_string();
+        assert!(e.contains("process stdout: binary:// log URIs are not supported"), "{e}");
+        let e = super::Stdio::of_fifos("", "", "file:///var/log/x", false).unwrap_err().to_string();
+        assert!(e.contains("process stderr: file://"), "{e}");
+    }
 }

@@ -86,3 +86,44 @@ fn metrics_from_guest(m: &mut Metrics, c: &agent_client::protocols::agent::Cgrou
         m.pids = MessageField::some(PidsStat { current: p.current, limit: p.limit, ..Default::default() });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_pods_view_of_each_nic_and_the_guests_cgroup() {
+        use agent_client::protocols::agent::{CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats, PidsStats};
+        let host = network::nl::LinkCounters { rx_bytes: 10, tx_bytes: 20, tx_packets: 2, ..Default::default() };
+        let tap = NicCounters {
+            name: "eth0".into(),
+            device: "tap0_kata".parse().unwrap(),
+            host,
+            macvtap: false,
+            guest: None,
+        };
+        let mvt = NicCounters { name: "eth1".into(), macvtap: true, ..tap.clone() };
+        let cg = CgroupStats {
+            cpu_stats: MessageField::some(CpuStats {
+                cpu_usage: MessageField::some(CpuUsage { total_usage: 5_000, ..Default::default() }),
+                ..Default::default()
+            }),
+            memory_stats: MessageField::some(MemoryStats {
+                usage: MessageField::some(MemoryData { usage: 4096, limit: 1 << 20, ..Default::default() }),
+                stats: [("inactive_file".to_string(), 1024u64)].into(),
+                ..Default::default()
+            }),
+            pids_stats: MessageField::some(PidsStats { current: 3, limit: 10, ..Default::default() }),
+            ..Default::default()
+        };
+        let m = metrics(&[tap, mvt], Some(&cg));
+        // A TAP's transmit side is what reached the VM; a macvtap's receive side is.
+        assert_eq!((m.network[0].rx_bytes, m.network[0].rx_packets, m.network[0].tx_bytes), (20, 2, 10));
+        assert_eq!((m.network[1].name.as_str(), m.network[1].rx_bytes, m.network[1].tx_bytes), ("eth1", 10, 20));
+        assert_eq!(m.cpu.usage.total, 5_000);
+        assert_eq!((m.memory.usage.usage, m.memory.usage.limit, m.memory.inactive_file), (4096, 1 << 20, 1024));
+        assert_eq!((m.pids.current, m.pids.limit), (3, 10));
+        let bare = metrics(&[], None);
+        assert!(bare.network.is_empty() && bare.cpu.is_none() && bare.memory.is_none(), "no guest: no cgroup");
+    }
+}

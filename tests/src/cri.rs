@@ -1,0 +1,167 @@
+//! A node for CRI tests: containerd with its CRI plugin and Debian's CNI plugins (`bridge` +
+//! `host-local`) inside a test-owned network namespace that plays the node's, the test image
+//! imported; on drop, what its pods left is removed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::vm::Scratch;
+use crate::TestNs;
+
+/// The image of the pods' sandbox containers (and the app containers' too).
+pub const IMAGE: &str = "localhost/kata-net-pause:latest";
+
+/// containerd; on drop (a failed test too) it is stopped, and what its pods left is removed: every
+/// process whose command line names the test's directory (shim, QEMU, vsock backend) and the CNI
+/// namespaces that were not there before.
+#[derive(Debug)]
+struct Containerd(Child, PathBuf, Vec<String>);
+
+fn cni_netns() -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("cni-"))
+        .map(String::from)
+        .collect()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+        let needle = self.1.display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmd).contains(&needle) {
+                crate::containerd::kill_leaving_no_socket(pid);
+            }
+        }
+        for ns in cni_netns().into_iter().filter(|n| !self.2.contains(n)) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
+
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let root = dir.display().to_string();
+    for m in mounts.lines().rev().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)) {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[derive(Debug)]
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
+
+/// A node for CRI tests: its network namespace, the scratch directory (and its unmount on drop),
+/// containerd with the CRI plugin and CNI's bridge inside the namespace, the test image imported.
+#[derive(Debug)]
+pub struct CriNode {
+    // Dropped in this order: containerd (and what its pods left), the mounts, the directory.
+    _containerd: Containerd,
+    _unmount: Unmount,
+    pub dir: Scratch,
+    pub node: TestNs,
+    pub sock: PathBuf,
+}
+
+impl CriNode {
+    /// containerd runs `shim_bin`'s directory's shims.
+    pub fn start(tag: &str, shim_bin: &Path) -> Self {
+        crate::require_root_and_tools(&["containerd", "ctr", "nsenter", "qemu-system-x86_64", "ip", "ping"]);
+        assert!(
+            Path::new("/usr/lib/cni/bridge").is_file(),
+            "containernetworking-plugins missing (install-deps installs it)"
+        );
+        let node = crate::TestNs::new("node");
+        node.ip(&["link", "set", "lo", "up"]);
+        let dir = Scratch::new(tag);
+        let unmount = Unmount(dir.0.clone());
+        let d = dir.0.display().to_string();
+        std::fs::create_dir_all(dir.0.join("net.d")).unwrap();
+        std::fs::write(
+            dir.0.join("net.d/10-knt.conflist"),
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"knt-{pid}","plugins":[{{"type":"bridge","bridge":"kntbr0","isGateway":true,"ipMasq":false,
+    "ipam":{{"type":"host-local","subnet":"10.222.0.0/24","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{d}/ipam"}}}}]}}"#,
+                pid = std::process::id()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.0.join("containerd.toml"),
+            format!(
+                r#"version = 2
+    root = "{d}/root"
+    state = "{d}/state"
+    [grpc]
+      address = "{d}/containerd.sock"
+    [ttrpc]
+      address = "{d}/containerd.sock.ttrpc"
+    [plugins."io.containerd.grpc.v1.cri"]
+      sandbox_image = "{IMAGE}"
+      restrict_oom_score_adj = true
+      [plugins."io.containerd.grpc.v1.cri".cni]
+        bin_dir = "/usr/lib/cni"
+        conf_dir = "{d}/net.d"
+      [plugins."io.containerd.grpc.v1.cri".containerd]
+        default_runtime_name = "kata"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+        runtime_type = "io.containerd.kata.v2"
+    "#
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.0.join("configuration.toml"), crate::containerd::kata_conf(&dir.0.join("run"))).unwrap();
+        let shim_dir = shim_bin.parent().unwrap().to_owned();
+        let containerd = Containerd(
+            Command::new("nsenter")
+                .arg(format!("--net={}", node.path()))
+                .arg("containerd")
+                .arg("--config")
+                .arg(dir.0.join("containerd.toml"))
+                .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
+                .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
+                .spawn()
+                .unwrap(),
+            dir.0.clone(),
+            cni_netns(),
+        );
+        let sock = dir.0.join("containerd.sock");
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let image = dir.0.join("image.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
+        assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(&sock)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Self { _containerd: containerd, _unmount: unmount, dir, node, sock }
+    }
+
+    /// containerd's log (the shims' logs are in it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("containerd.log")).unwrap_or_default()
+    }
+}
