@@ -16,6 +16,7 @@ pub mod shares;
 mod spec;
 mod start;
 mod state;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
