@@ -8,7 +8,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use ipnet::IpNet;
-use network::MacAddr;
+use network::{IfName, MacAddr};
 use serde::{Deserialize, Serialize};
 
 /// Why a document was refused: the field and the rule, with the bad value.
@@ -123,7 +123,7 @@ impl DelIfaceDoc {
 /// A checked add-iface request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfaceRequest {
-    pub device: String,
+    pub device: IfName,
     pub name: String,
     pub address: Option<IpNet>,
     pub mac: MacAddr,
@@ -167,6 +167,11 @@ fn check_name(field: &'static str, v: &str) -> Result<(), DocError> {
         return Err(DocError::NameLength { field, value: v.to_owned() });
     }
     Ok(())
+}
+
+/// `v` (checked by the field's own rule first) as a device name.
+fn if_name(field: &'static str, v: &str) -> Result<IfName, DocError> {
+    v.parse().map_err(|_| DocError::NameChars { field, value: v.to_owned() })
 }
 
 impl IfaceDoc {
@@ -216,7 +221,7 @@ impl IfaceDoc {
             return Err(DocError::Queues(self.queues));
         }
         Ok(IfaceRequest {
-            device: self.device.clone(),
+            device: if_name("device", &self.device)?,
             name: self.name.clone(),
             address,
             mac,
@@ -259,7 +264,7 @@ pub struct RouteDoc {
 pub struct RouteRequest {
     pub dest: Option<IpNet>,
     pub gateway: Option<IpAddr>,
-    pub device: Option<String>,
+    pub device: Option<IfName>,
 }
 
 impl RouteDoc {
@@ -298,7 +303,7 @@ impl RouteDoc {
                 if d.len() > 15 {
                     return Err(DocError::NameLength { field: "device", value: d.to_owned() });
                 }
-                Some(d.to_owned())
+                Some(if_name("device", d)?)
             }
         };
         Ok(RouteRequest { dest, gateway, device })
@@ -405,7 +410,11 @@ mod tests {
         let ok = |j: &str, add: bool| RouteDoc::parse(j).unwrap().validate(add);
         assert_eq!(
             ok(r#"{"dest":"default","gateway":"172.16.0.1","device":"eth-test"}"#, true).unwrap(),
-            RouteRequest { dest: None, gateway: Some("172.16.0.1".parse().unwrap()), device: Some("eth-test".into()) }
+            RouteRequest {
+                dest: None,
+                gateway: Some("172.16.0.1".parse().unwrap()),
+                device: Some("eth-test".parse().unwrap())
+            }
         );
         assert_eq!(
             ok(r#"{"dest":"177.17.0.5","device":"lo"}"#, true).unwrap().dest,

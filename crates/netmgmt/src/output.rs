@@ -5,7 +5,7 @@
 
 use ipnet::IpNet;
 use network::nl::LinkCounters;
-use network::PciPath;
+use network::{IfName, PciPath};
 use serde::Serialize;
 
 use crate::doc::{AddrDoc, IfaceDoc, RouteRequest};
@@ -105,7 +105,7 @@ pub fn route_pb(r: &RouteRequest, delete: bool) -> pb::Route {
     pb::Route {
         dest: if delete { format!("-{dest}") } else { dest },
         gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
-        device: r.device.clone().unwrap_or_default(),
+        device: r.device.as_ref().map(IfName::to_string).unwrap_or_default(),
         family: (if v6 { pb::IPFamily::v6 } else { pb::IPFamily::v4 }).into(),
         ..Default::default()
     }

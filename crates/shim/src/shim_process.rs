@@ -193,12 +193,14 @@ impl Shim for KataShim {
             SandboxState::forget(&bundle);
             return Ok(stopped);
         }
-        if let Some(state) = state {
-            if let Err(e) = state.teardown(&log, run_root.as_deref()).await {
-                slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
+        match state {
+            Some(state) => {
+                if let Err(e) = state.remove(&log, run_root.as_deref(), &bundle).await {
+                    slog::error!(log, "cleanup after the shim incomplete"; "error" => crate::error::message(&e));
+                }
             }
+            None => SandboxState::forget(&bundle),
         }
-        SandboxState::forget(&bundle);
         // A killed shim leaves its socket behind: removed once nothing listens there.
         remove_dead_socket(&containerd_shim::socket_address(&self.address, &self.namespace, &self.id));
         Ok(stopped)

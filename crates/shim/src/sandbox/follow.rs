@@ -145,7 +145,7 @@ impl Sandbox {
         if let Some(p) = pci {
             iface.device_path = p.to_string();
         }
-        iface.queues = self.queues as u32;
+        iface.queues = self.ep_cfg.queues as u32;
         self.agent.update_interface(&pb::Interface::from(&iface), NIC_WAIT).await?;
         Ok(())
     }

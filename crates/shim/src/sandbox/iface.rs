@@ -94,8 +94,7 @@ impl Sandbox {
         if let Some(i) = guest.iter().find(|i| i.hwAddr.parse::<MacAddr>().ok() == Some(req.mac)) {
             return Err(Error::AlreadyExists(format!("hwAddr: {} is already used by {}", req.mac, i.name)));
         }
-        let device: IfName =
-            req.device.parse().map_err(|e| Error::Doc(netmgmt::doc::DocError::Json(format!("device: {e}"))))?;
+        let device = req.device.clone();
         if req.vhost_user_socket.is_none()
             && (ops.state.endpoints.iter().any(|e| e.link() == &device)
                 || ops.operator.added.iter().any(|a| a.device == device))
@@ -122,9 +121,9 @@ impl Sandbox {
         let tap = OperatorTapRequest {
             device: device.clone(),
             queues: req.queues as usize,
-            default_queues: self.queues,
+            default_queues: self.ep_cfg.queues,
             mtu: req.mtu,
-            vhost_net: self.vhost_net,
+            vhost_net: self.ep_cfg.vhost_net,
         };
         let had = tap.inspect(&self.ctx).await?;
         ops.state.endpoints.push(tap.planned_state(had));

@@ -53,10 +53,8 @@ pub struct Sandbox {
     /// `increment`); kata's own agent does not. Probed once at start.
     pub extended_agent: bool,
     pub ctx: NetCtx,
-    /// Queue pairs of a NIC when the operator asks for the runtime's default.
-    pub queues: usize,
-    pub vhost_net: bool,
-    /// How the sandbox's endpoints are built (for links that appear after start).
+    /// How the sandbox's endpoints are built (for links that appear after start; its queues
+    /// are a NIC's when the operator asks for the runtime's default).
     pub ep_cfg: network::EndpointConfig,
     /// The hybrid vsock backend, when the agent channel has one (killed when the sandbox goes).
     pub vsock_backend: tokio::sync::Mutex<Option<channel::VsockBackend>>,

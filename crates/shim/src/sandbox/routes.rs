@@ -145,7 +145,7 @@ fn matches(t: &pb::Route, r: &RouteRequest) -> bool {
     let want_v6 = r.dest.map(|d| d.addr().is_ipv6()).or(r.gateway.map(|g| g.is_ipv6())).unwrap_or(false);
     dest_of(t) == r.dest
         && v6(t) == want_v6
-        && r.device.as_ref().is_none_or(|d| &t.device == d)
+        && r.device.as_ref().is_none_or(|d| t.device == d.as_str())
         && r.gateway.is_none_or(|g| t.gateway.parse::<IpAddr>().ok() == Some(g))
 }
 
@@ -197,7 +197,7 @@ mod tests {
         let req = |dest: Option<&str>, gw: Option<&str>, dev: Option<&str>| RouteRequest {
             dest: dest.map(|d| d.parse().unwrap()),
             gateway: gw.map(|g| g.parse().unwrap()),
-            device: dev.map(String::from),
+            device: dev.map(|d| d.parse().unwrap()),
         };
         let t = r("10.99.0.0/16", "10.88.0.254", "eth0");
         assert!(matches(&t, &req(Some("10.99.0.0/16"), None, None)));
@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn req(dest: &str) -> RouteRequest {
-        RouteRequest { dest: Some(dest.parse().unwrap()), gateway: None, device: Some("eth0".into()) }
+        RouteRequest { dest: Some(dest.parse().unwrap()), gateway: None, device: Some("eth0".parse().unwrap()) }
     }
 
     fn log() -> slog::Logger {

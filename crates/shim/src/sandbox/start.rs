@@ -226,8 +226,6 @@ impl Start<'_> {
             agent: b.agent,
             extended_agent,
             ctx,
-            queues: ep_cfg.queues,
-            vhost_net: ep_cfg.vhost_net,
             ep_cfg,
             vsock_backend: tokio::sync::Mutex::new(b.link.backend),
             virtiofsd: b.virtiofsd,
