@@ -8,7 +8,6 @@
 //! namespace; host-local keeps its leases in the test's scratch directory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -258,24 +257,9 @@ fn security(f: impl FnOnce(&mut k8s_cri::v1::LinuxContainerSecurityContext)) -> 
 /// a pod whose container has a child process stops promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() {
-    use k8s_cri::v1::security_profile::ProfileType;
-    use k8s_cri::v1::{
-        Capability, ContainerStatsRequest, ContainerStatusRequest, LinuxContainerResources, SecurityProfile,
-    };
     let n = CriNode::start("cric", Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2")));
     let d = n.dir.0.display().to_string();
-    let image = n.dir.0.join("image.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-image.sh");
-    assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(&n.sock)
-        .args(["-n", "k8s.io", "images", "import"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut cri = cri_client(n.sock.clone()).await;
+    let cri = cri_client(n.sock.clone()).await;
     let mut pod = pod_config(&d);
     pod.linux = Some(LinuxPodSandboxConfig {
         sysctls: [("kernel.shm_rmid_forced".to_owned(), "1".to_owned())].into(),
@@ -283,34 +267,63 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
         security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext { privileged: true, ..Default::default() }),
         ..Default::default()
     });
-    let id = match cri
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: "kata".into() })
+    let mut p = Pod { cri, n: &n, id: String::new(), pod };
+    p.id = match p
+        .cri
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(p.pod.clone()), runtime_handler: "kata".into() })
         .await
     {
         Ok(r) => r.into_inner().pod_sandbox_id,
         Err(e) => panic!("RunPodSandbox: {e}\n{}", n.log()),
     };
+    // One pod for every case (a VM under TCG is slow to start), each case a phase.
+    let (own, filtered) = own_pid_namespace_sysctls_and_defaults(&mut p).await;
+    let bare = seccomp_profiles_and_capabilities(&mut p, filtered).await;
+    the_pods_pid_namespace(&mut p).await;
+    kernel_modules_on_demand(&mut p).await;
+    stats_and_the_oom_killer(&mut p, &own).await;
+    stop_and_remove(&mut p, &bare).await;
+}
 
+/// The pod of the runc-parity case, and its CRI client.
+struct Pod<'a> {
+    cri: RuntimeServiceClient<tonic::transport::Channel>,
+    n: &'a CriNode,
+    id: String,
+    pod: PodSandboxConfig,
+}
+
+impl Pod<'_> {
+    async fn app(&mut self, name: &str, cmd: &[&str], linux: k8s_cri::v1::LinuxContainerConfig) -> String {
+        app_container(&mut self.cri, self.n, &self.id, &self.pod, name, cmd, linux).await
+    }
+
+    async fn exec(&mut self, cid: &str, script: &str) -> (i32, String) {
+        exec(&mut self.cri, cid, script).await
+    }
+}
+
+/// A container of its own PID namespace; returns it, and whether the agent filters syscalls.
+async fn own_pid_namespace_sysctls_and_defaults(p: &mut Pod<'_>) -> (String, bool) {
+    use k8s_cri::v1::security_profile::ProfileType;
+    use k8s_cri::v1::SecurityProfile;
     // A container of its own PID namespace: its command is PID 1 there; the pod's sysctl is set;
     // seccomp's default profile is on (a user namespace is refused it), masked and read-only
     // paths are so; NET_RAW is among the default capabilities (ping works).
-    let own = app_container(
-        &mut cri,
-        &n,
-        &id,
-        &pod,
-        "own",
-        &["sh", "-c", "sleep 1001 & wait"],
-        security(|sc| {
-            sc.seccomp =
-                Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
-            // What kubelet asks for by default (containerd takes the lists as they come).
-            sc.masked_paths = vec!["/proc/kcore".into(), "/proc/keys".into(), "/proc/timer_list".into()];
-            sc.readonly_paths = vec!["/proc/sys".into(), "/proc/sysrq-trigger".into()];
-        }),
-    )
-    .await;
-    let (code, out) = exec(&mut cri, &own, "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/sys/kernel/shm_rmid_forced; grep Seccomp: /proc/self/status; ls -l /proc/kcore; echo x > /proc/sys/kernel/domainname; ping -c 1 -W 5 10.222.0.1 >/dev/null && echo pinged; true").await;
+    let own = p
+        .app(
+            "own",
+            &["sh", "-c", "sleep 1001 & wait"],
+            security(|sc| {
+                sc.seccomp =
+                    Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
+                // What kubelet asks for by default (containerd takes the lists as they come).
+                sc.masked_paths = vec!["/proc/kcore".into(), "/proc/keys".into(), "/proc/timer_list".into()];
+                sc.readonly_paths = vec!["/proc/sys".into(), "/proc/sysrq-trigger".into()];
+            }),
+        )
+        .await;
+    let (code, out) = p.exec(&own, "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/sys/kernel/shm_rmid_forced; grep Seccomp: /proc/self/status; ls -l /proc/kcore; echo x > /proc/sys/kernel/domainname; ping -c 1 -W 5 10.222.0.1 >/dev/null && echo pinged; true").await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("sh -c sleep 1001"), "PID 1 is the container's own command: {out}");
@@ -325,65 +338,69 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     assert!(out.contains("Read-only file system"), "/proc/sys is read-only: {out}");
     assert!(out.contains("pinged"), "NET_RAW is a default capability: {out}");
 
+    (own, filtered)
+}
+
+/// Seccomp's localhost and unconfined profiles, and a dropped capability; returns the
+/// unconfined container (its PID 1 ignores SIGTERM).
+async fn seccomp_profiles_and_capabilities(p: &mut Pod<'_>, filtered: bool) -> String {
+    use k8s_cri::v1::security_profile::ProfileType;
+    use k8s_cri::v1::{Capability, SecurityProfile};
     // A localhost profile that refuses mkdir: refused there; unconfined and without NET_RAW,
     // mkdir works and ping does not.
-    let profile = n.dir.0.join("no-mkdir.json");
+    let profile = p.n.dir.0.join("no-mkdir.json");
     std::fs::write(
         &profile,
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    let strict = app_container(
-        &mut cri,
-        &n,
-        &id,
-        &pod,
-        "strict",
-        &["sleep", "1004"],
-        security(|sc| {
-            sc.seccomp = Some(SecurityProfile {
-                profile_type: ProfileType::Localhost as i32,
-                localhost_ref: profile.display().to_string(),
-            });
-        }),
-    )
-    .await;
-    let (_, out) = exec(&mut cri, &strict, "mkdir /made 2>&1 || echo refused").await;
+    let strict = p
+        .app(
+            "strict",
+            &["sleep", "1004"],
+            security(|sc| {
+                sc.seccomp = Some(SecurityProfile {
+                    profile_type: ProfileType::Localhost as i32,
+                    localhost_ref: profile.display().to_string(),
+                });
+            }),
+        )
+        .await;
+    let (_, out) = p.exec(&strict, "mkdir /made 2>&1 || echo refused").await;
     if filtered {
         assert!(out.contains("Operation not permitted") && out.contains("refused"), "the localhost profile: {out}");
     }
-    let bare = app_container(
-        &mut cri,
-        &n,
-        &id,
-        &pod,
-        "bare",
-        &["sleep", "1002"],
-        security(|sc| {
-            sc.seccomp = Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() });
-            sc.capabilities = Some(Capability { drop_capabilities: vec!["NET_RAW".into()], ..Default::default() });
-        }),
-    )
-    .await;
-    let (_, out) = exec(&mut cri, &bare, "grep Seccomp: /proc/self/status; mkdir /made && echo made; ping -c 1 -W 5 10.222.0.1 >/dev/null 2>&1 || echo no-ping").await;
+    let bare = p
+        .app(
+            "bare",
+            &["sleep", "1002"],
+            security(|sc| {
+                sc.seccomp =
+                    Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() });
+                sc.capabilities = Some(Capability { drop_capabilities: vec!["NET_RAW".into()], ..Default::default() });
+            }),
+        )
+        .await;
+    let (_, out) = p.exec(&bare, "grep Seccomp: /proc/self/status; mkdir /made && echo made; ping -c 1 -W 5 10.222.0.1 >/dev/null 2>&1 || echo no-ping").await;
     assert!(out.contains("Seccomp:\t0") && out.contains("made"), "unconfined: {out}");
     assert!(out.contains("no-ping"), "without NET_RAW there is no ping: {out}");
 
+    bare
+}
+
+async fn the_pods_pid_namespace(p: &mut Pod<'_>) {
     // The pod's PID namespace: the sandbox's command is PID 1, the other containers' processes
     // are seen.
-    let shared = app_container(
-        &mut cri,
-        &n,
-        &id,
-        &pod,
-        "shared",
-        &["sleep", "1003"],
-        security(|sc| {
-            sc.namespace_options = Some(k8s_cri::v1::NamespaceOption::default());
-        }),
-    )
-    .await;
-    let (_, out) = exec(&mut cri, &shared, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args").await;
+    let shared = p
+        .app(
+            "shared",
+            &["sleep", "1003"],
+            security(|sc| {
+                sc.namespace_options = Some(k8s_cri::v1::NamespaceOption::default());
+            }),
+        )
+        .await;
+    let (_, out) = p.exec(&shared, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args").await;
     let pid1 = out.lines().next().unwrap_or_default();
     match tests::guest::Agent::under_test() {
         // Ours joins the sandbox container's namespace: its command is PID 1.
@@ -395,19 +412,25 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     }
     assert!(out.contains("sleep 1003"), "{out}");
     assert!(!out.contains("sleep 1001"), "a container of its own PID namespace is not seen: {out}");
+}
 
+async fn kernel_modules_on_demand(p: &mut Pod<'_>) {
     // A privileged container gets the kernel modules it uses loaded on demand (the guest image
     // carries bridge, veth, overlay, iptables' tables): a bridge is made and removed.
-    let admin =
-        app_container(&mut cri, &n, &id, &pod, "admin", &["sleep", "1005"], security(|sc| sc.privileged = true)).await;
-    let (_, out) = exec(&mut cri, &admin, "grep -c . /proc/modules; ip link add kntbr9 type bridge && echo bridged; ip link del kntbr9; grep -w bridge /proc/modules | cut -d' ' -f1").await;
+    let admin = p.app("admin", &["sleep", "1005"], security(|sc| sc.privileged = true)).await;
+    let (_, out) = p.exec(&admin, "grep -c . /proc/modules; ip link add kntbr9 type bridge && echo bridged; ip link del kntbr9; grep -w bridge /proc/modules | cut -d' ' -f1").await;
     assert!(
         out.contains("bridged") && out.lines().any(|l| l == "bridge"),
         "the bridge module, loaded on demand: {out}"
     );
+}
 
+/// ContainerStats of `own`, and a container OOM-killed at its memory limit.
+async fn stats_and_the_oom_killer(p: &mut Pod<'_>, own: &str) {
+    use k8s_cri::v1::{ContainerStatsRequest, ContainerStatusRequest, LinuxContainerResources};
     // Stats: CPU and memory of the container, from its cgroup in the guest.
-    let stats = cri.container_stats(ContainerStatsRequest { container_id: own.clone() }).await.expect("ContainerStats");
+    let stats =
+        p.cri.container_stats(ContainerStatsRequest { container_id: own.to_owned() }).await.expect("ContainerStats");
     let stats = stats.into_inner().stats.expect("stats");
     let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
     let mem = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
@@ -415,23 +438,17 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
 
     // A 16 MiB limit: a process that grows beyond it is OOM-killed, the container exits 137
     // with the reason OOMKilled.
-    let hog = app_container(
-        &mut cri,
-        &n,
-        &id,
-        &pod,
-        "hog",
-        &["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"],
-        {
+    let hog = p
+        .app("hog", &["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"], {
             let mut l = security(|_| {});
             l.resources = Some(LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() });
             l
-        },
-    )
-    .await;
+        })
+        .await;
     let start = Instant::now();
     let status = loop {
-        let st = cri
+        let st = p
+            .cri
             .container_status(ContainerStatusRequest { container_id: hog.clone(), verbose: false })
             .await
             .expect("ContainerStatus");
@@ -443,12 +460,20 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}");
+}
 
+/// StopContainer of `bare` (SIGKILL after the timeout), then the pod stopped and removed.
+async fn stop_and_remove(p: &mut Pod<'_>, bare: &str) {
+    use k8s_cri::v1::ContainerStatusRequest;
     // StopContainer of a container whose PID 1 ignores SIGTERM (a plain sleep): SIGKILL after
     // the timeout, exit 137 as under runc.
-    cri.stop_container(StopContainerRequest { container_id: bare.clone(), timeout: 2 }).await.expect("StopContainer");
-    let st = cri
-        .container_status(ContainerStatusRequest { container_id: bare.clone(), verbose: false })
+    p.cri
+        .stop_container(StopContainerRequest { container_id: bare.to_owned(), timeout: 2 })
+        .await
+        .expect("StopContainer");
+    let st = p
+        .cri
+        .container_status(ContainerStatusRequest { container_id: bare.to_owned(), verbose: false })
         .await
         .expect("ContainerStatus");
     let st = st.into_inner().status.expect("status");
@@ -459,11 +484,11 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     let start = Instant::now();
     let stopped = tokio::time::timeout(
         Duration::from_secs(30),
-        cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }),
+        p.cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }),
     )
     .await;
-    assert!(matches!(stopped, Ok(Ok(_))), "StopPodSandbox: {stopped:?}\n{}", n.log());
+    assert!(matches!(stopped, Ok(Ok(_))), "StopPodSandbox: {stopped:?}\n{}", p.n.log());
     eprintln!("StopPodSandbox took {:?}", start.elapsed());
-    cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
-    assert!(!qemu_running_in(&n.dir.0), "QEMU left behind");
+    p.cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() }).await.unwrap();
+    assert!(!qemu_running_in(&p.n.dir.0), "QEMU left behind");
 }
