@@ -161,7 +161,12 @@ impl Config {
 
     /// The configuration in effect: from `KATA_CONF_FILE`, the usual paths, or built in.
     pub fn load() -> Result<(Self, PathBuf), ConfigError> {
-        match netmgmt::paths::config_file() {
+        Self::load_file(netmgmt::paths::config_file())
+    }
+
+    /// The configuration in file `file`, or built in.
+    pub fn load_file(file: Option<PathBuf>) -> Result<(Self, PathBuf), ConfigError> {
+        match file {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;

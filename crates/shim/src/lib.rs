@@ -4,6 +4,7 @@
 //! VM (`workload`), the management service's glue (`mgmt_server`), the configuration, and the
 //! one error type with its mapping to ttrpc codes (`error`).
 
+pub mod bootstrap;
 pub mod config;
 pub(crate) mod containers;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod logging;
 pub mod mgmt_server;
 pub mod sandbox;
 pub mod shim_process;
+pub mod spawn;
 pub mod task;
 pub mod workload;
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::asynchronous::{ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
 use containerd_shim_protos::protobuf::MessageField;
@@ -89,12 +89,6 @@ pub struct KataShim {
     address: String,
 }
 
-/// Write `address` to the `address` file of the bundle (the working directory of `start`).
-fn write_address(address: &str) -> std::io::Result<()> {
-    std::fs::write("address.tmp", address)?;
-    std::fs::rename("address.tmp", "address")
-}
-
 /// The file of a `unix://` socket address.
 fn socket_file(address: &str) -> Option<&Path> {
     address.strip_prefix("unix://").map(Path::new).filter(|p| p.is_absolute())
@@ -136,19 +130,10 @@ impl Shim for KataShim {
         }
     }
 
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // A bad configuration is reported by Create, as INVALID_ARGUMENT naming the key.
-        // An app container goes to its sandbox's shim: the one listening for the sandbox's id.
-        let spec = oci_spec::runtime::Spec::load("config.json").ok();
-        let grouping = spec.and_then(|s| sandbox_of(s.annotations().as_ref())).unwrap_or_else(|| opts.id.clone());
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        // The bundle's `address` file is how a restarted containerd finds this shim again
-        // (runtime/v2's loadShim reads it; without it the task is taken for dead, its bundle
-        // removed, and the sandbox left running unmanaged). containerd-shim 0.11 writes it only
-        // when the socket was already served; written here every time, whole or not at all.
-        write_address(&address)
-            .map_err(|e| containerd_shim::Error::Other(format!("writing the bundle's address file: {e}")))?;
-        Ok(address)
+    /// Never reached: the binary serves `start` itself, before the library's bootstrap, for
+    /// every containerd it supports (`crate::spawn`).
+    async fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
+        Err(containerd_shim::Error::Other("start is served by the binary's own bootstrap".into()))
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<containerd_shim::api::DeleteResponse> {
@@ -173,7 +158,9 @@ impl Shim for KataShim {
                 "container_id" => &self.id, "sandbox_id" => sandbox);
             return Ok(stopped);
         }
-        let config = Config::load().ok().map(|(c, _)| c);
+        // The configuration `start` was given in the runtime options, else the usual one.
+        let file = crate::spawn::recorded_config(&bundle).or_else(netmgmt::paths::config_file);
+        let config = Config::load_file(file).ok().map(|(c, _)| c);
         let run_root = config.as_ref().map(|c| c.runtime.run_dir.clone());
         let state = match SandboxState::load(&bundle) {
             Ok(Some(state)) => Some(state),

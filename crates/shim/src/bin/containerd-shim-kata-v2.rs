@@ -15,6 +15,15 @@ fn main() {
         }
         _ => {}
     }
+    // `start` is ours for every containerd (1.6 to 2.3+: see `shim::bootstrap`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if containerd_shim::parse(&args).is_ok_and(|f| f.action == "start") {
+        if let Err(e) = shim::spawn::start(&args) {
+            eprintln!("{}: {e}", shim::shim_process::RUNTIME_ID);
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the async runtime");
     rt.block_on(containerd_shim::asynchronous::run::<shim::shim_process::KataShim>(
         shim::shim_process::RUNTIME_ID,
