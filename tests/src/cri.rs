@@ -119,6 +119,10 @@ impl CriNode {
         default_runtime_name = "kata"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
         runtime_type = "io.containerd.kata.v2"
+        # As kata-deploy configures a runtime class: the shim gets its configuration from
+        # containerd's runtime options (no KATA_CONF_FILE in this containerd's environment).
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata.options]
+          ConfigPath = "{d}/configuration.toml"
     "#
             ),
         )
@@ -132,7 +136,7 @@ impl CriNode {
                 .arg("--config")
                 .arg(dir.0.join("containerd.toml"))
                 .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
-                .env("KATA_CONF_FILE", dir.0.join("configuration.toml"))
+                .env_remove("KATA_CONF_FILE")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
                 .spawn()

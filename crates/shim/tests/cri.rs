@@ -59,6 +59,13 @@ async fn cri_run_pod_sandbox_gets_the_cni_address_in_the_vm_and_cleans_up() {
             panic!("RunPodSandbox: {e}\n{}", std::fs::read_to_string(dir.0.join("containerd.log")).unwrap_or_default())
         });
     let id = resp.into_inner().pod_sandbox_id;
+    // The configuration came from the runtime class's options (ConfigPath), as kata-deploy sets it.
+    let conf = format!("{d}/configuration.toml");
+    assert!(
+        n.log().lines().any(|l| l.contains("configuration loaded") && l.contains(&conf)),
+        "the shim loaded the handler's ConfigPath {conf}: {}",
+        n.log()
+    );
     let status =
         cri.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await.unwrap();
     let ip = status.into_inner().status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
