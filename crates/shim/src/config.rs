@@ -32,6 +32,9 @@ pub struct Runtime {
     /// Follow the pod's namespace after start: links, addresses and routes that CNI or an
     /// operator changes reach the VM (`sandbox/follow.rs`). On by default.
     pub follow_netns: bool,
+    /// Containers' seccomp profiles are not given to the guest (kata's key; kata's stock file
+    /// sets it, its absence means they are).
+    pub disable_guest_seccomp: bool,
 }
 
 impl Default for Runtime {
@@ -42,6 +45,7 @@ impl Default for Runtime {
             network_queues: 0,
             run_dir: PathBuf::from(netmgmt::paths::DEFAULT_RUN_DIR),
             follow_netns: true,
+            disable_guest_seccomp: false,
         }
     }
 }
@@ -97,6 +101,30 @@ pub struct Config {
     pub hypervisor: Hypervisors,
     pub agent: Agents,
     pub runtime: Runtime,
+    /// kata's keys the file has that this runtime does not implement (`[section] key`): logged
+    /// once when the shim loads the file.
+    #[serde(skip)]
+    pub ignored: Vec<String>,
+}
+
+/// A TOML error in `read` (the text parsed: the file, or the file without kata's ignored
+/// keys) said with the key's line of the original file `text`: the message alone says
+/// "unknown variant" without saying whose.
+fn located(text: &str, read: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return e.message().to_owned() };
+    let start = read[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let end = read[span.start..].find('\n').map_or(read.len(), |i| span.start + i);
+    let line = read[start..end].trim();
+    // The same key's line in the file (the first one: a key appears once per table).
+    let key = line.split('=').next().unwrap_or_default().trim();
+    let found = text.lines().enumerate().find(|(_, l)| {
+        let l = l.trim_start();
+        !key.is_empty() && l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')
+    });
+    match found {
+        Some((n, l)) => format!("line {} `{}`: {}", n + 1, l.trim(), e.message()),
+        None => format!("`{line}`: {}", e.message()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,21 +150,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Parse and check a file's text; `path` is for messages.
+    /// Parse and check a file's text; `path` is for messages. kata's keys this runtime does
+    /// not implement are taken out first and listed in [`Config::ignored`] (`kata_compat`).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut c: Config = toml::from_str(text).map_err(|e| {
-            // Name the key: the message alone says "unknown variant" without saying whose.
-            let message = match e.span() {
-                Some(span) => {
-                    let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-                    let end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
-                    let line_no = text[..span.start].matches('\n').count() + 1;
-                    format!("line {line_no} `{}`: {}", text[start..end].trim(), e.message())
-                }
-                None => e.message().to_owned(),
-            };
-            ConfigError::Parse { path: path.to_owned(), message }
-        })?;
+        let bad = |message: String| ConfigError::Parse { path: path.to_owned(), message };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(located(text, text, &e)))?;
+        let ignored = crate::kata_compat::strip(&mut table).map_err(|e| bad(e.to_string()))?;
+        let stripped = toml::to_string(&table).map_err(|e| bad(e.to_string()))?;
+        let mut c: Config = toml::from_str(&stripped).map_err(|e| bad(located(text, &stripped, &e)))?;
+        c.ignored = ignored;
         c.hypervisor.qemu.resolve_defaults();
         c.hypervisor.qemu.validate().map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })?;
         if c.runtime.network_queues > 16 {
@@ -234,16 +256,103 @@ disable_new_netns = true
         let base = "[hypervisor.qemu]\npath = \"/bin/sh\"\nkernel = \"/bin/sh\"\ninitrd = \"/bin/sh\"\n";
         let cases = [
             (format!("{base}[runtime]\ninternetworking_model = \"bridged\"\n"), "internetworking_model"),
-            (format!("{base}[runtime]\nenable_debug = true\n"), "enable_debug"),
+            (
+                format!("{base}[runtime]\nenable_debgu = true\n"),
+                "line 6 `enable_debgu = true`: unknown field `enable_debgu`",
+            ),
             (format!("{base}default_vcpus = 0\n"), "default_vcpus"),
             (format!("{base}[runtime]\nnetwork_queues = 99\n"), "network_queues"),
             ("[hypervisor.qemu]\nkernel = \"/nonexistent\"\n".to_owned(), "kernel"),
             (format!("{base}[agent.kata]\ndial_timeout = 0\n"), "dial_timeout"),
-            (format!("{base}[agent.kata]\nenable_tracing = true\n"), "enable_tracing"),
+            (format!("{base}[agent.kata]\nenable_tracer = true\n"), "unknown field `enable_tracer`"),
+            (format!("{base}defualt_vcpus = 2\n"), "line 5 `defualt_vcpus = 2`: unknown field `defualt_vcpus`"),
+            (format!("{base}default_vcpus = \"two\"\n"), "default_vcpus"),
+            (format!("{base}rootfs_type = \"xfs\"\n"), "[hypervisor.qemu] rootfs_type"),
+            (format!("{base}[runtime]\ndisable_guest_seccomp = \"yes\"\n"), "disable_guest_seccomp"),
         ];
         for (text, key) in cases {
             let e = crate::error::message(&Config::parse(&text, &p()).unwrap_err());
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    /// A file laid out as kata 3.x's `configuration-qemu.toml` is (its sections and keys, with
+    /// kata's stock values; the guest's paths this machine's): it loads, kata's keys we do not
+    /// implement are listed, and the ones we do implement behave as in kata.
+    #[test]
+    fn a_stock_kata_file_loads_and_its_unimplemented_keys_are_listed() {
+        let text = r#"
+[hypervisor.qemu]
+path = "/bin/sh"
+kernel = "/bin/sh"
+initrd = "/bin/sh"
+machine_type = "q35"
+rootfs_type = "ext4"
+enable_annotations = ["enable_iommu", "virtio_fs_extra_args", "kernel_params"]
+valid_hypervisor_paths = ["/opt/kata/bin/qemu-system-x86_64"]
+kernel_params = ""
+firmware = ""
+firmware_volume = ""
+machine_accelerators = ""
+cpu_features = "pmu=off"
+default_vcpus = 1
+default_maxvcpus = 0
+default_bridges = 1
+default_memory = 2048
+default_maxmemory = 0
+disable_block_device_use = false
+shared_fs = "virtio-fs"
+virtio_fs_daemon = "/bin/sh"
+valid_virtio_fs_daemon_paths = ["/opt/kata/libexec/virtiofsd"]
+virtio_fs_cache_size = 0
+virtio_fs_queue_size = 1024
+virtio_fs_extra_args = ["--thread-pool-size=1", "--announce-submounts"]
+virtio_fs_cache = "auto"
+block_device_driver = "virtio-scsi"
+block_device_aio = "io_uring"
+enable_iothreads = false
+enable_vhost_user_store = false
+vhost_user_store_path = "/var/run/kata-containers/vhost-user"
+valid_vhost_user_store_paths = ["/var/run/kata-containers/vhost-user"]
+vhost_user_reconnect_timeout_sec = 0
+valid_file_mem_backends = [""]
+pflashes = []
+disable_image_nvdimm = false
+valid_entropy_sources = ["/dev/urandom", "/dev/random", ""]
+disable_selinux = false
+disable_guest_selinux = true
+
+[factory]
+enable_template = false
+
+[agent.kata]
+kernel_modules = []
+dial_timeout = 45
+
+[runtime]
+internetworking_model = "tcfilter"
+disable_guest_seccomp = true
+sandbox_cgroup_only = false
+static_sandbox_resource_mgmt = false
+sandbox_bind_mounts = []
+vfio_mode = "guest-kernel"
+disable_guest_empty_dir = false
+experimental = []
+create_container_timeout = 60
+dan_conf = "/run/kata-containers/dans"
+"#;
+        let c = Config::parse(text, &p()).unwrap();
+        assert_eq!((c.hypervisor.qemu.default_memory, c.agent.kata.dial_timeout), (2048, 45));
+        assert_eq!(c.runtime.internetworking_model, NetworkModel::TcFilter);
+        assert!(c.runtime.disable_guest_seccomp && !c.hypervisor.qemu.enable_template);
+        for key in
+            ["[hypervisor.qemu] block_device_driver", "[runtime] sandbox_cgroup_only", "[agent.kata] kernel_modules"]
+        {
+            assert!(c.ignored.iter().any(|k| k == key), "{key} in {:?}", c.ignored);
+        }
+        assert!(!c.ignored.iter().any(|k| k.contains("default_memory") || k.contains("dial_timeout")));
+        // kata's place for the factory mode.
+        let on = text.replace("[factory]\nenable_template = false", "[factory]\nenable_template = true");
+        assert!(Config::parse(&on, &p()).unwrap().hypervisor.qemu.enable_template);
     }
 }

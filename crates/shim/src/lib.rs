@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod containers;
 pub mod error;
 pub mod failpoint;
+pub(crate) mod kata_compat;
 pub mod logging;
 pub mod mgmt_server;
 pub mod sandbox;

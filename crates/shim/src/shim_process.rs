@@ -208,6 +208,10 @@ impl Shim for KataShim {
         let config = Config::load()
             .map(|(c, path)| {
                 slog::info!(log, "configuration loaded"; "path" => %path.display());
+                if !c.ignored.is_empty() {
+                    slog::warn!(log, "the configuration's kata keys this runtime does not implement are ignored";
+                        "path" => %path.display(), "keys" => c.ignored.join(", "));
+                }
                 c
             })
             .map_err(|e| crate::error::message(&e));

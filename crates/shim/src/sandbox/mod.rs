@@ -65,6 +65,8 @@ pub struct Sandbox {
     pub log: slog::Logger,
     /// The run directory's claim, held while the sandbox lives (`state::claim_run_dir`).
     pub claim: std::fs::File,
+    /// Containers' seccomp profiles go to the guest (`[runtime] disable_guest_seccomp` unset).
+    pub guest_seccomp: bool,
     /// The containers that had a process killed by the guest's OOM killer.
     pub oom_killed: std::sync::Mutex<std::collections::HashSet<String>>,
 }

@@ -230,6 +230,7 @@ impl Start<'_> {
             vsock_backend: tokio::sync::Mutex::new(b.link.backend),
             virtiofsd: b.virtiofsd,
             claim,
+            guest_seccomp: !self.cfg.runtime.disable_guest_seccomp,
             oom_killed: Default::default(),
             ops: tokio::sync::Mutex::new(ops),
             log: self.log.clone(),

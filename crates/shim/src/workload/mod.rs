@@ -32,7 +32,13 @@ pub async fn create_container(
         std::fs::read(&path).map_err(|source| Error::Io { what: "reading the spec", path: path.clone(), source })?;
     let parsed = spec::parse_spec(&text)?;
     let host_root = spec::host_root(&parsed, bundle);
-    let (spec, shares, hints) = spec::to_agent(&parsed, cid, &shares::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
+    let (mut spec, shares, hints) = spec::to_agent(&parsed, cid, &shares::guest_rootfs(cid), GUEST_MOUNT_POINT)?;
+    if !sb.guest_seccomp {
+        // `[runtime] disable_guest_seccomp`, as kata's runtime does it.
+        if let Some(linux) = spec.Linux.as_mut() {
+            linux.Seccomp.clear();
+        }
+    }
     let made = {
         let (run_dir, cid, rootfs) = (run_dir.clone(), cid.to_owned(), rootfs.to_vec());
         tokio::task::spawn_blocking(move || {
