@@ -82,3 +82,28 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
   echo "install-deps: installing vhost-device-vsock"
   cargo install --locked --quiet vhost-device-vsock
 fi
+
+# containerd 2.1 for the second pass of the end-to-end tests: Debian's package from sid (the
+# only suite that has a 2.x), downloaded and unpacked into $C2_DIR, never installed over the
+# system's 1.6. Its sources list and package lists live in a scratch directory, not in /etc/apt.
+C2_DIR=/var/lib/kata-net-test/containerd-2.1
+if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
+  echo "install-deps: fetching containerd 2.1 (Debian sid) into $C2_DIR"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
+  cat > "$tmp/sid.sources" <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  apt_opts=(-o "Dir::Etc::SourceList=$tmp/sid.sources" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::Archives=$tmp/archives" -o APT::Sandbox::User=root)
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$tmp" && apt-get "${apt_opts[@]}" download containerd -qq)
+  mkdir -p "$C2_DIR"
+  dpkg-deb -x "$tmp"/containerd_*.deb "$C2_DIR"
+  "$C2_DIR/usr/bin/containerd" --version
+fi

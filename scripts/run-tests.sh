@@ -29,6 +29,17 @@ else
   echo "== the kata pass: NOT RUN (KATA_AGENT=<path to a kata-agent binary> not given): $n tests skipped"
   echo "kata pass not run: $n skipped" >> "$log"
 fi
+# The end-to-end paths (ctr, CRI, containerd 2.3's bootstrap) again on containerd 2.1, unpacked
+# by install-deps beside the system's 1.6 (tests::containerd::CONTAINERD_BIN_ENV).
+c2=/var/lib/kata-net-test/containerd-2.1/usr/bin
+if [ ! -x "$c2/containerd" ]; then
+  echo "run-tests: $c2/containerd is missing (scripts/install-deps.sh unpacks Debian's containerd 2.1 there)" >&2
+  exit 1
+fi
+echo "== the end-to-end suite again, on containerd 2.1 ($("$c2/containerd" --version))"
+KATA_NET_TEST_CONTAINERD_BIN=$c2 cargo test -p shim --no-fail-fast --test containerd --test cri --test bootstrap \
+  -- --show-output --test-threads=1 2>&1 | tee -a "$log"
+rc4=${PIPESTATUS[0]}
 ./scripts/ipvlan-tests.sh 2>&1 | tee -a "$log"
 rc2=${PIPESTATUS[0]}
 if grep -q "^thread '.*' .*panicked at" "$log"; then
@@ -38,4 +49,4 @@ fi
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      /^kata pass not run: [0-9]+ skipped$/ { i += $5 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
-[ "$rc" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$rc3" -eq 0 ]
+[ "$rc" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$rc3" -eq 0 ] && [ "$rc4" -eq 0 ]

@@ -18,6 +18,47 @@ pub struct Containerd {
     env: Vec<(String, PathBuf)>,
 }
 
+/// The environment variable naming a directory with another containerd's `containerd` and `ctr`
+/// (Debian's 2.1, unpacked by `scripts/install-deps.sh`): the tests then run on it, with its
+/// configuration version 3. Unset: the system's containerd (1.6) from `PATH`.
+pub const CONTAINERD_BIN_ENV: &str = "KATA_NET_TEST_CONTAINERD_BIN";
+
+/// `containerd` or `ctr` of the containerd under test.
+pub fn bin(name: &str) -> PathBuf {
+    match std::env::var_os(CONTAINERD_BIN_ENV) {
+        Some(dir) => {
+            let p = Path::new(&dir).join(name);
+            assert!(p.is_file(), "{CONTAINERD_BIN_ENV}={}: no {name} there (install-deps unpacks it)", p.display());
+            p
+        }
+        None => PathBuf::from(name),
+    }
+}
+
+/// The containerd under test is 2.x: configuration version 3, CRI plugins of their new names.
+pub fn is_v2() -> bool {
+    std::env::var_os(CONTAINERD_BIN_ENV).is_some()
+}
+
+/// containerd's own part of its configuration (root, state, sockets) for the scratch dir `d`,
+/// with `disabled` plugins as well as NRI (its socket is machine-wide).
+pub fn config_head(d: &str, disabled: &[&str]) -> String {
+    let mut off: Vec<&str> = disabled.to_vec();
+    let version = match is_v2() {
+        true => {
+            off.push("io.containerd.nri.v1.nri");
+            3
+        }
+        false => 2,
+    };
+    let off: Vec<String> = off.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "version = {version}\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [{}]\n\
+         [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n",
+        off.join(", ")
+    )
+}
+
 impl Containerd {
     /// Start containerd with `kata_conf` as the shim's configuration (`KATA_CONF_FILE`).
     pub fn start(tag: &str, kata_conf: &str, shim_bin: &Path) -> Self {
@@ -28,14 +69,9 @@ impl Containerd {
     pub fn start_with_env(tag: &str, kata_conf: &str, shim_bin: &Path, env: &[(&str, &Path)]) -> Self {
         let dir = Scratch::new(tag);
         let d = dir.0.display().to_string();
-        std::fs::write(
-            dir.0.join("containerd.toml"),
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n"
-            ),
-        )
-        .unwrap();
+        let cri = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"];
+        let cri = if is_v2() { &cri[..] } else { &cri[..1] };
+        std::fs::write(dir.0.join("containerd.toml"), config_head(&d, cri)).unwrap();
         std::fs::write(dir.0.join("configuration.toml"), kata_conf).unwrap();
         let shim_dir = shim_bin.parent().unwrap().to_owned();
         let env: Vec<(String, PathBuf)> = env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect();
@@ -94,7 +130,7 @@ impl Containerd {
 
     /// `ctr` against this containerd; a call that hangs is ended after 3 minutes (and fails).
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("timeout").args(["180", "ctr", "-a"]).arg(self.sock()).args(args).output().unwrap()
+        Command::new("timeout").arg("180").arg(bin("ctr")).arg("-a").arg(self.sock()).args(args).output().unwrap()
     }
 
     /// `ctr run -d` of the sandbox in `netns`.
@@ -129,7 +165,7 @@ impl Containerd {
 /// containerd on the configuration in `dir`, its log appended to `dir/containerd.log`.
 fn spawn_containerd(dir: &Path, shim_dir: &Path, env: &[(String, PathBuf)]) -> Child {
     let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let mut cmd = Command::new("containerd");
+    let mut cmd = Command::new(bin("containerd"));
     // The fd limit of a login shell or a systemd service without LimitNOFILE (1024). As a hard
     // limit too: containerd (Go) raises its soft limit to the hard one and its children
     // inherit that, so only then does every test's shim run StartVM under 1024.
@@ -314,7 +350,9 @@ impl Containerd {
     pub fn task_exit_after(&self, id: &str, action: impl FnOnce()) -> Option<String> {
         use std::io::{BufRead, BufReader};
         let mut events = Command::new("timeout")
-            .args(["60", "ctr", "-a"])
+            .arg("60")
+            .arg(bin("ctr"))
+            .arg("-a")
             .arg(self.sock())
             .arg("events")
             .stdout(Stdio::piped())

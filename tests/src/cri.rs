@@ -99,40 +99,13 @@ impl CriNode {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.0.join("containerd.toml"),
-            format!(
-                r#"version = 2
-    root = "{d}/root"
-    state = "{d}/state"
-    [grpc]
-      address = "{d}/containerd.sock"
-    [ttrpc]
-      address = "{d}/containerd.sock.ttrpc"
-    [plugins."io.containerd.grpc.v1.cri"]
-      sandbox_image = "{IMAGE}"
-      restrict_oom_score_adj = true
-      [plugins."io.containerd.grpc.v1.cri".cni]
-        bin_dir = "/usr/lib/cni"
-        conf_dir = "{d}/net.d"
-      [plugins."io.containerd.grpc.v1.cri".containerd]
-        default_runtime_name = "kata"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
-        runtime_type = "io.containerd.kata.v2"
-        # As kata-deploy configures a runtime class: the shim gets its configuration from
-        # containerd's runtime options (no KATA_CONF_FILE in this containerd's environment).
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata.options]
-          ConfigPath = "{d}/configuration.toml"
-    "#
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.0.join("containerd.toml"), cri_config(&d)).unwrap();
         std::fs::write(dir.0.join("configuration.toml"), crate::containerd::kata_conf(&dir.0.join("run"))).unwrap();
         let shim_dir = shim_bin.parent().unwrap().to_owned();
         let containerd = Containerd(
             Command::new("nsenter")
                 .arg(format!("--net={}", node.path()))
-                .arg("containerd")
+                .arg(crate::containerd::bin("containerd"))
                 .arg("--config")
                 .arg(dir.0.join("containerd.toml"))
                 .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
@@ -153,7 +126,7 @@ impl CriNode {
         let image = dir.0.join("image.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
         assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
-        let out = Command::new("ctr")
+        let out = Command::new(crate::containerd::bin("ctr"))
             .arg("-a")
             .arg(&sock)
             .args(["-n", "k8s.io", "images", "import"])
@@ -167,5 +140,46 @@ impl CriNode {
     /// containerd's log (the shims' logs are in it).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("containerd.log")).unwrap_or_default()
+    }
+}
+
+/// containerd's configuration with the CRI plugin for the scratch dir `d`: the kata handler as
+/// kata-deploy configures a runtime class (the shim gets its configuration from containerd's
+/// runtime options, `ConfigPath`: no KATA_CONF_FILE in this containerd's environment), CNI's
+/// plugins from Debian; version 2 for containerd 1.x, 3 for 2.x.
+fn cri_config(d: &str) -> String {
+    let head = crate::containerd::config_head(d, &[]);
+    match crate::containerd::is_v2() {
+        false => format!(
+            r#"{head}[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "kata"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+    runtime_type = "io.containerd.kata.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata.options]
+      ConfigPath = "{d}/configuration.toml"
+"#
+        ),
+        true => format!(
+            r#"{head}[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{IMAGE}"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{d}/net.d"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "kata"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.kata]
+    runtime_type = "io.containerd.kata.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.kata.options]
+      ConfigPath = "{d}/configuration.toml"
+"#
+        ),
     }
 }

@@ -430,7 +430,15 @@ fn the_same_id_in_a_second_containerd_namespace_is_refused_and_the_first_sandbox
     let _ = c.ctr(&["-n", "second", "container", "rm", "sbdup"]);
     // containerd ran the second's delete too (it said it touched nothing): the first is as it
     // was, and still answers.
-    c.wait_for_log(Duration::from_secs(20), &["cleanup warnings", "held by a live shim", "nothing touched"]);
+    match tests::containerd::is_v2() {
+        false => {
+            c.wait_for_log(Duration::from_secs(20), &["cleanup warnings", "held by a live shim", "nothing touched"])
+        }
+        // 2.x logs no delete's stderr; it removes the bundle once the delete has ended.
+        true => wait_until(Duration::from_secs(20), "containerd ran the second's delete", || {
+            !c.dir.0.join("state/io.containerd.runtime.v2.task/second/sbdup").exists()
+        }),
+    }
     assert_eq!(tests::containerd::qemu_pid_in(&c.run_dir().join("sbdup")), Some(qemu), "the first sandbox's QEMU");
     assert_eq!(cni.pod.snapshot(), live, "the first sandbox's devices");
     assert_eq!(other.pod.snapshot(), other_before, "nothing was made in the second pod");
@@ -530,7 +538,11 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{err}");
-        assert!(err.trim_end().ends_with(&format!(": {code}")), "{code}: {err}");
+        // ctr 1.x names the code last; 2.x's prints the message alone (the codes themselves are
+        // checked by this pass on 1.x and by the shim's unit test of its code mapping).
+        if !tests::containerd::is_v2() {
+            assert!(err.trim_end().ends_with(&format!(": {code}")), "{code}: {err}");
+        }
         assert_eq!(cni.pod.snapshot(), before);
         assert!(!qemu_running_in(&c.run_dir()));
         let _ = c.ctr(&["container", "rm", id]);
@@ -561,7 +573,9 @@ fn bad_configuration_and_unsupported_links_fail_clearly_and_leave_nothing() {
         let out = c.run(id, &cni.pod.path(), &["--mount", &mount]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(want), "{id}: {err}");
-        assert!(err.trim_end().ends_with(": invalid argument"), "{err}");
+        if !tests::containerd::is_v2() {
+            assert!(err.trim_end().ends_with(": invalid argument"), "{err}");
+        }
         assert_eq!(cni.pod.snapshot(), before);
         let _ = c.ctr(&["container", "rm", id]);
     }
@@ -938,7 +952,9 @@ fn output_written_while_no_one_reads_and_containerd_restarts_reaches_the_next_re
     wait_until(Duration::from_secs(20), "the output waits in the FIFO", || unread_in_fifo(&stdout) > 0);
     // The next reader gets it, and then the exit code.
     let attach = std::process::Command::new("timeout")
-        .args(["120", "ctr", "-a", c.sock().to_str().unwrap(), "task", "attach", "sbout"])
+        .arg("120")
+        .arg(tests::containerd::bin("ctr"))
+        .args(["-a", c.sock().to_str().unwrap(), "task", "attach", "sbout"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1066,7 +1082,7 @@ fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     // stdin may: it runs, and `ctr task attach` could still come).
     wait_until(Duration::from_secs(5), "no thread waits on the exec's FIFO", || fifo_waits() <= waits_before);
     // stdin reaches an exec and its end ends the process.
-    let mut child = std::process::Command::new("ctr")
+    let mut child = std::process::Command::new(tests::containerd::bin("ctr"))
         .args(["-a", c.sock().to_str().unwrap(), "task", "exec", "--exec-id", "e2", "wx1", "cat"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1084,7 +1100,7 @@ fn exec_in_a_running_container_and_kill_reach_its_processes_in_the_vm() {
     // An exec ended by a signal the runtime sent exits 128+N, as under runc: 143 for SIGTERM,
     // 137 for SIGKILL (the agents report N).
     for (sig, code) in [("SIGTERM", 143), ("SIGKILL", 137)] {
-        let exec = std::process::Command::new("ctr")
+        let exec = std::process::Command::new(tests::containerd::bin("ctr"))
             .args(["-a", c.sock().to_str().unwrap(), "task", "exec", "--exec-id", "sig1", "wx1", "sleep", "4243"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
