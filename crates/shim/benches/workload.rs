@@ -2,7 +2,8 @@
 //! 3.2.0): `ctr run` of a command to the container's first output, against `ctr run -d` of the
 //! sandbox alone (VM and network up, the image's command started) in the same runs; the `ctr
 //! task exec` round trip of `true`, against `ctr task ls` (containerd alone) as baseline; and the
-//! memory virtiofsd adds to a sandbox (resident set of its processes) against QEMU's. Medians.
+//! memory virtiofsd adds to a sandbox (resident set of its processes) against QEMU's; the pod's
+//! overhead on the host (shim, helpers and QEMU resident), against the VM's memory. Medians.
 
 use std::io::Read;
 use std::path::Path;
@@ -83,6 +84,11 @@ fn bench(agent: Agent, runs: usize) {
     let fsd = rss_of(&run, "/usr/local/bin/virtiofsd");
     let qemu = qemu_pid_in(&run).map(vm_rss).unwrap_or(0);
     assert!(processes_naming(&run, "/usr/local/bin/virtiofsd") >= 1);
+    // The pod's overhead on the host (what the RuntimeClass's `overhead.podFixed` covers): the
+    // shim, its helpers (virtiofsd, the vsock backend) and QEMU, resident.
+    let shim = c.shim_pid("bx").map(vm_rss).unwrap_or(0);
+    let helpers = rss_of(&run, "/usr/local/bin/virtiofsd") + rss_of(&run, "vhost-device-vsock");
+    let overhead = shim + helpers + qemu;
     c.remove_sandbox("bx");
     let (f, d, e, l) = (median(first), median(detached), median(exec), median(ls));
     println!("workload bench, {agent:?} agent ({runs} runs, medians, TCG):");
@@ -91,6 +97,15 @@ fn bench(agent: Agent, runs: usize) {
     println!(
         "  virtiofsd per sandbox        {fsd:8} KiB RSS ({:.3}x QEMU's {qemu} KiB)",
         fsd as f64 / qemu.max(1) as f64
+    );
+    println!(
+        "  pod overhead on the host     {:8.1} MiB RSS (shim {:.1}, helpers {:.1}, QEMU {:.1}; {:.2}x the VM's {} MiB)",
+        overhead as f64 / 1024.0,
+        shim as f64 / 1024.0,
+        helpers as f64 / 1024.0,
+        qemu as f64 / 1024.0,
+        overhead as f64 / 1024.0 / 512.0,
+        512
     );
 }
 

@@ -35,6 +35,10 @@ pub struct Runtime {
     /// Containers' seccomp profiles are not given to the guest (kata's key; kata's stock file
     /// sets it, its absence means they are).
     pub disable_guest_seccomp: bool,
+    /// The VM is sized from the pod before it boots (kata's key): the sandbox sizing containerd
+    /// passes (`io.kubernetes.cri.sandbox-cpu-*`, `-memory`) is added to `default_vcpus` and
+    /// `default_memory`, and the NICs' queues follow the vCPUs.
+    pub static_sandbox_resource_mgmt: bool,
 }
 
 impl Default for Runtime {
@@ -46,6 +50,7 @@ impl Default for Runtime {
             run_dir: PathBuf::from(netmgmt::paths::DEFAULT_RUN_DIR),
             follow_netns: true,
             disable_guest_seccomp: false,
+            static_sandbox_resource_mgmt: false,
         }
     }
 }
@@ -354,5 +359,16 @@ dan_conf = "/run/kata-containers/dans"
         // kata's place for the factory mode.
         let on = text.replace("[factory]\nenable_template = false", "[factory]\nenable_template = true");
         assert!(Config::parse(&on, &p()).unwrap().hypervisor.qemu.enable_template);
+    }
+
+    /// The commented file in `deploy/` names only keys this runtime reads (its paths are
+    /// `make install`'s, so only the keys are checked here).
+    #[test]
+    fn the_deploy_files_keys_are_all_known() {
+        let text = include_str!("../../../deploy/configuration.toml");
+        let mut t: toml::Table = toml::from_str(text).unwrap();
+        assert_eq!(crate::kata_compat::strip(&mut t).unwrap(), Vec::<String>::new(), "no kata key ignored");
+        let c: Config = toml::from_str(text).unwrap();
+        assert!(!c.runtime.static_sandbox_resource_mgmt && !c.runtime.disable_guest_seccomp);
     }
 }

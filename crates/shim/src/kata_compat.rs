@@ -83,7 +83,6 @@ const RUNTIME_IGNORED: &[&str] = &[
     "jaeger_user",
     "jaeger_password",
     "sandbox_cgroup_only",
-    "static_sandbox_resource_mgmt",
     "sandbox_bind_mounts",
     "vfio_mode",
     "disable_guest_empty_dir",

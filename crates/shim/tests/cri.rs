@@ -275,7 +275,18 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     let d = n.dir.0.display().to_string();
     let cri = cri_client(n.sock.clone()).await;
     let mut pod = pod_config(&d);
+    // The VM sized from the pod (kata's static_sandbox_resource_mgmt): 2 CPUs and 256 MiB on
+    // top of the runtime's default 1 vCPU and 512 MiB.
+    let conf = n.dir.0.join("configuration.toml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}static_sandbox_resource_mgmt = true\n")).unwrap();
     pod.linux = Some(LinuxPodSandboxConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 200_000,
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
         sysctls: [("kernel.shm_rmid_forced".to_owned(), "1".to_owned())].into(),
         // A privileged pod, so that one of its containers may be.
         security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext { privileged: true, ..Default::default() }),
@@ -292,6 +303,7 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     };
     // One pod for every case (a VM under TCG is slow to start), each case a phase.
     let (own, filtered) = own_pid_namespace_sysctls_and_defaults(&mut p).await;
+    the_vm_is_sized_from_the_pod(&mut p, &own).await;
     let bare = seccomp_profiles_and_capabilities(&mut p, filtered).await;
     the_pods_pid_namespace(&mut p).await;
     kernel_modules_on_demand(&mut p).await;
@@ -353,6 +365,20 @@ async fn own_pid_namespace_sysctls_and_defaults(p: &mut Pod<'_>) -> (String, boo
     assert!(out.contains("pinged"), "NET_RAW is a default capability: {out}");
 
     (own, filtered)
+}
+
+/// 1 + 2 vCPUs (the pod's quota over its period), 512 + 256 MiB, and a queue pair per vCPU on
+/// the pod's NIC, as the guest's kernel sees them.
+async fn the_vm_is_sized_from_the_pod(p: &mut Pod<'_>, own: &str) {
+    let script = "nproc; grep MemTotal /proc/meminfo; ls -d /sys/class/net/eth0/queues/rx-* | wc -l";
+    let (code, out) = p.exec(own, script).await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "3", "vCPUs: {out}");
+    let kib: u64 = lines[1].split_whitespace().nth(1).and_then(|k| k.parse().ok()).expect("MemTotal");
+    // The kernel keeps some for itself: more than 512 MiB shows the pod's 256 MiB arrived.
+    assert!(kib > 600 << 10 && kib <= 768 << 10, "memory: {out}");
+    assert_eq!(lines[2], "3", "the NIC's queues follow the vCPUs: {out}");
 }
 
 /// Seccomp's localhost and unconfined profiles, and a dropped capability; returns the

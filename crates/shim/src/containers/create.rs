@@ -58,6 +58,7 @@ impl Containers {
     /// the VM when containers run there. On failure nothing is left.
     async fn create_sandbox(&self, c: &NewContainer, spec: oci_spec::runtime::Spec) -> Result<Entry> {
         let config = self.config.as_ref().map_err(|e| Error::BadConfig(e.clone()))?;
+        let config = &sized(config, &spec)?;
         let net = tokio::task::spawn_blocking(move || SpecNetwork::from_spec(&spec))
             .await
             .map_err(|e| Error::Dns(format!("reading the spec's DNS: {e}")))??;
@@ -175,6 +176,23 @@ impl Containers {
         }
         Ok(pid)
     }
+}
+
+/// The configuration for this sandbox: with `static_sandbox_resource_mgmt`, the pod's sizing
+/// added to the default vCPUs and memory (the NICs' queues follow the vCPUs), checked again.
+fn sized(config: &crate::config::Config, spec: &oci_spec::runtime::Spec) -> Result<crate::config::Config> {
+    let mut c = config.clone();
+    if !c.runtime.static_sandbox_resource_mgmt {
+        return Ok(c);
+    }
+    let s = sandbox::Sizing::from_annotations(spec.annotations().as_ref());
+    let q = &mut c.hypervisor.qemu;
+    q.default_vcpus = q.default_vcpus.saturating_add(s.vcpus);
+    q.default_memory = q.default_memory.saturating_add(s.memory_mib);
+    q.validate().map_err(|e| {
+        Error::Spec(format!("the pod's sizing (static_sandbox_resource_mgmt): {}", crate::error::message(&e)))
+    })?;
+    Ok(c)
 }
 
 fn entry(

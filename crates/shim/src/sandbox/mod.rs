@@ -32,7 +32,7 @@ pub use follow::{PodLinks, PodNic};
 pub use iface::Added;
 pub(crate) use nic_counters::NicCounters;
 pub use routes::RouteTable;
-pub(crate) use spec::{sandbox_of, SpecNetwork};
+pub(crate) use spec::{sandbox_of, Sizing, SpecNetwork};
 pub use start::start;
 pub(crate) use state::{claim_run_dir, own_netns_path, run_dir_held};
 pub use state::{netns_identity, SandboxState};

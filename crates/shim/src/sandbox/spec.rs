@@ -87,6 +87,32 @@ pub fn sandbox_of(annotations: Option<&std::collections::HashMap<String, String>
     }
 }
 
+/// containerd's sandbox sizing annotations (containerd 1.6+, Kubernetes 1.23+): the pod's CPU
+/// quota and period, and its memory limit in bytes.
+const CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+const CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+const MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+
+/// What the pod asks of the VM beyond the runtime's defaults, as kata computes it: vCPUs
+/// `ceil(quota / period)`, memory in whole MiB. Missing or unusable annotations ask nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sizing {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Sizing {
+    pub fn from_annotations(a: Option<&std::collections::HashMap<String, String>>) -> Sizing {
+        let num = |k: &str| a.and_then(|a| a.get(k)).and_then(|v| v.trim().parse::<i64>().ok()).filter(|n| *n > 0);
+        let vcpus = match (num(CPU_QUOTA), num(CPU_PERIOD)) {
+            (Some(q), Some(p)) => u32::try_from((q + p - 1) / p).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        let memory_mib = num(MEMORY).map_or(0, |b| u32::try_from((b + (1 << 20) - 1) >> 20).unwrap_or(u32::MAX));
+        Sizing { vcpus, memory_mib }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +128,18 @@ mod tests {
         assert_eq!(sandbox_of(Some(&pause)), None);
         assert_eq!(sandbox_of(Some(&a(&[(SANDBOX_ID, "pod1")]))), None, "ctr run: no container type");
         assert_eq!(sandbox_of(None), None);
+    }
+
+    #[test]
+    fn the_pods_sizing_is_kata_s() {
+        let a = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let pod = a(&[(CPU_QUOTA, "150000"), (CPU_PERIOD, "100000"), (MEMORY, "268435456")]);
+        assert_eq!(Sizing::from_annotations(Some(&pod)), Sizing { vcpus: 2, memory_mib: 256 });
+        let odd = a(&[(CPU_QUOTA, "-1"), (CPU_PERIOD, "100000"), (MEMORY, "1")]);
+        assert_eq!(Sizing::from_annotations(Some(&odd)), Sizing { vcpus: 0, memory_mib: 1 }, "no quota: no vCPUs");
+        assert_eq!(Sizing::from_annotations(None), Sizing::default());
+        assert_eq!(Sizing::from_annotations(Some(&a(&[(MEMORY, "lots")]))), Sizing::default());
     }
 }
