@@ -149,37 +149,33 @@ impl CriNode {
 /// plugins from Debian; version 2 for containerd 1.x, 3 for 2.x.
 fn cri_config(d: &str) -> String {
     let head = crate::containerd::config_head(d, &[]);
-    match crate::containerd::is_v2() {
-        false => format!(
-            r#"{head}[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    // 1.x: one CRI plugin; 2.x: the runtime's and the images' plugins apart.
+    let (runtime, images, image_key, bins) = match crate::containerd::is_v2() {
+        false => (
+            "io.containerd.grpc.v1.cri",
+            String::new(),
+            format!("  sandbox_image = \"{IMAGE}\"\n"),
+            "bin_dir = \"/usr/lib/cni\"",
+        ),
+        true => (
+            "io.containerd.cri.v1.runtime",
+            format!("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{IMAGE}\"\n"),
+            String::new(),
+            "bin_dirs = [\"/usr/lib/cni\"]",
+        ),
+    };
+    format!(
+        r#"{head}{images}[plugins."{runtime}"]
+{image_key}  restrict_oom_score_adj = true
+  [plugins."{runtime}".cni]
+    {bins}
     conf_dir = "{d}/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+  [plugins."{runtime}".containerd]
     default_runtime_name = "kata"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+  [plugins."{runtime}".containerd.runtimes.kata]
     runtime_type = "io.containerd.kata.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata.options]
+    [plugins."{runtime}".containerd.runtimes.kata.options]
       ConfigPath = "{d}/configuration.toml"
 "#
-        ),
-        true => format!(
-            r#"{head}[plugins."io.containerd.cri.v1.images".pinned_images]
-  sandbox = "{IMAGE}"
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "{d}/net.d"
-  [plugins."io.containerd.cri.v1.runtime".containerd]
-    default_runtime_name = "kata"
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.kata]
-    runtime_type = "io.containerd.kata.v2"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.kata.options]
-      ConfigPath = "{d}/configuration.toml"
-"#
-        ),
-    }
+    )
 }
