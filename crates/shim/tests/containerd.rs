@@ -70,7 +70,8 @@ fn factory_mode_hotplugs_the_pod_nic_and_the_guest_configures_it() {
     let (c, cni, before) = start_with_pod("factory");
     let conf = kata_conf(&c.run_dir()).replace("[agent.kata]", "enable_template = true\n[agent.kata]");
     std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
-    let dns = "io.katacontainers.sandbox_dns=nameserver 10.96.0.10,search svc.cluster.local";
+    // The DNS annotation in openEuler's JSON form (the other tests give the line form).
+    let dns = r#"io.katacontainers.sandbox_dns={"Servers":["10.96.0.10"],"Searches":["svc.cluster.local"]}"#;
     let out = c.run("sbf", &cni.pod.path(), &["--annotation", dns]);
     assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);

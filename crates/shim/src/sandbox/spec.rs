@@ -33,7 +33,10 @@ impl SpecNetwork {
             if v.len() as u64 > MAX_DNS_BYTES {
                 return Err(Error::Dns(format!("annotation {DNS_ANNOTATION}: larger than {MAX_DNS_BYTES} bytes")));
             }
-            v.replace(',', "\n")
+            match v.trim_start().starts_with('{') {
+                true => dns_from_json(v)?,
+                false => v.replace(',', "\n"),
+            }
         } else if let Some(src) = spec
             .mounts()
             .as_ref()
@@ -48,6 +51,46 @@ impl SpecNetwork {
             text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
         Ok(Self { netns, hostname: spec.hostname().clone().unwrap_or_default().chars().take(64).collect(), dns })
     }
+}
+
+/// openEuler's JSON form of the DNS annotation, `{"Servers": [..], "Domain": "..", "Searches":
+/// [..], "Options": [..]}`, as resolv.conf lines. Servers must be IP addresses, and no value may
+/// hold whitespace or a control character (nothing can add a line of its own).
+fn dns_from_json(v: &str) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "PascalCase")]
+    struct Dns {
+        #[serde(default)]
+        servers: Vec<String>,
+        #[serde(default)]
+        domain: String,
+        #[serde(default)]
+        searches: Vec<String>,
+        #[serde(default)]
+        options: Vec<String>,
+    }
+    let bad = |why: String| Error::Dns(format!("annotation {DNS_ANNOTATION}: {why}"));
+    let d: Dns = serde_json::from_str(v).map_err(|e| bad(e.to_string()))?;
+    let word = |field: &str, w: &str| match !w.is_empty() && !w.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        true => Ok(()),
+        false => Err(bad(format!("{field}: {w:?} is not one word"))),
+    };
+    let mut lines = Vec::new();
+    for s in &d.servers {
+        s.parse::<std::net::IpAddr>().map_err(|_| bad(format!("Servers: {s:?} is not an IP address")))?;
+        lines.push(format!("nameserver {s}"));
+    }
+    if !d.domain.is_empty() {
+        word("Domain", &d.domain)?;
+        lines.push(format!("domain {}", d.domain));
+    }
+    for (field, list, key) in [("Searches", &d.searches, "search"), ("Options", &d.options, "options")] {
+        list.iter().try_for_each(|w| word(field, w))?;
+        if !list.is_empty() {
+            lines.push(format!("{key} {}", list.join(" ")));
+        }
+    }
+    Ok(lines.join("\n"))
 }
 
 /// The file mounted at `/etc/resolv.conf`: a regular file of at most [`MAX_DNS_BYTES`].
@@ -141,5 +184,29 @@ mod tests {
         assert_eq!(Sizing::from_annotations(Some(&odd)), Sizing { vcpus: 0, memory_mib: 1 }, "no quota: no vCPUs");
         assert_eq!(Sizing::from_annotations(None), Sizing::default());
         assert_eq!(Sizing::from_annotations(Some(&a(&[(MEMORY, "lots")]))), Sizing::default());
+    }
+
+    #[test]
+    fn openeulers_json_dns_becomes_resolv_conf_lines_and_bad_values_are_refused() {
+        let lines = dns_from_json(
+            r#"{"Servers":["10.96.0.10","fd00::a"],"Domain":"cluster.local","Searches":["default.svc.cluster.local","svc.cluster.local"],"Options":["ndots:5"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            lines,
+            "nameserver 10.96.0.10\nnameserver fd00::a\ndomain cluster.local\n\
+             search default.svc.cluster.local svc.cluster.local\noptions ndots:5"
+        );
+        assert_eq!(dns_from_json("{}").unwrap(), "");
+        for (bad, why) in [
+            (r#"{"Servers":["dns.example"]}"#, "Servers: \"dns.example\" is not an IP address"),
+            (r#"{"Searches":["a\nnameserver 6.6.6.6"]}"#, "Searches"),
+            (r#"{"Options":["ndots:5 rotate"]}"#, "Options"),
+            (r#"{"Servers":"10.0.0.1"}"#, "invalid type"),
+            (r#"{"Nameservers":[]}"#, "unknown field `Nameservers`"),
+        ] {
+            let e = dns_from_json(bad).unwrap_err().to_string();
+            assert!(e.contains(DNS_ANNOTATION) && e.contains(why), "{bad}: {e}");
+        }
     }
 }
