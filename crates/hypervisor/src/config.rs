@@ -101,6 +101,11 @@ pub struct QemuConfig {
     pub enable_vhost_user_store: bool,
     /// Where they are: `<path>/vhostuser_<pod IPv4>/vhu.sock`; every part must be root's.
     pub vhost_user_store_path: PathBuf,
+    /// What each NIC of the VM may receive, in bits per second (kata's key; 0: no limit): an HTB
+    /// on the NIC's host side (`network::shaping`).
+    pub rx_rate_limiter_max_rate: u64,
+    /// What each NIC of the VM may send, in bits per second (kata's key; 0: no limit).
+    pub tx_rate_limiter_max_rate: u64,
 }
 
 impl Default for QemuConfig {
@@ -127,6 +132,8 @@ impl Default for QemuConfig {
             virtio_fs_extra_args: Vec::new(),
             enable_vhost_user_store: false,
             vhost_user_store_path: PathBuf::from("/var/run/kata-containers/vhost-user"),
+            rx_rate_limiter_max_rate: 0,
+            tx_rate_limiter_max_rate: 0,
         }
     }
 }
@@ -180,6 +187,12 @@ impl GuestRoot<'_> {
 }
 
 impl QemuConfig {
+    /// The node's limits on every NIC (0 in a key: none that way).
+    pub fn rate_limit(&self) -> network::RateLimit {
+        let some = |r: u64| (r != 0).then_some(r);
+        network::RateLimit { rx_bps: some(self.rx_rate_limiter_max_rate), tx_bps: some(self.tx_rate_limiter_max_rate) }
+    }
+
     /// Fill in what the file left out: the guest is ours where `make install` put it, else
     /// kata-deploy's where that is installed (kernel `vmlinux.container`, image
     /// `kata-containers.img`), else ours (and the check names the missing file).
@@ -239,6 +252,14 @@ impl QemuConfig {
             file("image_boot_initrd", &self.image_boot_initrd)?;
         }
         in_range("default_vcpus", self.default_vcpus.into(), "", 1, 255)?;
+        for (key, rate) in [
+            ("rx_rate_limiter_max_rate", self.rx_rate_limiter_max_rate),
+            ("tx_rate_limiter_max_rate", self.tx_rate_limiter_max_rate),
+        ] {
+            if rate != 0 {
+                in_range(key, rate, " bits/s", 1_000, 1_000_000_000_000_000)?;
+            }
+        }
         in_range("default_memory", self.default_memory.into(), " MiB", 128, 1_048_576)?;
         let max_slots = match self.machine_type {
             MachineType::Q35 => 14,

@@ -12,11 +12,14 @@ pub mod nl;
 pub mod rollback;
 pub mod run_dir;
 pub mod scan;
+pub mod shaping;
 pub mod trust;
 pub mod types;
 
 pub use ctx::{Changes, NetCtx};
-pub use endpoint::{attach_all, attach_all_with, detach_all, Attached, Endpoint, EndpointConfig, EndpointState};
+pub use endpoint::{
+    attach_all, attach_all_with, detach_all, sweep_tags, Attached, Endpoint, EndpointConfig, EndpointState,
+};
 pub use error::{Error, Result};
 pub use model::Connection;
 pub use netns::NetNs;
@@ -24,4 +27,5 @@ pub use nic::{NicBackend, NicConfig, NicHotplug};
 pub use rollback::{NoNics, Rollback, Undo};
 pub use run_dir::{BadId, RunDir, SandboxId};
 pub use scan::{scan, scan_routes, Link, LinkKind, Neighbor, NetworkInfo, Route};
+pub use shaping::RateLimit;
 pub use types::{IfName, MacAddr, NetworkModel, ParseError, PciPath};

@@ -19,7 +19,7 @@ const EEXIST: i32 = libc::EEXIST;
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_HANDLE: u32 = 0xffff_0000;
 
-fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,
@@ -32,7 +32,7 @@ pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32
         handle.link().get().match_name(name.to_owned()).execute().try_collect().await;
     match res {
         Ok(msgs) => Ok(msgs.first().map(|m| m.header.index)),
-        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
         Err(e) => Err(Error::netlink("look up", name)(e)),
     }
 }
@@ -54,11 +54,9 @@ pub struct LinkCounters {
 pub async fn link_counters(handle: &Handle, name: &str) -> Result<LinkCounters> {
     use netlink_packet_route::link::LinkAttribute;
     let msgs: Vec<LinkMessage> =
-        handle.link().get().match_name(name.to_owned()).execute().try_collect().await.map_err(|e| {
-            match errno_of(&e) {
-                Some(ENODEV) => Error::LinkNotFound(name.to_owned()),
-                _ => Error::netlink("read the counters of", name)(e),
-            }
+        handle.link().get().match_name(name.to_owned()).execute().try_collect().await.map_err(|e| match errno(&e) {
+            Some(ENODEV) => Error::LinkNotFound(name.to_owned()),
+            _ => Error::netlink("read the counters of", name)(e),
         })?;
     let stats = msgs.first().and_then(|m| {
         m.attributes.iter().find_map(|a| match a {
@@ -96,7 +94,7 @@ pub(crate) async fn ensure_absent(handle: &Handle, name: &IfName) -> Result<()> 
 pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
     let Some(index) = link_index(handle, name).await? else { return Ok(()) };
     match handle.link().del(index).execute().await {
-        Err(e) if errno_of(&e) != Some(ENODEV) => Err(Error::netlink("delete link", name)(e)),
+        Err(e) if errno(&e) != Some(ENODEV) => Err(Error::netlink("delete link", name)(e)),
         _ => Ok(()),
     }
 }
@@ -117,7 +115,7 @@ pub async fn delete_group(handle: &Handle, group: u32) -> Result<()> {
     let mut req = handle.link().del(0);
     req.message_mut().attributes.push(netlink_packet_route::link::LinkAttribute::Group(group));
     match req.execute().await {
-        Err(e) if errno_of(&e) != Some(ENODEV) => {
+        Err(e) if errno(&e) != Some(ENODEV) => {
             Err(Error::netlink("delete the runtime's devices in", "this namespace")(e))
         }
         _ => Ok(()),
@@ -138,7 +136,7 @@ pub(crate) async fn add_macvtap(handle: &Handle, name: &IfName, parent: u32, mac
         .link_group(RUNTIME_LINK_GROUP)
         .up()
         .build();
-    handle.link().add(msg).execute().await.map_err(|e| match errno_of(&e) {
+    handle.link().add(msg).execute().await.map_err(|e| match errno(&e) {
         Some(EEXIST) => Error::DeviceExists(name.to_string()),
         _ => Error::netlink("create macvtap", name.as_str())(e),
     })
@@ -152,15 +150,7 @@ pub(crate) async fn add_ingress(handle: &Handle, index: u32, name: &str) -> Resu
 /// `tc qdisc del dev <name> ingress`; a missing qdisc or link is fine.
 pub(crate) async fn del_ingress(handle: &Handle, name: &str) -> Result<()> {
     let Some(index) = link_index(handle, name).await? else { return Ok(()) };
-    let mut req = handle.qdisc().del(index as i32);
-    req.message_mut().header.parent = TcHandle::INGRESS;
-    req.message_mut().header.handle = TcHandle::from(INGRESS_HANDLE);
-    match req.execute().await {
-        Err(e) if !matches!(errno_of(&e), Some(ENOENT | EINVAL | ENODEV)) => {
-            Err(Error::netlink("delete ingress qdisc on", name)(e))
-        }
-        _ => Ok(()),
-    }
+    del_ingress_of(handle, index, name).await
 }
 
 /// `tc filter add dev <from> parent ffff: protocol all u32 match u32 0 0 action mirred egress
@@ -183,29 +173,47 @@ pub(crate) async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to
 /// devices' (a qdisc has no group).
 pub(crate) const RUNTIME_FILTER_PRIORITY: u16 = 0x6b61;
 
+/// Whether the link's ingress holds one of the runtime's filters (by their priority).
+async fn holds_own_filter(handle: &Handle, index: u32) -> bool {
+    let filters: Vec<_> = match handle.traffic_filter(index as i32).get().ingress().execute().try_collect().await {
+        Ok(f) => f,
+        Err(_) => return false,
+    };
+    filters.iter().any(|f| (f.header.info >> 16) as u16 == RUNTIME_FILTER_PRIORITY)
+}
+
+async fn del_ingress_of(handle: &Handle, index: u32, name: &str) -> Result<()> {
+    let mut req = handle.qdisc().del(index as i32);
+    req.message_mut().header.parent = TcHandle::INGRESS;
+    req.message_mut().header.handle = TcHandle::from(INGRESS_HANDLE);
+    match req.execute().await {
+        Err(e) if !matches!(errno(&e), Some(ENOENT | EINVAL | ENODEV)) => {
+            Err(Error::netlink("delete ingress qdisc on", name)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Delete the link's ingress qdisc when it holds one of the runtime's filters; another's ingress,
+/// or no link, is left as it is.
+pub(crate) async fn del_own_ingress(handle: &Handle, name: &str) -> Result<()> {
+    let Some(index) = link_index(handle, name).await? else { return Ok(()) };
+    if holds_own_filter(handle, index).await {
+        del_ingress_of(handle, index, name).await?;
+    }
+    Ok(())
+}
+
 /// Remove the ingress qdisc of every link that holds one of the runtime's redirect filters (the
-/// tc filter model makes its own ingress qdisc and refuses a link that has one): what `delete`
-/// finds of the model without a state file.
+/// tc filter model and a rate limit's IFB make their own ingress qdisc and refuse a link that has
+/// one): what `delete` finds of them without a state file.
 pub async fn delete_tagged_ingress(handle: &Handle) -> Result<()> {
     let links: Vec<LinkMessage> =
         handle.link().get().execute().try_collect().await.map_err(Error::netlink("list links of", "the namespace"))?;
     for link in links {
         let index = link.header.index;
-        let filters: Vec<_> = match handle.traffic_filter(index as i32).get().ingress().execute().try_collect().await {
-            Ok(f) => f,
-            Err(_) => continue,
-        };
-        let ours = filters.iter().any(|f| (f.header.info >> 16) as u16 == RUNTIME_FILTER_PRIORITY);
-        if ours {
-            let mut req = handle.qdisc().del(index as i32);
-            req.message_mut().header.parent = TcHandle::INGRESS;
-            req.message_mut().header.handle = TcHandle::from(INGRESS_HANDLE);
-            match req.execute().await {
-                Err(e) if !matches!(errno_of(&e), Some(ENOENT | EINVAL | ENODEV)) => {
-                    return Err(Error::netlink("delete the ingress qdisc of link", index.to_string())(e))
-                }
-                _ => {}
-            }
+        if holds_own_filter(handle, index).await {
+            del_ingress_of(handle, index, &format!("link {index}")).await?;
         }
     }
     Ok(())
@@ -224,9 +232,7 @@ pub async fn del_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNe
     for msg in msgs {
         if crate::scan::address_of(&msg).is_some_and(|n| nets.contains(&n)) {
             match handle.address().del(msg).execute().await {
-                Err(e) if errno_of(&e) != Some(EADDRNOTAVAIL) => {
-                    return Err(Error::netlink("delete address of", name)(e))
-                }
+                Err(e) if errno(&e) != Some(EADDRNOTAVAIL) => return Err(Error::netlink("delete address of", name)(e)),
                 _ => {}
             }
         }
@@ -245,7 +251,7 @@ pub async fn add_addresses(handle: &Handle, index: u32, name: &str, nets: &[IpNe
             req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match req.execute().await {
-            Err(e) if errno_of(&e) != Some(EEXIST) => return Err(Error::netlink("add address to", name)(e)),
+            Err(e) if errno(&e) != Some(EEXIST) => return Err(Error::netlink("add address to", name)(e)),
             _ => {}
         }
     }
@@ -298,9 +304,7 @@ pub async fn replace_routes(handle: &Handle, index: u32, routes: &[Route]) -> Re
 /// Delete a route through link `index`; a route already gone is fine.
 pub async fn delete_route(handle: &Handle, index: u32, r: &Route) -> Result<()> {
     match handle.route().del(route_message(r, index)?).execute().await {
-        Err(e) if errno_of(&e) != Some(libc::ESRCH) => {
-            Err(Error::netlink("delete a route through", r.device.as_str())(e))
-        }
+        Err(e) if errno(&e) != Some(libc::ESRCH) => Err(Error::netlink("delete a route through", r.device.as_str())(e)),
         _ => Ok(()),
     }
 }

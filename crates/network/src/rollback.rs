@@ -26,6 +26,14 @@ pub enum Undo {
     DeleteIngress {
         name: IfName,
     },
+    /// Delete the link's ingress qdisc when it holds one of the runtime's filters.
+    DeleteOwnIngress {
+        name: IfName,
+    },
+    /// Delete the link's root qdisc when it is the runtime's HTB (a rate limit).
+    DeleteOwnRoot {
+        name: IfName,
+    },
     SetMac {
         name: IfName,
         mac: MacAddr,
@@ -56,6 +64,8 @@ impl Undo {
         match self {
             Undo::DeleteLink { name } => nl::delete_link(handle, name.as_str()).await,
             Undo::DeleteIngress { name } => nl::del_ingress(handle, name.as_str()).await,
+            Undo::DeleteOwnIngress { name } => nl::del_own_ingress(handle, name.as_str()).await,
+            Undo::DeleteOwnRoot { name } => crate::shaping::delete_own_root(handle, name.as_str()).await,
             Undo::SetMac { name, mac } => {
                 let index = nl::require_link(handle, name.as_str()).await?;
                 nl::set_mac(handle, index, name.as_str(), *mac).await

@@ -53,8 +53,6 @@ const QEMU_IGNORED: &[&str] = &[
     "entropy_source",
     "valid_entropy_sources",
     "guest_hook_path",
-    "rx_rate_limiter_max_rate",
-    "tx_rate_limiter_max_rate",
     "guest_memory_dump_path",
     "guest_memory_dump_paging",
     "enable_guest_swap",

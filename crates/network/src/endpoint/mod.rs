@@ -42,11 +42,19 @@ pub struct EndpointConfig {
     /// default) turns the discovery off. A socket found there must pass
     /// [`trust::check_root_socket`](crate::trust::check_root_socket), or the scan fails.
     pub vhost_user_dir: Option<PathBuf>,
+    /// Rate limits on every NIC's host side ([`crate::shaping`]).
+    pub rate: crate::shaping::RateLimit,
 }
 
 impl Default for EndpointConfig {
     fn default() -> Self {
-        Self { model: NetworkModel::TcFilter, queues: 1, vhost_net: true, vhost_user_dir: None }
+        Self {
+            model: NetworkModel::TcFilter,
+            queues: 1,
+            vhost_net: true,
+            vhost_user_dir: None,
+            rate: Default::default(),
+        }
     }
 }
 
@@ -164,9 +172,11 @@ impl EndpointState {
         }
     }
 
-    /// Remove what the attach made. Safe to repeat; every step is tried.
+    /// Remove what the attach made, its rate limits first. Safe to repeat; every step is tried.
     pub async fn detach(&self, ctx: &NetCtx) -> Result<()> {
-        rollback::run_all(ctx, &self.teardown()).await
+        let mut steps = crate::shaping::teardown(self);
+        steps.extend(self.teardown());
+        rollback::run_all(ctx, &steps).await
     }
 }
 
@@ -357,6 +367,9 @@ pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
             first = r;
         }
     };
+    for s in states.iter().flat_map(crate::shaping::teardown) {
+        keep(s.run(ctx).await);
+    }
     let steps: Vec<Vec<Undo>> = states.iter().map(EndpointState::teardown).collect();
     for s in steps.iter().flatten().filter(|u| matches!(u, Undo::DeleteIngress { .. })) {
         keep(s.run(ctx).await);
@@ -368,6 +381,32 @@ pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
         keep(s.run(ctx).await);
     }
     first
+}
+
+/// Apply the configured rate limits to an attached NIC; on failure it is detached again.
+async fn limit(ctx: &NetCtx, a: Attached, cfg: &EndpointConfig) -> Result<Attached> {
+    let mut rb = Rollback::new(ctx);
+    match crate::shaping::apply(ctx, &a.state, cfg.rate, a.nic.mtu, &mut rb).await {
+        Ok(()) => {
+            rb.commit();
+            Ok(a)
+        }
+        Err(e) => {
+            let _ = rb.undo().await;
+            let _ = a.state.detach(ctx).await;
+            Err(e)
+        }
+    }
+}
+
+/// Remove whatever carries the runtime's tags in the namespace, without a record to go by: every
+/// ingress qdisc holding its redirect filters (by their priority), every root HTB of its (by
+/// handle), every device of its link group. Every step is tried; the first error is returned.
+pub async fn sweep_tags(ctx: &NetCtx) -> Result<()> {
+    let ingress = crate::nl::delete_tagged_ingress(&ctx.handle).await;
+    let roots = crate::shaping::delete_tagged_roots(&ctx.handle).await;
+    let group = crate::nl::delete_group(&ctx.handle, crate::nl::RUNTIME_LINK_GROUP).await;
+    ingress.and(roots).and(group)
 }
 
 /// Attach every endpoint; when one fails, the ones attached before it are detached again.
@@ -385,7 +424,12 @@ pub async fn attach_all_with(
 ) -> Result<Vec<Attached>> {
     let mut done: Vec<Attached> = Vec::with_capacity(eps.len());
     for (i, ep) in eps.iter().enumerate() {
-        let attached = ep.attach(ctx, cfg).await.and_then(|a| {
+        let attached = ep.attach(ctx, cfg).await;
+        let attached = match attached {
+            Ok(a) => limit(ctx, a, cfg).await,
+            Err(e) => Err(e),
+        };
+        let attached = attached.and_then(|a| {
             let checked = after(i, &a);
             done.push(a);
             checked

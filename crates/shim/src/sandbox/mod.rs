@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 mod agent_double;
+mod bandwidth;
 mod channel;
 mod follow;
 mod helpers;

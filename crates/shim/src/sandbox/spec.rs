@@ -12,6 +12,8 @@ pub struct SpecNetwork {
     pub netns: Option<PathBuf>,
     pub hostname: String,
     pub dns: Vec<String>,
+    /// The pod's own rate limits (Kubernetes' bandwidth annotations).
+    pub rate: network::RateLimit,
 }
 
 /// The most DNS text read from the annotation or the resolv.conf file (glibc reads far less).
@@ -49,7 +51,8 @@ impl SpecNetwork {
         };
         let dns =
             text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
-        Ok(Self { netns, hostname: spec.hostname().clone().unwrap_or_default().chars().take(64).collect(), dns })
+        let rate = super::bandwidth::from_annotations(spec.annotations().as_ref())?;
+        Ok(Self { netns, hostname: spec.hostname().clone().unwrap_or_default().chars().take(64).collect(), dns, rate })
     }
 }
 

@@ -163,7 +163,7 @@ impl Start<'_> {
     async fn network(&mut self, net: &SpecNetwork) -> Result<Network> {
         let t = Instant::now();
         let ctx = self.namespace(net)?;
-        let (info, eps, ep_cfg) = self.scan(&ctx).await?;
+        let (info, eps, ep_cfg) = self.scan(&ctx, net.rate).await?;
         let scan_ms = ms(t);
         let t = Instant::now();
         let attached = self.attach(&ctx, &eps, &ep_cfg).await?;
@@ -269,8 +269,13 @@ impl Start<'_> {
         Ok(NetCtx::open(ns, self.log.clone())?)
     }
 
-    /// The namespace's links, addresses, routes and neighbours, and an endpoint per link.
-    async fn scan(&self, ctx: &NetCtx) -> Result<(NetworkInfo, Vec<Endpoint>, EndpointConfig)> {
+    /// The namespace's links, addresses, routes and neighbours, and an endpoint per link. Its
+    /// NICs are limited to the lower of the node's and the pod's rates (`pod`).
+    async fn scan(
+        &self,
+        ctx: &NetCtx,
+        pod: network::RateLimit,
+    ) -> Result<(NetworkInfo, Vec<Endpoint>, EndpointConfig)> {
         let info = ctx.scan().await?;
         let qemu = &self.cfg.hypervisor.qemu;
         let ep_cfg = EndpointConfig {
@@ -278,6 +283,7 @@ impl Start<'_> {
             queues: self.cfg.queues(),
             vhost_net: !self.cfg.hypervisor.qemu.disable_vhost_net,
             vhost_user_dir: qemu.enable_vhost_user_store.then(|| qemu.vhost_user_store_path.clone()),
+            rate: qemu.rate_limit().min(pod),
         };
         let eps = Endpoint::from_scan(&info, &ep_cfg)?;
         Ok((info, eps, ep_cfg))

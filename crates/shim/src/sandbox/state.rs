@@ -146,7 +146,8 @@ impl SandboxState {
 impl SandboxState {
     /// Undo the recorded endpoints. Without a record to go by (`by_tags`: the state file was
     /// missing or unreadable), what carries the runtime's tags goes instead: every device of its
-    /// link group, every ingress qdisc holding its redirect filters (by their priority). Every
+    /// link group, every ingress qdisc holding its redirect filters (by their priority), every root
+    /// HTB of its rate limits (by handle). Every
     /// step is recorded before it is taken otherwise, so a normal teardown needs no sweep.
     async fn detach(&self, ctx: &NetCtx, run_dir: Option<&Path>) -> Result<()> {
         let recorded = network::detach_all(ctx, &self.endpoints).await;
@@ -163,10 +164,7 @@ impl SandboxState {
                 path: ctx.netns.path().to_owned(),
             }));
         }
-        recorded
-            .and(network::nl::delete_tagged_ingress(&ctx.handle).await)
-            .and(network::nl::delete_group(&ctx.handle, network::nl::RUNTIME_LINK_GROUP).await)
-            .map_err(Error::from)
+        recorded.and(network::sweep_tags(ctx).await).map_err(Error::from)
     }
 
     /// Detach the endpoints in `ns` and remove it if it is the shim's own. Both are tried.

@@ -136,6 +136,7 @@ mod tests {
             netns: None,
             hostname: "pod-a".into(),
             dns: vec!["nameserver 10.96.0.10".into()],
+            rate: Default::default(),
         };
         let agent = AgentDouble::default();
         let routes = super::sync_agent(&agent, &g, "sb1", &net, Vec::new()).await.unwrap();
