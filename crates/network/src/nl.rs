@@ -4,7 +4,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::link::{LinkMessage, MacVtapMode};
 use netlink_packet_route::route::{RouteAttribute, RouteMetric, RouteProtocol, RouteScope};
-use netlink_packet_route::tc::TcHandle;
+use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::{Handle, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{Error, Result};
@@ -169,6 +169,10 @@ pub(crate) async fn add_redirect(handle: &Handle, from: u32, from_name: &str, to
         .map_err(Error::netlink("add redirect filter on", from_name))
 }
 
+/// The major number of the runtime's HTB qdiscs (rate limits: `crate::shaping`), "ka" as its
+/// filters' priority.
+pub const HTB_MAJOR: u16 = 0x6b61;
+
 /// The priority (`pref`) of the runtime's redirect filters: its tag, as the link group is its
 /// devices' (a qdisc has no group).
 pub(crate) const RUNTIME_FILTER_PRIORITY: u16 = 0x6b61;
@@ -320,4 +324,42 @@ pub async fn replace_neighbors(handle: &Handle, index: u32, name: &str, neighbor
         req.execute().await.map_err(Error::netlink("restore a neighbour on", name))?;
     }
     Ok(())
+}
+
+/// The root qdisc of `dev`: its handle's major and kind. `None` when the device is gone.
+pub(crate) async fn root_qdisc(handle: &Handle, dev: &str) -> Result<Option<(u16, String)>> {
+    let Some(index) = link_index(handle, dev).await? else { return Ok(None) };
+    let msgs: Vec<TcMessage> = handle
+        .qdisc()
+        .get()
+        .index(index as i32)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(Error::netlink("list qdiscs of", dev))?;
+    Ok(msgs.iter().find(|m| m.header.index == index as i32 && m.header.parent == TcHandle::ROOT).map(|m| {
+        let kind = m.attributes.iter().find_map(|a| match a {
+            TcAttribute::Kind(k) => Some(k.clone()),
+            _ => None,
+        });
+        (m.header.handle.major, kind.unwrap_or_default())
+    }))
+}
+
+/// Delete `dev`'s root qdisc when it is the runtime's HTB; anything else (or no device) is left.
+pub(crate) async fn delete_own_root(handle: &Handle, dev: &str) -> Result<()> {
+    let Some(index) = link_index(handle, dev).await? else { return Ok(()) };
+    match root_qdisc(handle, dev).await? {
+        Some((major, _)) if major == HTB_MAJOR => {}
+        _ => return Ok(()),
+    }
+    let mut req = handle.qdisc().del(index as i32);
+    req.message_mut().header.parent = TcHandle::ROOT;
+    req.message_mut().header.handle = TcHandle { major: HTB_MAJOR, minor: 0 };
+    match req.execute().await {
+        Err(e) if !matches!(errno(&e), Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)) => {
+            Err(Error::netlink("delete the HTB qdisc on", dev)(e))
+        }
+        _ => Ok(()),
+    }
 }

@@ -65,7 +65,7 @@ impl Undo {
             Undo::DeleteLink { name } => nl::delete_link(handle, name.as_str()).await,
             Undo::DeleteIngress { name } => nl::del_ingress(handle, name.as_str()).await,
             Undo::DeleteOwnIngress { name } => nl::del_own_ingress(handle, name.as_str()).await,
-            Undo::DeleteOwnRoot { name } => crate::shaping::delete_own_root(handle, name.as_str()).await,
+            Undo::DeleteOwnRoot { name } => nl::delete_own_root(handle, name.as_str()).await,
             Undo::SetMac { name, mac } => {
                 let index = nl::require_link(handle, name.as_str()).await?;
                 nl::set_mac(handle, index, name.as_str(), *mac).await

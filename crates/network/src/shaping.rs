@@ -23,15 +23,12 @@ use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 
-use crate::endpoint::EndpointState;
 use crate::error::{Error, Result};
-use crate::model::Connection;
 use crate::rollback::{Rollback, Undo};
 use crate::types::IfName;
 use crate::{nl, NetCtx};
 
-/// The major number of the runtime's HTB qdiscs ("ka"), as its filters' priority.
-pub const HTB_MAJOR: u16 = 0x6b61;
+pub use crate::nl::HTB_MAJOR;
 
 /// Limits in bits per second, per direction as the VM sees it; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,30 +56,22 @@ impl RateLimit {
 
 /// Where one direction is shaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Point {
+pub enum Point {
     /// An HTB on this device's egress.
     Egress(IfName),
     /// This device's ingress redirected to the IFB, an HTB on the IFB's egress.
     Ingress { dev: IfName, ifb: IfName },
 }
 
-/// The two points of a NIC, `(rx, tx)`; `None` for a NIC with no kernel device (vhost-user).
-fn points(state: &EndpointState) -> Option<(Point, Point)> {
-    let via_ifb = |dev: &IfName| Point::Ingress { dev: dev.clone(), ifb: ifb_name(dev) };
-    match state {
-        EndpointState::Veth { connection, .. }
-        | EndpointState::BridgedTap { connection, .. }
-        | EndpointState::Macvlan { connection, .. }
-        | EndpointState::Ipvlan { connection, .. } => Some(match connection {
-            Connection::TcFilter { link, tap } => (Point::Egress(tap.clone()), Point::Egress(link.clone())),
-            Connection::Macvtap { macvtap, .. } => (via_ifb(macvtap), Point::Egress(macvtap.clone())),
-            Connection::Tap { tap } => (Point::Egress(tap.clone()), via_ifb(tap)),
-        }),
-        EndpointState::DirectTap { link, .. } => Some((Point::Egress(link.clone()), via_ifb(link))),
-        EndpointState::Macvtap { link } => Some((via_ifb(link), Point::Egress(link.clone()))),
-        EndpointState::VhostUser { .. } => None,
+impl Point {
+    /// `dev`'s ingress through its IFB.
+    pub fn via_ifb(dev: &IfName) -> Point {
+        Point::Ingress { dev: dev.clone(), ifb: ifb_name(dev) }
     }
 }
+
+/// Where a NIC is shaped: the direction the VM receives, then the one it sends.
+pub type Points = (Point, Point);
 
 /// The IFB for `dev`'s ingress: `kifb` and a hash of the device's name, so that the name follows
 /// from the endpoint's record alone.
@@ -92,14 +81,22 @@ pub(crate) fn ifb_name(dev: &IfName) -> IfName {
     format!("kifb{h:08x}").parse().expect("kifb and 8 hex digits is a valid name")
 }
 
-/// Apply `limit` to the NIC `state` describes; undo steps go onto `rb`. `mtu` sizes the burst.
-pub async fn apply(ctx: &NetCtx, state: &EndpointState, limit: RateLimit, mtu: u32, rb: &mut Rollback) -> Result<()> {
+/// Apply `limit` at `points` (`None`: a NIC with no kernel device, which cannot be limited) of
+/// the NIC of `link`; undo steps go onto `rb`. `mtu` sizes the burst.
+pub async fn apply(
+    ctx: &NetCtx,
+    link: &IfName,
+    points: Option<Points>,
+    limit: RateLimit,
+    mtu: u32,
+    rb: &mut Rollback,
+) -> Result<()> {
     if limit.is_none() {
         return Ok(());
     }
-    let Some((rx, tx)) = points(state) else {
+    let Some((rx, tx)) = points else {
         return Err(Error::Unsupported {
-            name: state.link().to_string(),
+            name: link.to_string(),
             what: "a rate limit on a vhost-user NIC (its frames pass no kernel device)",
         });
     };
@@ -122,10 +119,10 @@ pub async fn apply(ctx: &NetCtx, state: &EndpointState, limit: RateLimit, mtu: u
     Ok(())
 }
 
-/// The steps that remove what [`apply`] may have made for `state`: each finds its own tag first,
+/// The steps that remove what [`apply`] may have made at `points`: each finds its own tag first,
 /// so they are safe where nothing was limited (and leave an operator's own qdiscs alone).
-pub fn teardown(state: &EndpointState) -> Vec<Undo> {
-    let Some((rx, tx)) = points(state) else { return Vec::new() };
+pub fn teardown(points: Option<Points>) -> Vec<Undo> {
+    let Some((rx, tx)) = points else { return Vec::new() };
     let mut steps = Vec::new();
     for p in [rx, tx] {
         match p {
@@ -156,31 +153,11 @@ async fn add_ifb(handle: &Handle, name: &IfName, rb: &mut Rollback) -> Result<()
     Ok(())
 }
 
-/// The root qdisc of `dev`: its handle's major and kind. `None` when the device is gone.
-pub(crate) async fn root_qdisc(handle: &Handle, dev: &str) -> Result<Option<(u16, String)>> {
-    let Some(index) = nl::link_index(handle, dev).await? else { return Ok(None) };
-    let msgs: Vec<TcMessage> = handle
-        .qdisc()
-        .get()
-        .index(index as i32)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(Error::netlink("list qdiscs of", dev))?;
-    Ok(msgs.iter().find(|m| m.header.index == index as i32 && m.header.parent == TcHandle::ROOT).map(|m| {
-        let kind = m.attributes.iter().find_map(|a| match a {
-            TcAttribute::Kind(k) => Some(k.clone()),
-            _ => None,
-        });
-        (m.header.handle.major, kind.unwrap_or_default())
-    }))
-}
-
 /// An HTB root `6b61:` on `dev` with one class `6b61:1` (the default) limited to `bps`. A root
 /// qdisc someone configured (any handle but the kernel default's 0) is not replaced.
 async fn add_htb(handle: &Handle, dev: &IfName, bps: u64, mtu: u32, rb: &mut Rollback) -> Result<()> {
     let index = nl::require_link(handle, dev.as_str()).await?;
-    if let Some((major, kind)) = root_qdisc(handle, dev.as_str()).await? {
+    if let Some((major, kind)) = nl::root_qdisc(handle, dev.as_str()).await? {
         if major != 0 {
             return Err(Error::Kernel {
                 dev: dev.to_string(),
@@ -199,24 +176,6 @@ async fn add_htb(handle: &Handle, dev: &IfName, bps: u64, mtu: u32, rb: &mut Rol
         .map_err(Error::netlink("add the HTB class on", dev.as_str()))
 }
 
-/// Delete `dev`'s root qdisc when it is the runtime's HTB; anything else (or no device) is left.
-pub(crate) async fn delete_own_root(handle: &Handle, dev: &str) -> Result<()> {
-    let Some(index) = nl::link_index(handle, dev).await? else { return Ok(()) };
-    match root_qdisc(handle, dev).await? {
-        Some((HTB_MAJOR, _)) => {}
-        _ => return Ok(()),
-    }
-    let mut req = handle.qdisc().del(index as i32);
-    req.message_mut().header.parent = TcHandle::ROOT;
-    req.message_mut().header.handle = TcHandle { major: HTB_MAJOR, minor: 0 };
-    match req.execute().await {
-        Err(e) if !matches!(nl::errno(&e), Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)) => {
-            Err(Error::netlink("delete the HTB qdisc on", dev)(e))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Remove every root HTB of the runtime's in the namespace: what `delete` finds without a record.
 pub async fn delete_tagged_roots(handle: &Handle) -> Result<()> {
     let links: Vec<netlink_packet_route::link::LinkMessage> =
@@ -228,7 +187,7 @@ pub async fn delete_tagged_roots(handle: &Handle) -> Result<()> {
             _ => None,
         });
         if let Some(name) = name {
-            if let Err(e) = delete_own_root(handle, &name).await {
+            if let Err(e) = nl::delete_own_root(handle, &name).await {
                 first = first.and(Err(e));
             }
         }
@@ -342,27 +301,18 @@ mod tests {
     }
 
     #[test]
-    fn each_connection_is_shaped_where_its_direction_passes() {
-        let tc = EndpointState::Veth {
-            link: name("eth0"),
-            connection: Connection::TcFilter { link: name("eth0"), tap: name("tap0_kata") },
-        };
-        assert_eq!(points(&tc), Some((Point::Egress(name("tap0_kata")), Point::Egress(name("eth0")))));
-        let direct = EndpointState::DirectTap { link: name("tap-cni"), created: false, restore: None };
+    fn an_ingress_point_is_torn_down_with_its_ifb() {
         let ifb = ifb_name(&name("tap-cni"));
+        let points = (Point::Egress(name("tap-cni")), Point::via_ifb(&name("tap-cni")));
         assert_eq!(
-            points(&direct),
-            Some((Point::Egress(name("tap-cni")), Point::Ingress { dev: name("tap-cni"), ifb: ifb.clone() }))
-        );
-        assert_eq!(
-            teardown(&direct),
+            teardown(Some(points)),
             vec![
                 Undo::DeleteOwnRoot { name: name("tap-cni") },
                 Undo::DeleteOwnIngress { name: name("tap-cni") },
                 Undo::DeleteLink { name: ifb },
             ]
         );
-        assert!(points(&EndpointState::VhostUser { link: name("eth0"), socket: "/s".into() }).is_none());
+        assert!(teardown(None).is_empty());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::model::{Bridged, Connection};
 use crate::nic::{NicBackend, NicConfig};
 use crate::rollback::{self, Rollback, Undo};
 use crate::scan::{Link, LinkKind, NetworkInfo};
+use crate::shaping::{Point, Points};
 use crate::types::{IfName, NetworkModel};
 use crate::{nic_fds as fds, NetCtx};
 
@@ -172,9 +173,27 @@ impl EndpointState {
         }
     }
 
+    /// Where a rate limit shapes this NIC ([`crate::shaping`]: what the VM receives, then what
+    /// it sends); `None` for vhost-user, whose frames pass no kernel device.
+    pub fn shaping_points(&self) -> Option<Points> {
+        match self {
+            EndpointState::Veth { connection, .. }
+            | EndpointState::BridgedTap { connection, .. }
+            | EndpointState::Macvlan { connection, .. }
+            | EndpointState::Ipvlan { connection, .. } => Some(match connection {
+                Connection::TcFilter { link, tap } => (Point::Egress(tap.clone()), Point::Egress(link.clone())),
+                Connection::Macvtap { macvtap, .. } => (Point::via_ifb(macvtap), Point::Egress(macvtap.clone())),
+                Connection::Tap { tap } => (Point::Egress(tap.clone()), Point::via_ifb(tap)),
+            }),
+            EndpointState::DirectTap { link, .. } => Some((Point::Egress(link.clone()), Point::via_ifb(link))),
+            EndpointState::Macvtap { link } => Some((Point::via_ifb(link), Point::Egress(link.clone()))),
+            EndpointState::VhostUser { .. } => None,
+        }
+    }
+
     /// Remove what the attach made, its rate limits first. Safe to repeat; every step is tried.
     pub async fn detach(&self, ctx: &NetCtx) -> Result<()> {
-        let mut steps = crate::shaping::teardown(self);
+        let mut steps = crate::shaping::teardown(self.shaping_points());
         steps.extend(self.teardown());
         rollback::run_all(ctx, &steps).await
     }
@@ -367,7 +386,7 @@ pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
             first = r;
         }
     };
-    for s in states.iter().flat_map(crate::shaping::teardown) {
+    for s in states.iter().flat_map(|s| crate::shaping::teardown(s.shaping_points())) {
         keep(s.run(ctx).await);
     }
     let steps: Vec<Vec<Undo>> = states.iter().map(EndpointState::teardown).collect();
@@ -386,7 +405,7 @@ pub async fn detach_all(ctx: &NetCtx, states: &[EndpointState]) -> Result<()> {
 /// Apply the configured rate limits to an attached NIC; on failure it is detached again.
 async fn limit(ctx: &NetCtx, a: Attached, cfg: &EndpointConfig) -> Result<Attached> {
     let mut rb = Rollback::new(ctx);
-    match crate::shaping::apply(ctx, &a.state, cfg.rate, a.nic.mtu, &mut rb).await {
+    match crate::shaping::apply(ctx, a.state.link(), a.state.shaping_points(), cfg.rate, a.nic.mtu, &mut rb).await {
         Ok(()) => {
             rb.commit();
             Ok(a)
@@ -500,6 +519,20 @@ mod tests {
         );
         assert!(EndpointState::DirectTap { link: name("tap-x"), created: false, restore: None }.teardown().is_empty());
         assert!(EndpointState::VhostUser { link: name("eth0"), socket: "/tmp/s".into() }.teardown().is_empty());
+    }
+
+    #[test]
+    fn each_connection_is_shaped_where_its_direction_passes() {
+        let tc = EndpointState::Veth {
+            link: name("eth0"),
+            connection: Connection::TcFilter { link: name("eth0"), tap: name("tap0_kata") },
+        };
+        assert_eq!(tc.shaping_points(), Some((Point::Egress(name("tap0_kata")), Point::Egress(name("eth0")))));
+        let direct = EndpointState::DirectTap { link: name("tap-cni"), created: false, restore: None };
+        assert_eq!(direct.shaping_points(), Some((Point::Egress(name("tap-cni")), Point::via_ifb(&name("tap-cni")))));
+        let mvt = EndpointState::Macvtap { link: name("mvt0") };
+        assert_eq!(mvt.shaping_points(), Some((Point::via_ifb(&name("mvt0")), Point::Egress(name("mvt0")))));
+        assert!(EndpointState::VhostUser { link: name("eth0"), socket: "/s".into() }.shaping_points().is_none());
     }
 
     #[test]
