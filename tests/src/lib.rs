@@ -110,6 +110,15 @@ impl TestNs {
         values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("InEchos value")
     }
 
+    /// How many ICMPv6 echo requests the namespace received (`Icmp6InEchos` of
+    /// `/proc/net/snmp6`).
+    pub fn icmp6_echos_received(&self) -> u64 {
+        let out = run(&["ip", "netns", "exec", &self.name, "cat", "/proc/net/snmp6"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("Icmp6InEchos").and_then(|v| v.trim().parse().ok()))
+            .expect("Icmp6InEchos in /proc/net/snmp6")
+    }
+
     pub fn snapshot(&self) -> Value {
         let keep = |v: &Value, keys: &[&str]| -> Value {
             let mut m = serde_json::Map::new();

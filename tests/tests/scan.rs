@@ -208,3 +208,36 @@ async fn a_routes_mtu_is_written_and_read_back() {
     let back = info.routes.iter().find(|x| x.dest == r.dest).expect("the route is scanned");
     assert_eq!(back.mtu, 1400);
 }
+
+/// A storm of changes (thousands of addresses added and removed while nobody reads) neither ends
+/// the watch nor leaves it behind: after the storm one wait settles, and a change made later is
+/// still seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_survives_a_storm_of_changes_and_sees_the_next_one() {
+    tests::require_root_and_tools(&["ip"]);
+    let ns = tests::TestNs::new("storm");
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    let ctx = network::NetCtx::open(ns.netns(), tests::quiet_logger()).unwrap();
+    let mut changes = ctx.watch().unwrap();
+    let batch = std::env::temp_dir().join(format!("knt-storm-{}", std::process::id()));
+    let mut cmds = String::new();
+    for i in 0..4000u32 {
+        cmds.push_str(&format!("addr add 10.{}.{}.1/32 dev d0\n", i / 250, i % 250));
+    }
+    for i in 0..4000u32 {
+        cmds.push_str(&format!("addr del 10.{}.{}.1/32 dev d0\n", i / 250, i % 250));
+    }
+    std::fs::write(&batch, cmds).unwrap();
+    ns.ip(&["-batch", batch.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&batch);
+    assert!(changes.next().await, "the watch ended in the storm");
+    let settled =
+        tokio::time::timeout(std::time::Duration::from_secs(30), changes.settle(std::time::Duration::from_millis(300)))
+            .await
+            .expect("the storm's backlog drains within 30 s");
+    assert!(settled, "the watch ended while draining the storm");
+    ns.ip(&["link", "set", "d0", "mtu", "1400"]);
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next()).await;
+    assert_eq!(next.ok(), Some(true), "a change after the storm is seen");
+}

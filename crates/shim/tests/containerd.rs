@@ -33,6 +33,12 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
     // The VM has the pod's address, routes, neighbour and DNS; the peer reaches it.
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", POD_IP]);
     assert_pod_network_in_guest(&c.run_dir().join("sb1"));
+    // Dual stack: the peer's ping6 of the pod's IPv6 address is answered by the VM, which the
+    // pod namespace's own ICMPv6 counter shows (it receives none).
+    cni.peer.ip(&["addr", "add", "fd00:88::1/64", "dev", "veth0", "nodad"]);
+    let echos6 = cni.pod.icmp6_echos_received();
+    tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "5", "fd00:88::5"]);
+    assert_eq!(cni.pod.icmp6_echos_received(), echos6, "the VM answers ping6, not the namespace");
     // QEMU, the task's process, runs in the pod's namespace (what `ctr run --cni` configures).
     let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("sb1")).expect("QEMU of sb1");
     let ident = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();
