@@ -150,7 +150,8 @@ fn every_removal_step_failed_or_killed_leaves_nothing() {
     for (n, step) in steps.iter().enumerate() {
         for action in ["fail", "kill"] {
             let id = format!("fprm{n}{}", &action[..1]);
-            assert!(h.run(&id, Some(&cni)).status.success(), "{id} starts");
+            let out = h.run(&id, Some(&cni));
+            assert!(out.status.success(), "{id} starts: {}", String::from_utf8_lossy(&out.stderr));
             assert!(h.c.ctr(&["task", "kill", "-s", "SIGKILL", &id]).status.success());
             wait_until(Duration::from_secs(20), "task stopped", || h.c.task_status(&id) == "STOPPED");
             h.set(&format!("{step} {action}\n"));
