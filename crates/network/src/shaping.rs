@@ -109,7 +109,9 @@ pub async fn apply(
                 let from = nl::require_link(&ctx.handle, dev.as_str()).await?;
                 let to = nl::require_link(&ctx.handle, ifb.as_str()).await?;
                 nl::add_ingress(&ctx.handle, from, dev.as_str()).await?;
-                rb.push(Undo::DeleteOwnIngress { name: dev.clone() });
+                // This ingress is ours whether or not its redirect is added next: the undo takes
+                // it by name (the teardown's DeleteOwnIngress would leave one without a filter).
+                rb.push(Undo::DeleteIngress { name: dev.clone() });
                 nl::add_redirect(&ctx.handle, from, dev.as_str(), to).await?;
                 ifb
             }
