@@ -9,7 +9,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/layout/blobs/sha256"
 cp /bin/busybox "$work/rootfs/bin/busybox"
 # The applets the tests' commands use, as a busybox image has them.
-for applet in sh cat echo hostname ip ls ping sleep true false ps tr grep cut mkdir; do
+for applet in sh cat echo hostname ip ls ping sleep true false ps tr grep cut mkdir nc; do
   ln -s busybox "$work/rootfs/bin/$applet"
 done
 tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" bin

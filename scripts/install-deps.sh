@@ -42,6 +42,7 @@ declare -A need=(
   [/usr/include/cap-ng.h]=libcap-ng-dev
   [/usr/include/x86_64-linux-gnu/asm/unistd_64.h]=linux-libc-dev
   [/usr/bin/ip]=iproute2
+  [/usr/sbin/nft]=nftables
 )
 
 missing=()

@@ -98,8 +98,6 @@ impl TestNs {
         serde_json::from_str(&text).unwrap_or(Value::Array(vec![]))
     }
 
-    /// Links (name, kind, MAC, MTU, flags), addresses, routes of every table, neighbours,
-    /// qdiscs and ingress filters, reduced to the fields that say what the namespace holds.
     /// How many ICMP echo requests the namespace received (`Icmp: InEchos` of
     /// `/proc/net/snmp`): whether a ping reached it, whoever answered.
     pub fn icmp_echos_received(&self) -> u64 {
@@ -119,6 +117,8 @@ impl TestNs {
             .expect("Icmp6InEchos in /proc/net/snmp6")
     }
 
+    /// Links (name, kind, MAC, MTU, flags), addresses, routes of every table, neighbours,
+    /// qdiscs, ingress filters and nftables, reduced to the fields that say what the namespace holds.
     pub fn snapshot(&self) -> Value {
         let keep = |v: &Value, keys: &[&str]| -> Value {
             let mut m = serde_json::Map::new();
@@ -184,9 +184,14 @@ impl TestNs {
                 filters.push(serde_json::json!({"dev": dev, "filters": text}));
             }
         }
+        // The namespace's netfilter tables (the runtime's port-forward table among them).
+        let out = Command::new("ip").args(["netns", "exec", &self.name, "nft", "list", "ruleset"]).output();
+        let nft = out.expect("nft (Debian package nftables; install-deps installs it)");
+        assert!(nft.status.success(), "nft list ruleset: {}", String::from_utf8_lossy(&nft.stderr));
+        let nftables = String::from_utf8_lossy(&nft.stdout).into_owned();
         serde_json::json!({
             "links": links, "addresses": addrs, "routes": routes, "routes6": routes6,
-            "neighbors": neigh, "qdiscs": qdiscs, "filters": filters,
+            "neighbors": neigh, "qdiscs": qdiscs, "filters": filters, "nftables": nftables,
         })
     }
 
@@ -261,4 +266,42 @@ impl Default for CniPod {
 /// A slog logger that discards everything (tests check effects, not logs).
 pub fn quiet_logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// What containerd's CRI PortForward does, from a thread inside the namespace at `netns`: dial
+/// `addr` (retrying for up to `wait` while nothing listens yet), send `payload`, close the
+/// sending side, and read until the far end closes. Returns what came back.
+pub fn echo_in_netns(netns: &str, addr: &str, payload: &[u8], wait: std::time::Duration) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{netns}: {e}"));
+    let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+            let start = std::time::Instant::now();
+            loop {
+                let mut c = match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+                    Ok(c) => c,
+                    Err(e) if start.elapsed() < wait => {
+                        eprintln!("dial {addr} in {netns}: {e}; again");
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                        continue;
+                    }
+                    Err(e) => panic!("dial {addr} in {netns}: {e}"),
+                };
+                c.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+                c.write_all(payload).expect("send");
+                c.shutdown(std::net::Shutdown::Write).expect("close the sending side");
+                let mut back = Vec::new();
+                match c.read_to_end(&mut back) {
+                    // A connection that the far end closed at once: its listener is not up yet.
+                    Ok(0) if start.elapsed() < wait => std::thread::sleep(std::time::Duration::from_millis(500)),
+                    Ok(_) => return back,
+                    Err(e) => panic!("read from {addr} in {netns}: {e} (after {} bytes)", back.len()),
+                }
+            }
+        })
+        .join()
+        .expect("the dialling thread")
+    })
 }

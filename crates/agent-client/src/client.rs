@@ -206,21 +206,10 @@ impl AgentClient {
                 .await
                 .map_err(|e| conn_err(std::io::Error::new(io_kind_of(&e), e.to_string()))),
             AgentAddr::HybridVsock { path, port } => {
-                let mut s = tokio::net::UnixStream::connect(path).await.map_err(conn_err)?;
-                s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(conn_err)?;
-                // Byte by byte up to the newline, so no ttrpc byte is read here.
-                let mut reply = Vec::with_capacity(32);
-                loop {
-                    let b = s.read_u8().await.map_err(conn_err)?;
-                    if b == b'\n' || reply.len() >= 64 {
-                        break;
-                    }
-                    reply.push(b);
-                }
-                let reply = String::from_utf8_lossy(&reply).into_owned();
-                if !reply.starts_with("OK ") {
-                    return Err(Error::Handshake { addr: addr.to_string(), reply });
-                }
+                let s = hybrid_vsock_connect(path, *port).await.map_err(|e| match e {
+                    Handshake::Io(source) => conn_err(source),
+                    Handshake::Refused(reply) => Error::Handshake { addr: addr.to_string(), reply },
+                })?;
                 Ok(Client::new(ttrpc::asynchronous::transport::Socket::from(s)))
             }
         }
@@ -436,5 +425,46 @@ mod tests {
         {
             assert!(matches!(bad.parse::<AgentAddr>(), Err(Error::Address { .. })), "{bad}");
         }
+    }
+}
+
+/// How a hybrid vsock connection failed.
+#[derive(Debug)]
+pub enum Handshake {
+    Io(std::io::Error),
+    /// The backend's reply was not `OK <port>`: nothing listens on the guest's port.
+    Refused(String),
+}
+
+impl std::fmt::Display for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Refused(reply) => write!(f, "the vsock backend answered {reply:?}, not \"OK <port>\""),
+        }
+    }
+}
+
+/// A stream to the guest's vsock `port` through the hybrid vsock backend's socket `path`: the
+/// backend is told `CONNECT <port>` and answers `OK <port>`. The reply is read byte by byte, so
+/// nothing after it is taken from the stream.
+pub async fn hybrid_vsock_connect(
+    path: &std::path::Path,
+    port: u32,
+) -> std::result::Result<tokio::net::UnixStream, Handshake> {
+    let mut s = tokio::net::UnixStream::connect(path).await.map_err(Handshake::Io)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(Handshake::Io)?;
+    let mut reply = Vec::with_capacity(32);
+    loop {
+        let b = s.read_u8().await.map_err(Handshake::Io)?;
+        if b == b'\n' || reply.len() >= 64 {
+            break;
+        }
+        reply.push(b);
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    match reply.starts_with("OK ") {
+        true => Ok(s),
+        false => Err(Handshake::Refused(reply)),
     }
 }

@@ -11,7 +11,15 @@ pub mod metrics;
 pub mod network_agent;
 pub mod types;
 
-pub use client::{AgentAddr, AgentClient, Error};
+/// The guest's vsock port for `kubectl port-forward`. Each connection's first line names the
+/// container's TCP port (`<port>\n`); then the host sends the client's bytes in frames (a
+/// 4-byte big-endian length, then that many bytes; an empty frame is the client's close) and
+/// the guest sends the port's bytes as they come, closing the stream when the port closes. A
+/// half-close cannot cross the hybrid vsock backend (it closes the whole stream), hence the
+/// frames. Our agent serves it; kata's agent does not (see `docs/network.md`, "Port forwarding").
+pub const PORT_FORWARD_PORT: u32 = 1027;
+
+pub use client::{hybrid_vsock_connect, AgentAddr, AgentClient, Error};
 pub use convert::{interfaces, neighbors, routes};
 pub use network_agent::NetworkAgent;
 

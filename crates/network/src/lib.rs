@@ -9,6 +9,7 @@ pub mod netns;
 pub mod nic;
 pub mod nic_fds;
 pub mod nl;
+pub mod portfwd;
 pub mod rollback;
 pub mod run_dir;
 pub mod scan;

@@ -39,6 +39,21 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
     let echos6 = cni.pod.icmp6_echos_received();
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "5", "fd00:88::5"]);
     assert_eq!(cni.pod.icmp6_echos_received(), echos6, "the VM answers ping6, not the namespace");
+    // kubectl port-forward: the dial containerd's CRI makes (localhost:<port> inside the pod's
+    // namespace, IPv4 and IPv6) reaches a listener in the VM: bytes both ways, and each side's
+    // close (the echo ends when it reads the client's close, and the client reads its close).
+    // kata's agent serves no port-forward: the dial is closed at once, nothing comes back.
+    tests::guest::sh(&c.run_dir().join("sb1"), "setsid nc -ll -p 8080 -e cat >/dev/null 2>&1 </dev/null & true");
+    let kata = tests::guest::Agent::under_test() == tests::guest::Agent::Kata;
+    for (addr, payload) in [("127.0.0.1:8080", "through the loopback\n"), ("[::1]:8080", "and over IPv6\n")] {
+        let wait = Duration::from_secs(if kata { 2 } else { 20 });
+        let back = tests::echo_in_netns(&cni.pod.path(), addr, payload.as_bytes(), wait);
+        let want = if kata { "" } else { payload };
+        let log = || std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&back), want, "port-forward to {addr}; {}", log());
+    }
+    let table = cni.pod.exec(&["nft", "list", "table", "inet", "kata_portfwd"]);
+    assert!(table.contains("redirect to :"), "the port-forward table: {table}");
     // QEMU, the task's process, runs in the pod's namespace (what `ctr run --cni` configures).
     let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("sb1")).expect("QEMU of sb1");
     let ident = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();

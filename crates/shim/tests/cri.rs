@@ -308,6 +308,10 @@ async fn cri_containers_get_namespaces_limits_and_security_as_runc_gives_them() 
     the_pods_pid_namespace(&mut p).await;
     kernel_modules_on_demand(&mut p).await;
     stats_and_the_oom_killer(&mut p, &own).await;
+    // kata's agent serves no port-forward (containerd.rs checks that its dial closes at once).
+    if tests::guest::Agent::under_test() == tests::guest::Agent::Ours {
+        port_forward(&mut p).await;
+    }
     stop_and_remove(&mut p, &bare).await;
 }
 
@@ -531,4 +535,93 @@ async fn stop_and_remove(p: &mut Pod<'_>, bare: &str) {
     eprintln!("StopPodSandbox took {:?}", start.elapsed());
     p.cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() }).await.unwrap();
     assert!(!qemu_running_in(&p.n.dir.0), "QEMU left behind");
+}
+
+/// `kubectl port-forward`: a container listens on 8080 (an echo); the dial containerd's
+/// PortForward makes inside the pod's namespace, and the CRI PortForward call's own stream (its
+/// websocket, `v4.channel.k8s.io`, as the API server would use it), reach it both ways; the
+/// stream's close reaches the container (its echo ends).
+async fn port_forward(p: &mut Pod<'_>) {
+    use k8s_cri::v1::PortForwardRequest;
+    let echo = p.app("pf", &["nc", "-ll", "-p", "8080", "-e", "cat"], Default::default()).await;
+    let qemu = tests::containerd::qemu_pid_in(&p.n.dir.0).expect("the pod's QEMU");
+    let pod_ns = format!("/proc/{qemu}/ns/net");
+    let payload = b"through the pod's loopback\n";
+    let back = tokio::task::block_in_place(|| {
+        tests::echo_in_netns(&pod_ns, "127.0.0.1:8080", payload, Duration::from_secs(30))
+    });
+    assert_eq!(String::from_utf8_lossy(&back), String::from_utf8_lossy(payload), "{}", p.n.log());
+
+    let url = match p.cri.port_forward(PortForwardRequest { pod_sandbox_id: p.id.clone(), port: vec![8080] }).await {
+        Ok(r) => r.into_inner().url,
+        Err(e) => panic!("PortForward: {e}\n{}", p.n.log()),
+    };
+    let node = p.n.node.path();
+    let echoed = tokio::task::block_in_place(|| websocket_echo(&node, &url, b"over the CRI stream\n"));
+    assert_eq!(echoed, b"over the CRI stream\n", "the echo over PortForward's stream");
+    // The stream closed: the echo's `cat` for it read the close and ended.
+    let start = Instant::now();
+    loop {
+        let (code, ps) = p.exec(&echo, "ps -o comm").await;
+        if code == 0 && !ps.lines().any(|l| l.trim() == "cat") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the forwarded connection's close never reached it: {ps}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The CRI streaming server's port-forward protocol over a websocket, from inside the node's
+/// namespace (where containerd listens): each message's first byte is its channel (0 data, 1
+/// error for the first port), and each channel starts with the port, little-endian. Sends
+/// `payload` on the data channel and returns what comes back on it once that much has.
+fn websocket_echo(node_ns: &str, url: &str, payload: &[u8]) -> Vec<u8> {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+    let file = std::fs::File::open(node_ns).unwrap();
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let authority = ws_url.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let tcp = std::net::TcpStream::connect(&authority).unwrap_or_else(|e| panic!("{authority}: {e}"));
+            tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut req = ws_url.as_str().into_client_request().unwrap();
+            req.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+            let (mut ws, resp) = tungstenite::client(req, tcp).unwrap_or_else(|e| panic!("websocket to {url}: {e}"));
+            assert_eq!(
+                resp.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()),
+                Some("v4.channel.k8s.io")
+            );
+            let port = 8080u16.to_le_bytes();
+            let mut started = [false; 2];
+            let mut back = Vec::new();
+            let mut sent = false;
+            while back.len() < payload.len() {
+                if started == [true, true] && !sent {
+                    ws.send(Message::Binary([&[0u8][..], payload].concat().into())).unwrap();
+                    sent = true;
+                }
+                let data = match ws.read().unwrap_or_else(|e| panic!("the stream: {e} (got {back:?})")) {
+                    Message::Binary(b) => b.to_vec(),
+                    Message::Close(c) => panic!("the stream closed: {c:?} (got {back:?})"),
+                    _ => continue,
+                };
+                match (data.first(), started) {
+                    (Some(0 | 1), s) if !s[data[0] as usize] => {
+                        assert_eq!(data[1..], port, "channel {} starts with the port", data[0]);
+                        started[data[0] as usize] = true;
+                    }
+                    (Some(0), _) => back.extend_from_slice(&data[1..]),
+                    (Some(1), _) => panic!("PortForward's error channel: {}", String::from_utf8_lossy(&data[1..])),
+                    other => panic!("a message on no channel of ours: {other:?}"),
+                }
+            }
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            back
+        })
+        .join()
+        .unwrap()
+    })
 }

@@ -101,6 +101,7 @@ fn every_start_step_failed_or_killed_leaves_nothing() {
         ("start:netns", false, false),
         ("start:endpoint:0", true, false),
         ("start:qemu:spawned", true, false),
+        ("start:portfwd", true, false),
         ("hotplug:getfd", true, true),
         ("hotplug:netdev_add", true, true),
         ("hotplug:device_add", true, true),

@@ -10,6 +10,7 @@ mod containers;
 mod ipvs;
 mod launch;
 mod netcfg;
+mod portfwd;
 mod seccomp;
 mod serial;
 mod service;
@@ -92,6 +93,10 @@ async fn serve() -> anyhow::Result<()> {
             Ok(()) => eprintln!("guest-agent: debug console on vsock port {port}"),
             Err(e) => eprintln!("guest-agent: no debug console on vsock port {port}: {e}"),
         }
+    }
+    // kubectl port-forward's guest end, wherever the guest has vsock (a serial-only VM has none).
+    if let Err(e) = portfwd::serve(agent_client::PORT_FORWARD_PORT) {
+        eprintln!("guest-agent: no port forwarding: {e}");
     }
     // Unix socket and vsock first: a VM whose channel is vsock has no virtio-serial port, and
     // must not wait for one.

@@ -11,6 +11,7 @@ mod helpers;
 mod iface;
 mod ipvs;
 mod nic_counters;
+mod portfwd;
 mod routes;
 pub mod sharedfs;
 pub mod shares;
@@ -61,6 +62,8 @@ pub struct Sandbox {
     pub vsock_backend: tokio::sync::Mutex<Option<channel::VsockBackend>>,
     /// The shared directory's virtiofsd, when `shared_fs = "virtio-fs"` (killed when the sandbox goes).
     pub virtiofsd: Option<sharedfs::VirtioFsd>,
+    /// The `kubectl port-forward` forwarder, when served (stopped when the sandbox goes).
+    pub portfwd: std::sync::Mutex<Option<portfwd::PortForward>>,
     /// Operations on the sandbox run one at a time, holding this.
     pub ops: tokio::sync::Mutex<Ops>,
     pub log: slog::Logger,
@@ -118,6 +121,7 @@ impl Sandbox {
     /// the state records torn down and the state file forgotten. Each step is tried whatever
     /// the one before gave; a failed teardown keeps the state file for containerd's `delete`.
     pub async fn shutdown(&self, grace: Duration, run_root: Option<&std::path::Path>) -> crate::Result<()> {
+        drop(self.portfwd.lock().unwrap_or_else(|e| e.into_inner()).take());
         let _ = self.vm.stop(grace).await;
         removal_step(&self.log, &self.id, "remove:vm-stopped");
         self.closing_state().await.teardown(&self.log, run_root).await?;

@@ -11,6 +11,7 @@ use hypervisor::{AgentChannel, SharedFs, Vm, VmSpec};
 use network::endpoint::{Attached, Endpoint, EndpointConfig};
 use network::{NetCtx, NetNs, NetworkInfo, PciPath, RunDir, SandboxId};
 
+use super::portfwd::PortForward;
 use super::sharedfs::VirtioFsd;
 use super::sync::{connect_agent, serves_extensions, sync_agent, GuestNics};
 use super::{Ops, PodNic, Sandbox, SandboxState, SpecNetwork};
@@ -117,6 +118,7 @@ impl Start<'_> {
         let Network { ctx, info, ep_cfg, attached, .. } = network;
         let booted = self.boot(attached).await?;
         let boot_ms = ms(t);
+        let portfwd = self.port_forward(&ctx, &booted.link).await?;
         let t = Instant::now();
         let paths = ids.iter().map(|id| booted.plugged.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())).collect();
         let guest = GuestNics { info, links, paths, queues: ep_cfg.queues };
@@ -139,7 +141,30 @@ impl Start<'_> {
             pod,
             closed: false,
         };
-        Ok(self.sandbox(booted, ctx, ep_cfg, ops, claim).await)
+        Ok(self.sandbox(booted, ctx, ep_cfg, ops, claim, portfwd).await)
+    }
+
+    /// `kubectl port-forward`: the forwarder's listeners in the pod's namespace, then the
+    /// namespace's redirect to them (recorded first). Served over the hybrid vsock only; a node
+    /// without `nft` runs the pod without it (warned).
+    async fn port_forward(&mut self, ctx: &NetCtx, link: &super::channel::AgentLink) -> Result<Option<PortForward>> {
+        let AgentAddr::HybridVsock { path, .. } = &link.addr else {
+            slog::info!(self.log, "kubectl port-forward is served over agent_channel = \"hybrid-vsock\" only";
+                "sandbox_id" => %self.id);
+            return Ok(None);
+        };
+        if !Path::new(network::portfwd::NFT).exists() {
+            slog::warn!(self.log, "kubectl port-forward is not served: nft is missing (Debian package nftables)";
+                "sandbox_id" => %self.id, "path" => network::portfwd::NFT);
+            return Ok(None);
+        }
+        let (v4, v6) = super::portfwd::listen(ctx)?;
+        let fwd = PortForward::serve(v4, v6, path.clone(), self.log.clone())?;
+        self.state.portfwd = true;
+        self.state.save(self.bundle)?;
+        network::portfwd::install(&ctx.netns, fwd.listeners).await?;
+        failpoint::hit("start:portfwd")?;
+        Ok(Some(fwd))
     }
 
     /// First of all: the id's run directory must be free. Held, it is another live sandbox's
@@ -207,7 +232,15 @@ impl Start<'_> {
     }
 
     /// The running sandbox, its helpers watched.
-    async fn sandbox(&self, b: Booted, ctx: NetCtx, ep_cfg: EndpointConfig, ops: Ops, claim: std::fs::File) -> Sandbox {
+    async fn sandbox(
+        &self,
+        b: Booted,
+        ctx: NetCtx,
+        ep_cfg: EndpointConfig,
+        ops: Ops,
+        claim: std::fs::File,
+        portfwd: Option<PortForward>,
+    ) -> Sandbox {
         let extended_agent = serves_extensions(&b.agent).await;
         let vm = Arc::new(b.vm);
         let helpers = [
@@ -229,6 +262,7 @@ impl Start<'_> {
             ep_cfg,
             vsock_backend: tokio::sync::Mutex::new(b.link.backend),
             virtiofsd: b.virtiofsd,
+            portfwd: std::sync::Mutex::new(portfwd),
             claim,
             guest_seccomp: !self.cfg.runtime.disable_guest_seccomp,
             oom_killed: Default::default(),

@@ -41,6 +41,9 @@ pub struct SandboxState {
     #[serde(skip)]
     pub by_tags: bool,
     pub run_dir: Option<PathBuf>,
+    /// The port-forward table was (or was about to be) added to the namespace.
+    #[serde(default)]
+    pub portfwd: bool,
 }
 
 impl SandboxState {
@@ -167,11 +170,20 @@ impl SandboxState {
         recorded.and(network::sweep_tags(ctx).await).map_err(Error::from)
     }
 
+    /// The port-forward table, when recorded (or, sweeping by tags, wherever it is): `nft`
+    /// missing, none was added.
+    async fn remove_portfwd(&self, ctx: &NetCtx) -> Result<()> {
+        match (self.portfwd || self.by_tags) && Path::new(network::portfwd::NFT).exists() {
+            true => network::portfwd::remove(&ctx.netns).await.map_err(Error::from),
+            false => Ok(()),
+        }
+    }
+
     /// Detach the endpoints in `ns` and remove it if it is the shim's own. Both are tried.
     async fn detach_and_remove_netns(&self, ns: &Path, log: &slog::Logger, run_dir: Option<&Path>) -> Result<()> {
         let detached = match ns.exists() {
             true => match NetCtx::open(NetNs::new(ns), log.clone()) {
-                Ok(ctx) => self.detach(&ctx, run_dir).await,
+                Ok(ctx) => self.detach(&ctx, run_dir).await.and(self.remove_portfwd(&ctx).await),
                 Err(e) => Err(e.into()),
             },
             false => Ok(()),
