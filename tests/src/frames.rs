@@ -22,6 +22,11 @@ pub struct Seen {
 
 /// Read one frame (without the virtio-net header) from any of the queues, waiting up to `wait`.
 pub fn read_frame(queues: &mut [File], wait: Duration) -> Option<Vec<u8>> {
+    read_frame_with(queues, VNET_HDR_LEN, wait)
+}
+
+/// Read one frame behind a header of `hdr` bytes (0 on a packet socket).
+fn read_frame_with(queues: &mut [File], hdr: usize, wait: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -43,9 +48,9 @@ pub fn read_frame(queues: &mut [File], wait: Duration) -> Option<Vec<u8>> {
         for i in ready {
             let mut buf = vec![0u8; 65536];
             if let Ok(n) = queues[i].read(&mut buf) {
-                if n > VNET_HDR_LEN {
+                if n > hdr {
                     buf.truncate(n);
-                    return Some(buf.split_off(VNET_HDR_LEN));
+                    return Some(buf.split_off(hdr));
                 }
             }
         }
@@ -54,7 +59,12 @@ pub fn read_frame(queues: &mut [File], wait: Duration) -> Option<Vec<u8>> {
 
 /// Write one frame, prefixed with an empty virtio-net header, to the first queue.
 pub fn write_frame(queue: &mut File, frame: &[u8]) {
-    let mut buf = vec![0u8; VNET_HDR_LEN];
+    write_frame_with(queue, VNET_HDR_LEN, frame)
+}
+
+/// Write `frame` behind a zeroed header of `hdr` bytes (0 on a packet socket).
+fn write_frame_with(queue: &mut File, hdr: usize, frame: &[u8]) {
+    let mut buf = vec![0u8; hdr];
     buf.extend_from_slice(frame);
     queue.write_all(&buf).expect("write frame to queue");
 }
@@ -169,4 +179,135 @@ mod tests {
         assert!(answer(&req, mac, "10.0.0.6".parse().unwrap(), &mut seen).is_none());
         assert_eq!(seen.arp_requests, 1);
     }
+}
+
+/// Open a queue of the TAP `name` in the namespace at `netns` (IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR): the wire side of a TAP a CNI plugin made, as its own user would hold it.
+pub fn open_tap_in(netns: &str, name: &str) -> File {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let ns = File::open(netns).unwrap_or_else(|e| panic!("{netns}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+            let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").expect("/dev/net/tun");
+            let mut ifr = [0u8; 40];
+            ifr[..name.len()].copy_from_slice(name.as_bytes());
+            let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as u16;
+            ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+            // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough for.
+            let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), TUNSETIFF, ifr.as_mut_ptr()) };
+            assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+            f
+        })
+        .join()
+        .expect("the TAP opener")
+    })
+}
+
+/// Ping `dst` from `(mac, ip)` over a TAP queue, as a host on that wire would: an ARP request,
+/// then `count` ICMP echo requests. Returns the MAC that answered the ARP and how many echo
+/// replies came back from `dst` (each waited for up to 5 s).
+pub fn ping_over(queue: &mut File, mac: [u8; 6], ip: Ipv4Addr, dst: Ipv4Addr, count: u16) -> ([u8; 6], u16) {
+    ping_with(queue, VNET_HDR_LEN, mac, ip, dst, count)
+}
+
+/// [`ping_over`] on a packet socket bound to a link (frames without a header): what leaves by the
+/// link goes to whoever is at its far end, and what comes back is read before the stack sees it.
+pub fn ping_by_packet_socket(sock: &mut File, mac: [u8; 6], ip: Ipv4Addr, dst: Ipv4Addr, count: u16) -> ([u8; 6], u16) {
+    ping_with(sock, 0, mac, ip, dst, count)
+}
+
+/// A packet socket bound to link `name` in the namespace at `netns` (every protocol).
+pub fn packet_socket_in(netns: &str, name: &str) -> File {
+    let ns = File::open(netns).unwrap_or_else(|e| panic!("{netns}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2) and bind(2) calls on a zeroed sockaddr_ll.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto));
+                assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+                let cname = std::ffi::CString::new(name).unwrap();
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = proto;
+                sll.sll_ifindex = libc::if_nametoindex(cname.as_ptr()) as i32;
+                assert!(sll.sll_ifindex > 0, "no link {name}");
+                let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let rc = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), len);
+                assert_eq!(rc, 0, "bind to {name}: {}", std::io::Error::last_os_error());
+                File::from(<std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd))
+            }
+        })
+        .join()
+        .expect("the packet socket opener")
+    })
+}
+
+fn ping_with(queue: &mut File, hdr: usize, mac: [u8; 6], ip: Ipv4Addr, dst: Ipv4Addr, count: u16) -> ([u8; 6], u16) {
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&ip.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&dst.octets());
+    let mut their = None;
+    for _ in 0..10 {
+        write_frame_with(queue, hdr, &arp);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(f) =
+            read_frame_with(std::slice::from_mut(queue), hdr, deadline.saturating_duration_since(Instant::now()))
+        {
+            let is_reply =
+                f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == dst.octets();
+            if is_reply {
+                their = Some(<[u8; 6]>::try_from(&f[22..28]).unwrap());
+                break;
+            }
+        }
+        if their.is_some() {
+            break;
+        }
+    }
+    let their = their.unwrap_or_else(|| panic!("no ARP reply from {dst}"));
+    let mut replies = 0;
+    for seq in 1..=count {
+        let mut ipv4 = vec![0x45, 0, 0, 28 + 8, 0, 0, 0x40, 0, 64, 1, 0, 0];
+        ipv4.extend_from_slice(&ip.octets());
+        ipv4.extend_from_slice(&dst.octets());
+        let c = checksum(&ipv4);
+        ipv4[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut icmp = vec![8, 0, 0, 0, 0x6b, 0x6e, 0, 0];
+        icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+        icmp.extend_from_slice(b"kata-net");
+        let c = checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ipv4[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        ipv4[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&ipv4);
+        ipv4[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut frame = their.to_vec();
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ipv4);
+        frame.extend_from_slice(&icmp);
+        write_frame_with(queue, hdr, &frame);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(f) =
+            read_frame_with(std::slice::from_mut(queue), hdr, deadline.saturating_duration_since(Instant::now()))
+        {
+            let echo_reply = f.len() >= 42
+                && f[12..14] == [0x08, 0x00]
+                && f[26..30] == dst.octets()
+                && f[34] == 0
+                && f[40..42] == seq.to_be_bytes();
+            if echo_reply {
+                replies += 1;
+                break;
+            }
+        }
+    }
+    (their, replies)
 }

@@ -143,8 +143,22 @@ pub async fn update_interface(handle: &Handle, i: &pb::Interface) -> R<pb::Inter
         .find(|m| link_mac(m) == Some(req.mac))
         .ok_or_else(|| (Code::NOT_FOUND, format!("no interface with MAC {}", req.mac)))?;
     let (index, old_name, old_mtu) = (link.header.index, link_name(link).unwrap_or("").to_owned(), link_mtu(link));
-    if old_name != req.name.as_str() && all.iter().any(|m| link_name(m) == Some(req.name.as_str())) {
-        return Err((Code::ALREADY_EXISTS, format!("name: another interface is already called {}", req.name)));
+    if old_name != req.name.as_str() {
+        if let Some(holder) = all.iter().find(|m| link_name(m) == Some(req.name.as_str())) {
+            // A NIC the kernel named and nobody configured yet (down, `eth<N>`) holds the name: the
+            // kernel names NICs in the order they probe, not the pod's, so the pod's `eth1` may
+            // have been named `eth3` while another is `eth1`. It steps aside (its own turn renames
+            // it by its MAC); a configured interface keeps its name and the request is refused.
+            let kernel_named = req.name.as_str().strip_prefix("eth").is_some_and(|n| n.parse::<u32>().is_ok());
+            let down = !holder.header.flags.contains(netlink_packet_route::link::LinkFlags::Up);
+            if !(kernel_named && down) {
+                return Err((Code::ALREADY_EXISTS, format!("name: another interface is already called {}", req.name)));
+            }
+            let aside = format!("kt{}", holder.header.index);
+            set_link(handle, LinkUnspec::new_with_index(holder.header.index).name(aside).build())
+                .await
+                .map_err(|e| internal(format!("moving {} aside: {e}", req.name)))?;
+        }
     }
     let old_addrs = addresses_of(handle, index).await?;
 

@@ -20,6 +20,8 @@ pub struct DirectTapEndpoint {
     pub mtu: u32,
     /// The TAP was made with IFF_MULTI_QUEUE; a TAP without it takes one queue only.
     pub multi_queue: bool,
+    /// Its features as found (opening its queues gives it the VM's; teardown gives these back).
+    pub had: TapFlags,
 }
 
 impl DirectTapEndpoint {
@@ -27,7 +29,16 @@ impl DirectTapEndpoint {
     pub fn existing(id: String, link: &Link, multi_queue: bool) -> Result<Self> {
         let guest_mac =
             link.mac.ok_or_else(|| Error::Kernel { dev: link.name.to_string(), what: "no MAC address".into() })?;
-        Ok(Self { id, name: link.name.clone(), guest_mac, mtu: link.mtu, multi_queue })
+        let had = match link.kind {
+            LinkKind::Tuntap { pi, vnet_hdr, .. } => TapFlags { pi, vnet_hdr, multi_queue },
+            _ => TapFlags::for_vm(multi_queue),
+        };
+        Ok(Self { id, name: link.name.clone(), guest_mac, mtu: link.mtu, multi_queue, had })
+    }
+
+    /// The features to give back at teardown, if opening the queues changes them.
+    pub fn restore(&self) -> Option<TapFlags> {
+        Some(self.had).filter(|h| *h != TapFlags::for_vm(h.multi_queue))
     }
 
     pub async fn attach(&self, ctx: &NetCtx, cfg: &EndpointConfig) -> Result<Attached> {
@@ -42,7 +53,7 @@ impl DirectTapEndpoint {
                 mtu: self.mtu,
                 backend: NicBackend::Tap { device: self.name.clone(), queues: fds, vhost },
             },
-            state: EndpointState::DirectTap { link: self.name.clone(), created: false, restore: None },
+            state: EndpointState::DirectTap { link: self.name.clone(), created: false, restore: self.restore() },
         })
     }
 }

@@ -299,7 +299,7 @@ impl Endpoint {
             Endpoint::Macvlan(e) => bridged(&e.bridged, |link, connection| EndpointState::Macvlan { link, connection }),
             Endpoint::Ipvlan(e) => bridged(&e.bridged, |link, connection| EndpointState::Ipvlan { link, connection }),
             Endpoint::DirectTap(e) => {
-                Some(EndpointState::DirectTap { link: e.name.clone(), created: false, restore: None })
+                Some(EndpointState::DirectTap { link: e.name.clone(), created: false, restore: e.restore() })
             }
             Endpoint::Macvtap(e) => Some(EndpointState::Macvtap { link: e.link.name.clone() }),
             Endpoint::VhostUser(e) => {
