@@ -151,35 +151,6 @@ pub fn serve(queues: &mut [File], mac: [u8; 6], ip: Ipv4Addr, limit: Duration, u
     seen
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksum_of_known_header() {
-        // An IPv4 header whose checksum field (0xb861) makes the sum come out to zero.
-        let h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
-            0x00, 0xc7,
-        ];
-        assert_eq!(checksum(&h), 0);
-    }
-
-    #[test]
-    fn answers_arp_for_its_address_only() {
-        let mut req = vec![0xff; 6];
-        req.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-        req.extend_from_slice(&[2, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 5]);
-        let mut seen = Seen::default();
-        let mac = [2, 0, 0, 0, 0, 5];
-        let r = answer(&req, mac, "10.0.0.5".parse().unwrap(), &mut seen).unwrap();
-        assert_eq!(&r[0..6], &[2, 0, 0, 0, 0, 1]);
-        assert_eq!(&r[22..28], &mac);
-        assert_eq!(&r[28..32], &[10, 0, 0, 5]);
-        assert!(answer(&req, mac, "10.0.0.6".parse().unwrap(), &mut seen).is_none());
-        assert_eq!(seen.arp_requests, 1);
-    }
-}
 
 /// Open a queue of the TAP `name` in the namespace at `netns` (IFF_TAP | IFF_NO_PI |
 /// IFF_VNET_HDR): the wire side of a TAP a CNI plugin made, as its own user would hold it.
@@ -310,4 +281,34 @@ fn ping_with(queue: &mut File, hdr: usize, mac: [u8; 6], ip: Ipv4Addr, dst: Ipv4
         }
     }
     (their, replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_known_header() {
+        // An IPv4 header whose checksum field (0xb861) makes the sum come out to zero.
+        let h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&h), 0);
+    }
+
+    #[test]
+    fn answers_arp_for_its_address_only() {
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 5]);
+        let mut seen = Seen::default();
+        let mac = [2, 0, 0, 0, 0, 5];
+        let r = answer(&req, mac, "10.0.0.5".parse().unwrap(), &mut seen).unwrap();
+        assert_eq!(&r[0..6], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&r[22..28], &mac);
+        assert_eq!(&r[28..32], &[10, 0, 0, 5]);
+        assert!(answer(&req, mac, "10.0.0.6".parse().unwrap(), &mut seen).is_none());
+        assert_eq!(seen.arp_requests, 1);
+    }
 }
