@@ -177,3 +177,78 @@ fn under_the_none_model_a_cni_tap_is_the_vms_nic_as_it_is() {
     // The TAP has its own features back (opening queues for QEMU gave it a virtio-net header).
     assert_eq!(pod.snapshot(), before, "the TAP as CNI left it");
 }
+
+/// A process killed when dropped (also when the test fails), and a directory removed.
+struct Cleanup(Option<std::process::Child>, std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+/// vhost-user: DPDK's `testpmd` (Debian's dpdk-dev) is the switch a user would run, serving the
+/// vhost-user socket kata's discovery finds for the pod's address
+/// (`<vhost_user_store_path>/vhostuser_<ip>/vhu.sock`) and forwarding between it and a veth (its
+/// af_packet port) to a client namespace. The client's ping reaches the VM only through testpmd.
+#[test]
+fn a_vhost_user_nic_on_dpdk_testpmd_carries_the_pods_traffic() {
+    use std::os::unix::fs::PermissionsExt;
+    tests::require_root_and_tools(&["dpdk-testpmd"]);
+    // Root's, not writable by others (the discovery refuses anything else): not under /tmp.
+    let store = std::path::PathBuf::from(format!("/run/knt-vhu-{}", std::process::id()));
+    let mut guard = Cleanup(None, store.clone());
+    let dir = store.join(format!("vhostuser_{POD_IP}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [&store, &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sock = dir.join("vhu.sock");
+    let switch = TestNs::new("sw");
+    let client = TestNs::new("client");
+    switch.ip(&["link", "add", "sw0", "type", "veth", "peer", "name", "cl0", "netns", &client.name]);
+    switch.ip(&["link", "set", "sw0", "up"]);
+    client.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "cl0"]);
+    client.ip(&["link", "set", "cl0", "up"]);
+    let testpmd = std::process::Command::new("ip")
+        .args(["netns", "exec", &switch.name, "dpdk-testpmd", "--no-huge", "-m", "256", "--no-pci"])
+        .arg(format!("--file-prefix=knt{}", std::process::id()))
+        .arg(format!("--vdev=net_vhost0,iface={},queues=1", sock.display()))
+        .args(["--vdev=net_af_packet0,iface=sw0", "--", "--forward-mode=io", "--auto-start", "--total-num-mbufs=2048"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(store.join("testpmd.log")).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("dpdk-testpmd");
+    guard.0 = Some(testpmd);
+    tests::containerd::wait_until(std::time::Duration::from_secs(20), "testpmd's vhost-user socket", || sock.exists());
+
+    let c = containerd("vhu", "");
+    let conf = std::fs::read_to_string(c.dir.0.join("configuration.toml")).unwrap().replacen(
+        "[hypervisor.qemu]\n",
+        &format!("[hypervisor.qemu]\nenable_vhost_user_store = true\nvhost_user_store_path = \"{}\"\n", store.display()),
+        1,
+    );
+    std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
+    let cni = CniPod::new();
+    let before = cni.pod.snapshot();
+    c.run_ok("vhu", &cni.pod.path());
+    let qemu = tests::containerd::qemu_pid_in(&c.run_dir().join("vhu")).expect("QEMU");
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmdline.contains("vhost-user") && cmdline.contains(&sock.display().to_string()), "{cmdline}");
+    assert_eq!(tests::vm::fds_pointing_at(qemu, "/dev/net/tun"), 0, "no TAP: the NIC is testpmd's");
+
+    ping_from(&client, POD_IP);
+    let log = std::fs::read_to_string(store.join("testpmd.log")).unwrap_or_default();
+    println!("testpmd: {}", log.lines().filter(|l| l.contains("vhost") || l.contains("Port")).collect::<Vec<_>>().join(" | "));
+
+    c.remove_sandbox("vhu");
+    assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");
+    assert_eq!(cni.pod.snapshot(), before, "the namespace is as CNI left it");
+    assert!(sock.exists(), "testpmd's socket is testpmd's: the runtime leaves it");
+    drop(guard);
+}
