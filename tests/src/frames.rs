@@ -151,7 +151,6 @@ pub fn serve(queues: &mut [File], mac: [u8; 6], ip: Ipv4Addr, limit: Duration, u
     seen
 }
 
-
 /// Open a queue of the TAP `name` in the namespace at `netns` (IFF_TAP | IFF_NO_PI |
 /// IFF_VNET_HDR): the wire side of a TAP a CNI plugin made, as its own user would hold it.
 pub fn open_tap_in(netns: &str, name: &str) -> File {

@@ -291,10 +291,47 @@ fn following_the_namespace_a_link_added_after_start_reaches_the_vm_and_its_remov
     wait_until(Duration::from_secs(30), "the route gone from the guest", || {
         !guest("ip route").contains("10.124.0.0/16")
     });
+    // The link renamed, then removed and made again under its new name in one go: each time the
+    // VM ends up on the link as it is now (the peer's ping answered by the VM, the pod's own
+    // InEchos unchanged), with one TAP of the runtime's and no redirect left on a stale link.
+    let runtime_devs = || cni.pod.ip(&["-o", "link", "show", "group", "1801548897"]).lines().count();
+    let ours_now = runtime_devs();
+    let on_eth5 = |what: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            // The redirect on the link as it is now, and the guest's NIC configured for it.
+            let redirected = cni.pod.tc(&["filter", "show", "dev", "eth5", "ingress"]).contains("mirred");
+            let g = guest("ip -4 addr show eth5; ip -o link");
+            if redirected && g.contains("inet 10.89.0.2/24") && !g.contains("eth1") {
+                break;
+            }
+            let log = std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap_or_default();
+            let follow: Vec<&str> = log.lines().filter(|l| l.contains("link") || l.contains("follow")).collect();
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}: the guest has {g}\n{}", follow.join("\n"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let echos = cni.pod.icmp_echos_received();
+        tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", "10.89.0.2"]);
+        assert_eq!(cni.pod.icmp_echos_received(), echos, "{what}: the VM answered, not the namespace");
+        assert_eq!(runtime_devs(), ours_now, "{what}: one TAP for the link, none left over");
+        let filters = cni.pod.tc(&["filter", "show", "dev", "eth5", "ingress"]);
+        assert_eq!(filters.matches("mirred").count(), 1, "{what}: one redirect on eth5: {filters}");
+    };
+    cni.pod.ip(&["link", "set", "eth1", "down"]);
+    cni.pod.ip(&["link", "set", "eth1", "name", "eth5"]);
+    cni.pod.ip(&["link", "set", "eth5", "up"]);
+    on_eth5("renamed");
+    cni.pod.ip(&["link", "del", "eth5"]);
+    cni.pod.ip(&["link", "add", "eth5", "type", "veth", "peer", "name", "veth1", "netns", &cni.peer.name]);
+    cni.pod.ip(&["addr", "add", "10.89.0.2/24", "dev", "eth5"]);
+    cni.pod.ip(&["link", "set", "eth5", "up"]);
+    cni.peer.ip(&["addr", "add", "10.89.0.1/24", "dev", "veth1"]);
+    cni.peer.ip(&["link", "set", "veth1", "up"]);
+    on_eth5("made again");
     // The link goes: its NIC leaves the VM, the runtime's TAP leaves the namespace.
-    cni.pod.ip(&["link", "del", "eth1"]);
+    cni.pod.ip(&["link", "del", "eth5"]);
     wait_until(Duration::from_secs(60), "the NIC unplugged and the namespace as it was before eth1", || {
-        !guest("ip link").contains("eth1") && cni.pod.snapshot() == running
+        !guest("ip link").contains("eth5") && cni.pod.snapshot() == running
     });
     assert!(guest("ip route").contains("default via 10.88.0.1 dev eth0"), "the pod's first network is untouched");
     c.remove_sandbox("sbfl");

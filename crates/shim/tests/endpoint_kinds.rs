@@ -230,7 +230,10 @@ fn a_vhost_user_nic_on_dpdk_testpmd_carries_the_pods_traffic() {
     let c = containerd("vhu", "");
     let conf = std::fs::read_to_string(c.dir.0.join("configuration.toml")).unwrap().replacen(
         "[hypervisor.qemu]\n",
-        &format!("[hypervisor.qemu]\nenable_vhost_user_store = true\nvhost_user_store_path = \"{}\"\n", store.display()),
+        &format!(
+            "[hypervisor.qemu]\nenable_vhost_user_store = true\nvhost_user_store_path = \"{}\"\n",
+            store.display()
+        ),
         1,
     );
     std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
@@ -244,7 +247,10 @@ fn a_vhost_user_nic_on_dpdk_testpmd_carries_the_pods_traffic() {
 
     ping_from(&client, POD_IP);
     let log = std::fs::read_to_string(store.join("testpmd.log")).unwrap_or_default();
-    println!("testpmd: {}", log.lines().filter(|l| l.contains("vhost") || l.contains("Port")).collect::<Vec<_>>().join(" | "));
+    println!(
+        "testpmd: {}",
+        log.lines().filter(|l| l.contains("vhost") || l.contains("Port")).collect::<Vec<_>>().join(" | ")
+    );
 
     c.remove_sandbox("vhu");
     assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");

@@ -115,6 +115,27 @@ pub enum EndpointState {
 }
 
 impl EndpointState {
+    /// The same record for its link under a new name (the pod's link was renamed: what the
+    /// runtime made on it is found under the name it has now).
+    pub fn with_link(mut self, to: IfName) -> Self {
+        match &mut self {
+            EndpointState::Veth { link, connection }
+            | EndpointState::BridgedTap { link, connection }
+            | EndpointState::Macvlan { link, connection }
+            | EndpointState::Ipvlan { link, connection } => {
+                *link = to.clone();
+                match connection {
+                    Connection::TcFilter { link, .. } | Connection::Macvtap { link, .. } => *link = to,
+                    Connection::Tap { .. } => {}
+                }
+            }
+            EndpointState::DirectTap { link, .. }
+            | EndpointState::Macvtap { link }
+            | EndpointState::VhostUser { link, .. } => *link = to,
+        }
+        self
+    }
+
     pub fn link(&self) -> &IfName {
         match self {
             EndpointState::Veth { link, .. }

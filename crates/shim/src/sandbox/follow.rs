@@ -86,10 +86,14 @@ impl Sandbox {
             return Ok(());
         }
         let info = self.ctx.scan().await?;
-        let gone: Vec<PodNic> =
-            ops.pod.nics.iter().filter(|p| info.link(p.link.name.as_str()).is_none()).cloned().collect();
+        // Gone: no link of that name and index any more. A link renamed (same index, new name)
+        // or removed and made again under its name (new index) is a new link: the old NIC and
+        // what the runtime made for it go, found by the name the device has now.
+        let same = |p: &PodNic| info.link(p.link.name.as_str()).is_some_and(|l| l.index == p.link.index);
+        let gone: Vec<PodNic> = ops.pod.nics.iter().filter(|p| !same(p)).cloned().collect();
         for p in gone {
-            self.pod_link_gone(&mut ops, &p).await?;
+            let renamed = info.links.iter().find(|l| l.index == p.link.index).map(|l| l.name.clone());
+            self.pod_link_gone(&mut ops, &p, renamed).await?;
         }
         let known = |name: &str, ops: &super::Ops| {
             ops.pod.nics.iter().any(|p| p.link.name.as_str() == name)
@@ -201,13 +205,18 @@ impl Sandbox {
         Ok(())
     }
 
-    /// A pod link that went away: its NIC out of the VM (if hotplugged), its host side removed.
-    async fn pod_link_gone(&self, ops: &mut super::Ops, p: &PodNic) -> Result<()> {
+    /// A pod link that went away (or is now `renamed`): its NIC out of the VM (if hotplugged),
+    /// its host side removed (on the device under its new name, if renamed).
+    async fn pod_link_gone(&self, ops: &mut super::Ops, p: &PodNic, renamed: Option<network::IfName>) -> Result<()> {
         if p.hotplugged {
             self.vm.unplug_nic(&p.nic_id).await?;
         }
         let record = ops.state.endpoints.iter().find(|e| e.link() == &p.link.name).cloned();
-        if let Some(record) = &record {
+        if let Some(record) = record {
+            let record = match renamed {
+                Some(to) => record.with_link(to),
+                None => record,
+            };
             record.detach(&self.ctx).await?;
         }
         ops.state.endpoints.retain(|e: &EndpointState| e.link() != &p.link.name);
