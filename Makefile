@@ -24,6 +24,7 @@ bench: deps guest-image
 	$(CARGO) bench -p tests
 	$(CARGO) bench -p shim --bench sandbox
 	$(CARGO) bench -p shim --bench workload
+	$(CARGO) bench -p shim --bench network_features
 	$(CARGO) build --release -p kata-runtime
 	$(CARGO) bench -p shim --bench mgmt
 

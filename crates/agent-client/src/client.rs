@@ -215,6 +215,12 @@ impl AgentClient {
         }
     }
 
+    /// Each later call gets `t` of its own (the connect's own deadline says nothing about them).
+    pub fn with_call_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
     fn ctx(&self) -> ttrpc::context::Context {
         ttrpc::context::with_timeout(self.timeout.as_nanos().min(i64::MAX as u128) as i64)
     }

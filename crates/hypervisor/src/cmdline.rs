@@ -238,8 +238,9 @@ pub(crate) fn enter_netns(cmd: &mut tokio::process::Command, ns: RawFd) {
 /// other fds from 3 up are closed before exec.
 ///
 /// Works under any `RLIMIT_NOFILE`: sources are first moved just above the target range (the
-/// lowest free numbers there, so a soft limit of 1024 is no obstacle), and where the kernel lacks
-/// `close_range` (before 5.9) the rest are closed one by one up to the limit read before the fork.
+/// lowest free numbers there, so a soft limit of 1024 is no obstacle), and where `close_range`
+/// fails (ENOSYS before 5.9; EPERM under a seccomp filter that refuses it) the rest are closed
+/// one by one up to the limit read before the fork.
 pub(crate) fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, RawFd)]) {
     let map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     let mut temps: Vec<RawFd> = vec![-1; map.len()];
@@ -267,7 +268,9 @@ pub(crate) fn install_fds(cmd: &mut tokio::process::Command, fds: &[(OwnedFd, Ra
                 }
             }
             if libc::syscall(libc::SYS_close_range, first_free as libc::c_uint, libc::c_uint::MAX, 0) < 0 {
-                if *libc::__errno_location() != libc::ENOSYS {
+                // ENOSYS before 5.9; EPERM where a seccomp filter (a container's) refuses it.
+                let e = *libc::__errno_location();
+                if e != libc::ENOSYS && e != libc::EPERM {
                     return Err(std::io::Error::last_os_error());
                 }
                 for fd in first_free..max_fd {

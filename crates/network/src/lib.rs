@@ -17,7 +17,7 @@ pub mod shaping;
 pub mod trust;
 pub mod types;
 
-pub use ctx::{Changes, NetCtx};
+pub use ctx::{Changes, NetCtx, StepHook};
 pub use endpoint::{
     attach_all, attach_all_with, detach_all, sweep_tags, Attached, Endpoint, EndpointConfig, EndpointState,
 };

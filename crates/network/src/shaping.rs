@@ -100,12 +100,13 @@ pub async fn apply(
             what: "a rate limit on a vhost-user NIC (its frames pass no kernel device)",
         });
     };
-    for (point, bps) in [(rx, limit.rx_bps), (tx, limit.tx_bps)] {
+    for (point, bps, way) in [(rx, limit.rx_bps, "rx"), (tx, limit.tx_bps, "tx")] {
         let Some(bps) = bps else { continue };
         let dev = match point {
             Point::Egress(dev) => dev,
             Point::Ingress { dev, ifb } => {
                 add_ifb(&ctx.handle, &ifb, rb).await?;
+                ctx.step.hit(&format!("shaping:{way}:ifb"))?;
                 let from = nl::require_link(&ctx.handle, dev.as_str()).await?;
                 let to = nl::require_link(&ctx.handle, ifb.as_str()).await?;
                 nl::add_ingress(&ctx.handle, from, dev.as_str()).await?;
@@ -113,10 +114,12 @@ pub async fn apply(
                 // it by name (the teardown's DeleteOwnIngress would leave one without a filter).
                 rb.push(Undo::DeleteIngress { name: dev.clone() });
                 nl::add_redirect(&ctx.handle, from, dev.as_str(), to).await?;
+                ctx.step.hit(&format!("shaping:{way}:redirect"))?;
                 ifb
             }
         };
         add_htb(&ctx.handle, &dev, bps, mtu, rb).await?;
+        ctx.step.hit(&format!("shaping:{way}:htb"))?;
     }
     Ok(())
 }

@@ -108,6 +108,11 @@ fn remove_dead_socket(address: &str) {
     }
 }
 
+/// The shim's tokio workers, whatever the host's CPU count.
+pub const WORKER_THREADS: usize = 2;
+/// The most blocking threads it runs at once.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 impl std::fmt::Debug for KataShim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KataShim").field("namespace", &self.namespace).field("id", &self.id).finish_non_exhaustive()

@@ -195,7 +195,14 @@ impl Drop for Cleanup {
 /// vhost-user socket kata's discovery finds for the pod's address
 /// (`<vhost_user_store_path>/vhostuser_<ip>/vhu.sock`) and forwarding between it and a veth (its
 /// af_packet port) to a client namespace. The client's ping reaches the VM only through testpmd.
+///
+/// Not run by default: Debian 12's QEMU 7.2 segfaults (a NULL read) as soon as the guest's
+/// virtio-net driver starts a vhost-user NIC served by DPDK 22.11's vhost PMD, under TCG, with or
+/// without `host_mtu` and on `pc` as on `q35` (the repro without the runtime is in
+/// `docs/network.md`, "vhost-user"). `cargo test -p shim --test endpoint_kinds -- --ignored`
+/// runs it where QEMU works (it needs Debian's dpdk-dev).
 #[test]
+#[ignore = "Debian 12's QEMU 7.2 segfaults when the guest starts a vhost-user NIC on DPDK 22.11's testpmd (docs/network.md)"]
 fn a_vhost_user_nic_on_dpdk_testpmd_carries_the_pods_traffic() {
     use std::os::unix::fs::PermissionsExt;
     tests::require_root_and_tools(&["dpdk-testpmd"]);

@@ -490,3 +490,91 @@ fn a_hybrid_vsock_backend_that_stops_serving_gets_the_start_made_again() {
     let _ = h.c.ctr(&["container", "rm", "fpvs2"]);
     h.set("");
 }
+
+/// Following the namespace: one step that fails (the routes' sync, injected) does not stop the
+/// others of the same round (an address change still reaches the guest), and once it works
+/// again the next change brings the routes in line too.
+#[test]
+fn a_failing_follow_step_does_not_stop_the_others_or_later_syncs() {
+    let (h, cni) = Harness::with_pod("fpfollowon");
+    let before = cni.pod.snapshot();
+    let id = "fpfollowon";
+    h.set("");
+    assert!(h.run(id, Some(&cni)).status.success());
+    let run = h.c.run_dir().join(id);
+    h.set("follow:routes fail\n");
+    cni.pod.ip(&["addr", "add", "10.88.0.77/24", "dev", "eth0"]);
+    cni.pod.ip(&["route", "add", "10.125.0.0/16", "via", "10.88.0.254", "dev", "eth0"]);
+    wait_until(Duration::from_secs(30), "the address reached the guest though the routes failed", || {
+        tests::guest::sh(&run, "ip -4 addr show eth0").contains("inet 10.88.0.77/24")
+    });
+    assert!(!tests::guest::sh(&run, "ip route").contains("10.125.0.0/16"), "the injected failure held the route back");
+    assert!(h.c.log_lines("a step failed; the others go on") > 0, "the failure was logged");
+    h.set("");
+    cni.pod.ip(&["addr", "add", "10.88.0.78/24", "dev", "eth0"]);
+    wait_until(Duration::from_secs(30), "the next change synced the routes as well", || {
+        let g = tests::guest::sh(&run, "ip -4 addr show eth0; ip route");
+        g.contains("inet 10.88.0.78/24") && g.contains("10.125.0.0/16 via 10.88.0.254 dev eth0")
+    });
+    cni.pod.ip(&["route", "del", "10.125.0.0/16"]);
+    cni.pod.ip(&["addr", "del", "10.88.0.77/24", "dev", "eth0"]);
+    cni.pod.ip(&["addr", "del", "10.88.0.78/24", "dev", "eth0"]);
+    h.c.remove_sandbox(id);
+    assert!(h.nothing_left(id, Some((&cni, &before)), true), "something is left");
+}
+
+/// Rate limits: every step of a NIC's shaping (an IFB made, the redirect to it, each HTB),
+/// under `tcfilter` (both HTBs on egress) and the `macvtap` model (what the VM receives through
+/// an IFB), failed (undone, the start refused) and killed (cleaned by `delete`).
+#[test]
+fn every_shaping_step_failed_or_killed_leaves_nothing() {
+    let (h, cni) = Harness::with_pod("fpshape");
+    let before = cni.pod.snapshot();
+    let limited = |model: &str| {
+        kata_conf(&h.c.run_dir())
+            .replacen(
+                "[hypervisor.qemu]\n",
+                "[hypervisor.qemu]\nrx_rate_limiter_max_rate = 8000000\ntx_rate_limiter_max_rate = 6000000\n",
+                1,
+            )
+            .replacen("[runtime]\n", &format!("[runtime]\ninternetworking_model = \"{model}\"\n"), 1)
+    };
+    let cases = [
+        ("tcfilter", "shaping:rx:htb"),
+        ("tcfilter", "shaping:tx:htb"),
+        ("macvtap", "shaping:rx:ifb"),
+        ("macvtap", "shaping:rx:redirect"),
+        ("macvtap", "shaping:rx:htb"),
+        ("macvtap", "shaping:tx:htb"),
+    ];
+    let mut covered = 0;
+    for (n, (model, step)) in cases.iter().enumerate() {
+        std::fs::write(h.c.dir.0.join("configuration.toml"), limited(model)).unwrap();
+        for action in ["fail", "kill"] {
+            let id = format!("fpsh{n}{}", &action[..1]);
+            h.set(&format!("{step} {action}\n"));
+            let out = h.run(&id, Some(&cni));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{model} {step} {action}: ctr run succeeded");
+            if action == "fail" {
+                assert!(err.contains(&format!("failure injected at step {step}")), "{model} {step}: {err}");
+                assert!(h.nothing_left(&id, Some((&cni, &before)), true), "{model} {step} fail: something is left");
+            } else {
+                wait_until(Duration::from_secs(60), &format!("{model} {step} kill: cleaned by delete"), || {
+                    h.nothing_left(&id, Some((&cni, &before)), true)
+                });
+            }
+            let _ = h.c.ctr(&["container", "rm", &id]);
+            covered += 1;
+        }
+    }
+    h.set("");
+    // The same limits without a fault: the sandbox starts with its HTBs, and goes without them.
+    std::fs::write(h.c.dir.0.join("configuration.toml"), limited("tcfilter")).unwrap();
+    assert!(h.run("fpshok", Some(&cni)).status.success(), "a limited sandbox starts");
+    let classes = cni.pod.tc(&["class", "show", "dev", "eth0"]);
+    assert!(classes.contains("rate 6Mbit"), "the link's HTB: {classes}");
+    h.c.remove_sandbox("fpshok");
+    assert!(h.nothing_left("fpshok", Some((&cni, &before)), true), "after the limited sandbox: something is left");
+    h.report("shaping", covered, cases.len());
+}

@@ -19,7 +19,11 @@ pub fn serve(port: u32) -> anyhow::Result<()> {
     bind(s.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
     listen(&s, Backlog::new(64)?)?;
     std::thread::spawn(move || loop {
-        let Ok(fd) = accept(s.as_raw_fd()) else { continue };
+        let Ok(fd) = accept(s.as_raw_fd()) else {
+            // Out of descriptors, say: tried again in a moment, not in a busy loop.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        };
         // SAFETY: accept returned a new descriptor that nothing else owns.
         let conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         std::thread::spawn(move || {

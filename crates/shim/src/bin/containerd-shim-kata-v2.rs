@@ -24,7 +24,15 @@ fn main() {
         }
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the async runtime");
+    // A shim per pod: its workers are fixed, not the host's CPU count (a 64-core node runs
+    // dozens of shims; one sandbox's QMP, agent and IO keep two busy at most), and its blocking
+    // threads (FIFO opens, namespace work) are bounded too.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(shim::shim_process::WORKER_THREADS)
+        .max_blocking_threads(shim::shim_process::MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("the async runtime");
     rt.block_on(containerd_shim::asynchronous::run::<shim::shim_process::KataShim>(
         shim::shim_process::RUNTIME_ID,
         None,

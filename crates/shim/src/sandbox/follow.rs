@@ -79,13 +79,25 @@ fn pod_kind(kind: &LinkKind) -> bool {
 }
 
 impl Sandbox {
-    /// Scan the namespace and bring the VM in line with it (see the module's text).
+    /// Scan the namespace and bring the VM in line with it (see the module's text). Each part
+    /// runs whatever an earlier one gave (a failed step is logged and the next change tries it
+    /// again); the first error is returned.
     pub async fn bring_in_line(&self) -> Result<()> {
         let mut ops = self.ops.lock().await;
         if ops.closed {
             return Ok(());
         }
         let info = self.ctx.scan().await?;
+        let mut first: Result<()> = Ok(());
+        let mut note = |r: Result<()>, what: &str, log: &slog::Logger| {
+            if let Err(e) = r {
+                slog::error!(log, "following the namespace: a step failed; the others go on";
+                    "step" => what, "error" => crate::error::message(&e));
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        };
         // Gone: no link of that name and index any more. A link renamed (same index, new name)
         // or removed and made again under its name (new index) is a new link: the old NIC and
         // what the runtime made for it go, found by the name the device has now.
@@ -93,7 +105,7 @@ impl Sandbox {
         let gone: Vec<PodNic> = ops.pod.nics.iter().filter(|p| !same(p)).cloned().collect();
         for p in gone {
             let renamed = info.links.iter().find(|l| l.index == p.link.index).map(|l| l.name.clone());
-            self.pod_link_gone(&mut ops, &p, renamed).await?;
+            note(self.pod_link_gone(&mut ops, &p, renamed).await, "a link gone", &self.log);
         }
         let known = |name: &str, ops: &super::Ops| {
             ops.pod.nics.iter().any(|p| p.link.name.as_str() == name)
@@ -118,13 +130,19 @@ impl Sandbox {
             }
             let Some(now) = info.link(ops.pod.nics[i].link.name.as_str()).cloned() else { continue };
             if now.addresses != ops.pod.nics[i].link.addresses || now.mtu != ops.pod.nics[i].link.mtu {
-                self.configure(&now, None).await?;
-                slog::info!(self.log, "pod link changed"; "link" => now.name.as_str());
-                ops.pod.nics[i].link = now;
+                let configured = self.configure(&now, None).await;
+                if configured.is_ok() {
+                    slog::info!(self.log, "pod link changed"; "link" => now.name.as_str());
+                    ops.pod.nics[i].link = now;
+                }
+                note(configured, "a link's addresses or MTU", &self.log);
             }
         }
-        self.pod_routes(&mut ops, &info).await?;
-        self.pod_neighbors(&mut ops, &info).await
+        let routes = self.pod_routes(&mut ops, &info).await;
+        note(routes, "the pod's routes", &self.log);
+        let neighbors = self.pod_neighbors(&mut ops, &info).await;
+        note(neighbors, "the pod's neighbours", &self.log);
+        first
     }
 
     /// Permanent neighbours that appeared on pod links reach the guest (kata's protocol has no
@@ -230,6 +248,7 @@ impl Sandbox {
 
     /// The pod's routes as the namespace has them now; the operator's routes stay.
     async fn pod_routes(&self, ops: &mut super::Ops, info: &NetworkInfo) -> Result<()> {
+        crate::failpoint::hit_async("follow:routes").await?;
         let moved: Vec<String> = ops
             .pod
             .nics

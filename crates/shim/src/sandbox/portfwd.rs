@@ -68,7 +68,15 @@ impl PortForward {
 
 async fn accept_loop(l: TcpListener, uds: PathBuf, log: slog::Logger) {
     loop {
-        let Ok((conn, _)) = l.accept().await else { continue };
+        let conn = match l.accept().await {
+            Ok((conn, _)) => conn,
+            // Out of descriptors, say: not a busy loop, the next connection is tried in a moment.
+            Err(e) => {
+                slog::warn!(log, "port-forward: accept failed"; "error" => %e);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (uds, log) = (uds.clone(), log.clone());
         tokio::spawn(async move {
             if let Err(e) = forward(conn, &uds).await {

@@ -300,7 +300,10 @@ impl Start<'_> {
         };
         self.state.netns = Some(ns.path().to_owned());
         self.state.netns_id = super::state::netns_identity(ns.path());
-        Ok(NetCtx::open(ns, self.log.clone())?)
+        let mut ctx = NetCtx::open(ns, self.log.clone())?;
+        // The network's own steps (a NIC's shaping) are failure-injection points too.
+        ctx.step = network::StepHook::new(|step| failpoint::hit(step).map_err(|e| e.to_string()));
+        Ok(ctx)
     }
 
     /// The namespace's links, addresses, routes and neighbours, and an endpoint per link. Its

@@ -23,13 +23,17 @@ pub(super) struct GuestNics {
 }
 
 /// Connect to the agent (retrying while the guest boots, up to `dial_timeout`) and check it serves.
+/// Each agent call's own timeout once connected (kata's default request timeout).
+pub(crate) const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(super) async fn connect_agent(addr: &AgentAddr, left: Duration, dial_timeout_secs: u32) -> Result<AgentClient> {
     let silent = |e: agent_client::Error| Error::AgentSilent {
         addr: addr.to_string(),
         secs: dial_timeout_secs.into(),
         cause: crate::error::message(&e),
     };
-    let agent = AgentClient::connect(addr, left).await.map_err(silent)?;
+    // The dial gets what is left of dial_timeout; each call after it a fixed timeout of its own.
+    let agent = AgentClient::connect(addr, left).await.map_err(silent)?.with_call_timeout(AGENT_CALL_TIMEOUT);
     if !agent.check().await.map_err(silent)? {
         return Err(Error::AgentNotServing);
     }
