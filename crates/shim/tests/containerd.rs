@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tests::containerd::{kata_conf, qemu_running_in, wait_until, Containerd};
 use tests::CniPod;
-use tests::{PEER_IP, POD_IP};
+use tests::{PEER_IP, POD_IP, POD_MAC};
 
 /// containerd, a CNI-like pod namespace, and the namespace as CNI left it.
 fn start_with_pod(tag: &str) -> (Containerd, CniPod, serde_json::Value) {
@@ -1229,4 +1229,65 @@ fn ctr_run_t_gives_an_interactive_shell_that_sees_the_pod_address() {
     wait_until(Duration::from_secs(30), "ctr run -t ended", gone);
     drop(tmux);
     assert_nothing_left(&c, "wt1", &cni, &before);
+}
+
+#[test]
+fn a_cold_plugged_pod_link_renamed_or_made_again_keeps_the_vm_on_it() {
+    let (c, cni, before) = start_with_pod("cold");
+    c.run_ok("sbcold", &cni.pod.path());
+    let run = c.run_dir().join("sbcold");
+    let runtime_devs = || cni.pod.ip(&["-o", "link", "show", "group", "1801548897"]).lines().count();
+    let ours = runtime_devs();
+    // The VM answers on `dev` (the guest's NIC renamed to it), through one TAP and one redirect.
+    let on = |dev: &str, what: &str| {
+        wait_until(Duration::from_secs(60), what, || {
+            let redirected = cni.pod.tc(&["filter", "show", "dev", dev, "ingress"]).contains("mirred");
+            let g = tests::guest::sh(&run, &format!("ip -4 addr show {dev}"));
+            redirected && g.contains("inet 10.88.0.5/24")
+        });
+        let echos = cni.pod.icmp_echos_received();
+        tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "2", "-i", "0.3", "-W", "5", POD_IP]);
+        assert_eq!(cni.pod.icmp_echos_received(), echos, "{what}: the VM answered, not the namespace");
+        assert_eq!(runtime_devs(), ours, "{what}: the same TAP, no other");
+        let filters = cni.pod.tc(&["filter", "show", "dev", dev, "ingress"]);
+        assert_eq!(filters.matches("mirred").count(), 1, "{what}: one redirect on {dev}: {filters}");
+    };
+    let rename = |from: &str, to: &str| {
+        cni.pod.ip(&["link", "set", from, "down"]);
+        cni.pod.ip(&["link", "set", from, "name", to]);
+        cni.pod.ip(&["link", "set", to, "up"]);
+    };
+    rename("eth0", "eth7");
+    on("eth7", "renamed");
+    // Removed and made again under its name, with its MAC and address, in one go.
+    cni.pod.ip(&["link", "del", "eth7"]);
+    cni.pod.ip(&["link", "add", "eth7", "type", "veth", "peer", "name", "veth0", "netns", &cni.peer.name]);
+    cni.pod.ip(&["link", "set", "eth7", "address", POD_MAC, "mtu", "1450"]);
+    cni.pod.ip(&["addr", "add", "10.88.0.5/24", "dev", "eth7"]);
+    cni.pod.ip(&["link", "set", "eth7", "up"]);
+    cni.peer.ip(&["link", "set", "veth0", "mtu", "1450"]);
+    cni.peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "veth0"]);
+    cni.peer.ip(&["link", "set", "veth0", "up"]);
+    on("eth7", "made again");
+
+    // Back to the layout CNI made (its name, v6 address, routes, neighbour), then teardown.
+    rename("eth7", "eth0");
+    cni.pod.ip(&["addr", "add", "fd00:88::5/64", "dev", "eth0", "nodad"]);
+    cni.pod.ip(&["route", "add", "default", "via", PEER_IP, "dev", "eth0"]);
+    cni.pod.ip(&["route", "add", "10.99.0.0/16", "via", "10.88.0.254", "dev", "eth0"]);
+    cni.pod.ip(&["route", "add", "10.77.0.0/16", "dev", "eth0", "scope", "link"]);
+    cni.pod.ip(&["-6", "route", "add", "default", "via", "fd00:88::1", "dev", "eth0"]);
+    cni.pod.ip(&["neigh", "add", "10.88.0.9", "lladdr", "02:00:0a:58:00:09", "dev", "eth0", "nud", "permanent"]);
+    on("eth0", "renamed back");
+    wait_until(Duration::from_secs(30), "the guest's routes back", || {
+        tests::guest::sh(&run, "ip route").contains("default via 10.88.0.1 dev eth0")
+    });
+    wait_until(Duration::from_secs(10), "IPv6 DAD", || {
+        cni.pod.ip(&["-6", "addr", "show", "tentative"]).trim().is_empty()
+    });
+    // Each time the cold-plugged NIC stayed and was joined again (it cannot be unplugged).
+    assert_eq!(c.log_lines("pod link joined again"), 3, "renamed, made again, renamed back");
+    c.remove_sandbox("sbcold");
+    assert!(!qemu_running_in(&c.run_dir()), "QEMU left behind");
+    assert_eq!(cni.pod.snapshot(), before, "no TAP, qdisc or filter left; the namespace as CNI made it");
 }

@@ -136,6 +136,29 @@ impl EndpointState {
         self
     }
 
+    /// The runtime's TAP when the NIC is joined to its link by tc redirects (`tcfilter`).
+    pub fn tc_tap(&self) -> Option<&IfName> {
+        match self {
+            EndpointState::Veth { connection: Connection::TcFilter { tap, .. }, .. }
+            | EndpointState::BridgedTap { connection: Connection::TcFilter { tap, .. }, .. }
+            | EndpointState::Macvlan { connection: Connection::TcFilter { tap, .. }, .. }
+            | EndpointState::Ipvlan { connection: Connection::TcFilter { tap, .. }, .. } => Some(tap),
+            _ => None,
+        }
+    }
+
+    /// Keep the NIC and join it to the pod's link as it is now: `link`, renamed (the same device:
+    /// its redirects go by index and hold) or made anew under its name (`made_anew`: the TAP is
+    /// joined to the new device). The record under the link's name is returned; `None` when the
+    /// NIC is not joined by tc redirects.
+    pub async fn rejoin(&self, ctx: &NetCtx, link: &IfName, made_anew: bool) -> Result<Option<EndpointState>> {
+        let Some(tap) = self.tc_tap() else { return Ok(None) };
+        if made_anew {
+            crate::model::tc_filter::rejoin(ctx, link, tap).await?;
+        }
+        Ok(Some(self.clone().with_link(link.clone())))
+    }
+
     pub fn link(&self) -> &IfName {
         match self {
             EndpointState::Veth { link, .. }

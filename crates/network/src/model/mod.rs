@@ -2,7 +2,7 @@
 
 mod macvtap;
 mod none;
-mod tc_filter;
+pub(crate) mod tc_filter;
 
 use std::os::fd::OwnedFd;
 

@@ -21,3 +21,32 @@ pub(super) async fn connect(ctx: &NetCtx, b: &Bridged, queues: usize, rb: &mut R
 
     Ok(Connected { queues: fds, connection: Connection::TcFilter { link: link.name.clone(), tap: tap.clone() } })
 }
+
+/// Join the runtime's TAP `tap` to `link` again, a device made anew under the pod's link's name
+/// (its old redirects went with the old device; the TAP's own led nowhere): the TAP's ingress is
+/// replaced and the link gets its ingress and redirect. Each step is undone on failure.
+pub(crate) async fn rejoin(ctx: &NetCtx, link: &crate::IfName, tap: &crate::IfName) -> Result<()> {
+    let h = &ctx.handle;
+    let (li, ti) = (nl::require_link(h, link.as_str()).await?, nl::require_link(h, tap.as_str()).await?);
+    nl::del_ingress(h, tap.as_str()).await?;
+    let mut rb = Rollback::new(ctx);
+    let joined = async {
+        nl::add_ingress(h, li, link.as_str()).await?;
+        rb.push(Undo::DeleteIngress { name: link.clone() });
+        nl::add_ingress(h, ti, tap.as_str()).await?;
+        rb.push(Undo::DeleteIngress { name: tap.clone() });
+        nl::add_redirect(h, li, link.as_str(), ti).await?;
+        nl::add_redirect(h, ti, tap.as_str(), li).await
+    }
+    .await;
+    match joined {
+        Ok(()) => {
+            rb.commit();
+            Ok(())
+        }
+        Err(e) => {
+            let _ = rb.undo().await;
+            Err(e)
+        }
+    }
+}

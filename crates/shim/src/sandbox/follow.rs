@@ -104,7 +104,25 @@ impl Sandbox {
         let same = |p: &PodNic| info.link(p.link.name.as_str()).is_some_and(|l| l.index == p.link.index);
         let gone: Vec<PodNic> = ops.pod.nics.iter().filter(|p| !same(p)).cloned().collect();
         for p in gone {
-            let renamed = info.links.iter().find(|l| l.index == p.link.index).map(|l| l.name.clone());
+            let renamed = info.links.iter().find(|l| l.index == p.link.index).cloned();
+            // A cold-plugged NIC cannot leave the VM: it is joined to the link as it is now,
+            // renamed or made anew under its name, when the link kept its MAC (the guest's NIC
+            // has it).
+            if !p.hotplugged {
+                let anew = info.link(p.link.name.as_str()).filter(|l| l.index != p.link.index).cloned();
+                let now = renamed.clone().map(|l| (l, false)).or(anew.map(|l| (l, true)));
+                if let Some((now, made_anew)) = now.filter(|(l, _)| l.mac == p.link.mac) {
+                    match self.pod_link_rejoin(&mut ops, &p, &now, made_anew).await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            note(Err(e), "a link joined again", &self.log);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let renamed = renamed.map(|l| l.name);
             note(self.pod_link_gone(&mut ops, &p, renamed).await, "a link gone", &self.log);
         }
         let known = |name: &str, ops: &super::Ops| {
@@ -221,6 +239,35 @@ impl Sandbox {
         ops.pod.nics.push(PodNic { link: link.clone(), nic_id: id, hotplugged: true });
         slog::info!(self.log, "pod link plugged in"; "link" => link.name.as_str());
         Ok(())
+    }
+
+    /// A cold-plugged NIC's link renamed, or made anew under its name (`made_anew`): the NIC
+    /// stays, joined to `now` (the TAP's redirects, for a new device), its record under the new
+    /// name, the guest's NIC renamed to match. `false`: the NIC is not joined by tc redirects.
+    async fn pod_link_rejoin(
+        &self,
+        ops: &mut super::Ops,
+        p: &PodNic,
+        now: &network::Link,
+        made_anew: bool,
+    ) -> Result<bool> {
+        let old = p.link.name.clone();
+        let Some(i) = ops.state.endpoints.iter().position(|e| e.link() == &old) else { return Ok(false) };
+        let Some(record) = ops.state.endpoints[i].rejoin(&self.ctx, &now.name, made_anew).await? else {
+            return Ok(false);
+        };
+        ops.state.endpoints[i] = record;
+        ops.state.save(&self.bundle)?;
+        self.configure(now, None).await?;
+        if let Some(n) = ops.pod.nics.iter_mut().find(|q| q.link.name == old) {
+            n.link = now.clone();
+        }
+        // The operator's routes through the old name go as with a link gone; the pod's are
+        // sent again under the new name below.
+        ops.routes.list.retain(|r| r.device != old.as_str() || ops.pod.routes.contains(r));
+        slog::info!(self.log, "pod link joined again"; "link" => now.name.as_str(), "was" => old.as_str(),
+            "made_anew" => made_anew);
+        Ok(true)
     }
 
     /// A pod link that went away (or is now `renamed`): its NIC out of the VM (if hotplugged),
