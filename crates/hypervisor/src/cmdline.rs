@@ -73,7 +73,8 @@ pub(crate) fn build(m: &Machine<'_>, nics: Vec<NicConfig>) -> Result<(CommandLin
     let image_len = memory(&mut c, cfg, root)?;
     c.args.extend(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"].map(String::from));
     c.arg("-display", "none");
-    c.arg("-serial", format!("file:{}", m.run_dir.console_log().display()));
+    // The guest's console on QEMU's stdout, which the VM copies into a capped console.log.
+    c.arg("-serial", "stdio");
     c.arg("-monitor", "none");
     c.arg("-qmp", format!("unix:{},server=on,wait=off", m.run_dir.qmp_socket().display()));
     c.arg("-kernel", cfg.kernel.display().to_string());

@@ -3,6 +3,7 @@
 //! unplug (the `network` crate's `NicHotplug`).
 
 pub mod accel;
+pub mod caplog;
 pub mod cmdline;
 pub mod config;
 pub mod error;

@@ -119,6 +119,10 @@ impl Vm {
         let started = Instant::now();
         let mut child = spawn_qemu(&spec, cl)?;
         let pid = child.id().unwrap_or(0);
+        // The guest's console: whatever it writes, console.log stays within its cap.
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(crate::caplog::copy_capped(out, spec.run_dir.console_log(), crate::caplog::CAP));
+        }
         if let Some(hook) = &spec.hook {
             if let Err(e) = hook("spawned", pid) {
                 let _ = child.kill().await;
@@ -458,7 +462,7 @@ fn spawn_qemu(spec: &VmSpec, cl: cmdline::CommandLine) -> Result<tokio::process:
     let spawn_error = |source| Error::Spawn { path: cfg.path.display().to_string(), source };
     let qemu_log = std::fs::File::create(spec.run_dir.qemu_log()).map_err(spawn_error)?;
     let mut cmd = tokio::process::Command::new(&cfg.path);
-    cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
+    cmd.args(&cl.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(qemu_log)).kill_on_drop(false);
     let netns = match &spec.netns {
         Some(p) => Some(
             std::fs::File::open(p)

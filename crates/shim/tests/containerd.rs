@@ -52,6 +52,20 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
         let log = || std::fs::read_to_string(c.dir.0.join("containerd.log")).unwrap_or_default();
         assert_eq!(String::from_utf8_lossy(&back), want, "port-forward to {addr}; {}", log());
     }
+    // Whatever the guest writes on its console, console.log stays within its cap (1 MiB), the
+    // cap before it in console.log.1.
+    let run = c.run_dir().join("sb1");
+    let flood = "setsid sh -c \"head -c 2500000 /dev/zero | tr '\\\\0' x > /dev/ttyS0; echo flood-done > /dev/ttyS0\" \
+                 >/dev/null 2>&1 </dev/null & true";
+    tests::guest::sh(&run, flood);
+    wait_until(Duration::from_secs(180), "the console's flood written and rotated", || {
+        run.join("console.log.1").exists()
+            && std::fs::read_to_string(run.join("console.log")).unwrap_or_default().contains("flood-done")
+    });
+    for f in ["console.log", "console.log.1"] {
+        let len = std::fs::metadata(run.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len <= 1 << 20, "{f} is {len} bytes, over its cap");
+    }
     let table = cni.pod.exec(&["nft", "list", "table", "inet", "kata_portfwd"]);
     assert!(table.contains("redirect to :"), "the port-forward table: {table}");
     // QEMU, the task's process, runs in the pod's namespace (what `ctr run --cni` configures).

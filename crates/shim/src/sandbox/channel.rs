@@ -20,7 +20,7 @@ pub const VSOCK_BACKEND: &str = "vhost-device-vsock";
 pub const VSOCK_BACKEND_LOG: &str = "vsock-backend.log";
 /// The backend's thread that serves the VM's queues and the host's connections (vhost-user-backend
 /// names it so).
-const VSOCK_WORKER_THREAD: &str = "vring_worker";
+pub(crate) const VSOCK_WORKER_THREAD: &str = "vring_worker";
 /// How often the worker thread is looked for while the shim waits for the agent.
 const WORKER_CHECK_EVERY: Duration = Duration::from_millis(200);
 
@@ -54,8 +54,9 @@ impl VsockBackend {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
-        let log = std::fs::File::create(run_dir.path().join(VSOCK_BACKEND_LOG)).map_err(io)?;
-        let child = spawn_until_socket(cmd, &socket, log.into()).await.map_err(io)?;
+        // Its log, capped whatever the backend writes (hypervisor::caplog).
+        let log = run_dir.path().join(VSOCK_BACKEND_LOG);
+        let child = spawn_until_socket(cmd, &socket, Some(log)).await.map_err(io)?;
         Ok(Self { child })
     }
 
@@ -74,11 +75,7 @@ impl VsockBackend {
     /// connection that arrives while QEMU is still setting up the guest's queues: from then on no
     /// connection of the VM is ever answered. Read from `/proc/<pid>/task/*/comm`.
     pub fn worker_alive(&self) -> bool {
-        let Some(pid) = self.child.id() else { return false };
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-        tasks
-            .flatten()
-            .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == VSOCK_WORKER_THREAD))
+        self.child.id().is_some_and(|pid| has_thread(pid, VSOCK_WORKER_THREAD))
     }
 
     /// Resolves once the worker thread is gone (or the test's failpoint `start:vsock:worker` says
@@ -93,6 +90,12 @@ impl VsockBackend {
     }
 }
 
+/// Whether process `pid` has a thread named `comm` (`/proc/<pid>/task/*/comm`).
+pub(crate) fn has_thread(pid: u32, comm: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm))
+}
+
 /// The last lines of the hybrid vsock backend's log in `run_dir` (at most 2 KiB), for an error.
 pub fn backend_log_tail(run_dir: &RunDir) -> String {
     let text = std::fs::read(run_dir.path().join(VSOCK_BACKEND_LOG)).unwrap_or_default();
@@ -102,16 +105,21 @@ pub fn backend_log_tail(run_dir: &RunDir) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
-/// Start a helper process of the sandbox (stdin and stdout null, stderr to `stderr`; killed when
-/// its `Child` is dropped) and wait, at most 10 s, for the socket it serves on; an error if it
+/// Start a helper process of the sandbox (stdin and stdout null, stderr into the capped `log`
+/// or nowhere; killed when its `Child` is dropped) and wait, at most 10 s, for the socket it serves on; an error if it
 /// exits first.
 pub(crate) async fn spawn_until_socket(
     mut cmd: tokio::process::Command,
     socket: &Path,
-    stderr: std::process::Stdio,
+    log: Option<PathBuf>,
 ) -> std::io::Result<tokio::process::Child> {
     use std::process::Stdio;
+    let stderr = if log.is_some() { Stdio::piped() } else { Stdio::null() };
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).kill_on_drop(true).spawn()?;
+    // Its stderr into a capped log from the first byte (a start that fails says why there).
+    if let (Some(err), Some(log)) = (child.stderr.take(), log) {
+        tokio::spawn(hypervisor::caplog::copy_capped(err, log, hypervisor::caplog::CAP));
+    }
     let t = Instant::now();
     while !socket.exists() {
         if let Some(st) = child.try_wait()? {

@@ -12,12 +12,14 @@ use hypervisor::Vm;
 /// How often the helpers are looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// One helper: its name, pid and start time (so a reused pid is not taken for it).
+/// One helper: its name, pid and start time (so a reused pid is not taken for it), and the
+/// thread it cannot serve without, if any.
 #[derive(Debug, Clone)]
 pub struct Helper {
     pub name: &'static str,
     pub pid: u32,
     start: Option<u64>,
+    thread: Option<&'static str>,
 }
 
 /// Field 22 of `/proc/<pid>/stat` (the start time) and the state, field 3; `None`: no such
@@ -34,15 +36,23 @@ fn stat(pid: u32) -> Option<(char, u64)> {
 
 impl Helper {
     pub fn new(name: &'static str, pid: u32) -> Self {
-        Self { name, pid, start: stat(pid).map(|(_, s)| s) }
+        Self { name, pid, start: stat(pid).map(|(_, s)| s), thread: None }
     }
 
-    /// Whether it still runs: there, the same process, not a zombie.
+    /// A helper that serves only while its thread `comm` runs: vhost-device-vsock 0.3.0 ends its
+    /// worker thread on an error and lives on, answering nothing.
+    pub fn with_thread(mut self, comm: &'static str) -> Self {
+        self.thread = Some(comm);
+        self
+    }
+
+    /// Whether it still runs: there, the same process, not a zombie, its thread (if any) there.
     pub fn alive(&self) -> bool {
-        match stat(self.pid) {
+        let running = match stat(self.pid) {
             Some((state, start)) => !matches!(state, 'Z' | 'X') && Some(start) == self.start,
             None => false,
-        }
+        };
+        running && self.thread.is_none_or(|t| super::channel::has_thread(self.pid, t))
     }
 }
 
@@ -61,8 +71,8 @@ pub fn watch(helpers: Vec<Helper>, vm: Arc<Vm>, log: slog::Logger) {
                 return;
             }
             if let Some(dead) = helpers.iter().find(|h| !h.alive()) {
-                slog::error!(log, "a helper of the sandbox exited: the VM cannot go on without it and is stopped";
-                    "helper" => dead.name, "pid" => dead.pid);
+                slog::error!(log, "a helper of the sandbox exited (or lost the thread it serves by): the VM cannot go on without it and is stopped";
+                    "helper" => dead.name, "pid" => dead.pid, "thread" => dead.thread.unwrap_or("-"));
                 let _ = vm.stop(Duration::from_millis(0)).await;
                 return;
             }
@@ -84,5 +94,14 @@ mod tests {
         let _ = child.wait().await;
         assert!(!h.alive());
         assert!(!super::Helper::new("none", u32::MAX).alive());
+    }
+
+    #[tokio::test]
+    async fn a_helper_without_its_thread_is_not_alive() {
+        let child = tokio::process::Command::new("sleep").arg("30").kill_on_drop(true).spawn().unwrap();
+        let pid = child.id().unwrap();
+        // A process's main thread has its command's name.
+        assert!(super::Helper::new("sleep", pid).with_thread("sleep").alive());
+        assert!(!super::Helper::new("sleep", pid).with_thread("vring_worker").alive(), "its worker is gone");
     }
 }

@@ -62,7 +62,7 @@ impl VirtioFsd {
         mount(none, &shared, none, ro, none).map_err(errno)?;
         let mut cmd = tokio::process::Command::new(&cfg.virtio_fs_daemon);
         cmd.args(daemon_args(Flavour::of(&cfg.virtio_fs_daemon).await?, cfg, &socket, &shared)?);
-        let child = super::channel::spawn_until_socket(cmd, &socket, std::process::Stdio::null()).await.map_err(io)?;
+        let child = super::channel::spawn_until_socket(cmd, &socket, None).await.map_err(io)?;
         Ok(Self { child, socket })
     }
 }

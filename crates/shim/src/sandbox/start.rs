@@ -249,6 +249,10 @@ impl Start<'_> {
         ]
         .into_iter()
         .filter_map(|(name, pid)| Some(super::helpers::Helper::new(name, pid.filter(|p| *p != 0)?)))
+        .map(|h| match h.name {
+            "vhost-device-vsock" => h.with_thread(super::channel::VSOCK_WORKER_THREAD),
+            _ => h,
+        })
         .collect();
         super::helpers::watch(helpers, vm.clone(), self.log.clone());
         Sandbox {
