@@ -43,6 +43,7 @@ declare -A need=(
   [/usr/include/x86_64-linux-gnu/asm/unistd_64.h]=linux-libc-dev
   [/usr/bin/ip]=iproute2
   [/usr/sbin/nft]=nftables
+  [dpdk-testpmd]=dpdk-dev
 )
 
 missing=()
@@ -107,4 +108,31 @@ SOURCES
   mkdir -p "$C2_DIR"
   dpkg-deb -x "$tmp"/containerd_*.deb "$C2_DIR"
   "$C2_DIR/usr/bin/containerd" --version
+fi
+
+# QEMU 10 for the vhost-user test only: Debian 12's QEMU 7.2 segfaults when a guest starts a
+# vhost-user NIC on DPDK's testpmd (docs/network.md). bookworm-backports' build, unpacked into
+# $Q10_DIR the same way, never installed over the system's QEMU; DPDK's testpmd (dpdk-dev) is the
+# backend.
+Q10_DIR=/var/lib/kata-net-test/qemu-10
+if [ ! -x "$Q10_DIR/usr/bin/qemu-system-x86_64" ]; then
+  echo "install-deps: fetching QEMU 10 (Debian bookworm-backports) into $Q10_DIR"
+  qtmp=$(mktemp -d)
+  mkdir -p "$qtmp/lists/partial" "$qtmp/archives/partial"
+  cat > "$qtmp/bpo.sources" <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  q_opts=(-o "Dir::Etc::SourceList=$qtmp/bpo.sources" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$qtmp/lists" -o "Dir::Cache::Archives=$qtmp/archives" -o APT::Sandbox::User=root)
+  apt-get "${q_opts[@]}" update -qq
+  v=$(apt-cache "${q_opts[@]}" madison qemu-system-x86 | awk '/bookworm-backports/ {print $3; exit}')
+  (cd "$qtmp" && apt-get "${q_opts[@]}" download -qq "qemu-system-x86=$v" "qemu-system-common=$v" "qemu-system-data=$v")
+  mkdir -p "$Q10_DIR"
+  for deb in "$qtmp"/*.deb; do dpkg-deb -x "$deb" "$Q10_DIR"; done
+  rm -rf "$qtmp"
+  "$Q10_DIR/usr/bin/qemu-system-x86_64" --version
 fi

@@ -257,7 +257,10 @@ pub fn qemu_pid_in(dir: &Path) -> Option<u32> {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let c = std::fs::read(e.path().join("cmdline")).ok()?;
         let c = String::from_utf8_lossy(&c);
-        (c.starts_with("/usr/bin/qemu-system") && c.contains(&needle)).then_some(pid)
+        // Debian's QEMU, or another build (the vhost-user test's QEMU 10).
+        let argv0 = c.split('\0').next().unwrap_or_default();
+        let is_qemu = Path::new(argv0).file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"));
+        (is_qemu && c.contains(&needle)).then_some(pid)
     })
 }
 

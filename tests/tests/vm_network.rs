@@ -127,7 +127,8 @@ async fn cold_plug_ping_hotplug_unplug_and_refused_device_add() {
     let a1 = eth1.attach(&ctx, &cfg()).await.unwrap();
     assert_eq!(vm.add_nic(a1.nic).await.unwrap().to_string(), "10/00");
     // An unplug whose wait runs out (a loaded guest takes longer) stays pending; the next one
-    // does not send device_del again and finishes it: netdev, fds and slot released.
+    // asks again (QEMU refuses a second device_del on q35 while the first runs: no cancel) and
+    // finishes it: netdev, fds and slot released.
     vm.set_unplug_timeout(Duration::from_millis(1));
     let err = vm.remove_nic("network-1").await.unwrap_err();
     assert!(matches!(err, hypervisor::Error::Timeout(_)), "{err:?}");

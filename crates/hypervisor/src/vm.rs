@@ -390,8 +390,12 @@ impl Vm {
         let p = plugged.get_mut(id).ok_or_else(|| Error::UnknownNic(id.to_owned()))?;
         let mut events = self.qmp.subscribe();
         let timeout = *self.unplug_timeout.lock().unwrap_or_else(|e| e.into_inner());
-        let gone = if p.unplug_pending {
-            !self.device_exists(id).await?
+        // A pending unplug whose device is still there asks again: on `pc` (ACPI) that sends the
+        // guest the event once more (one that came before its driver was up is lost); on q35,
+        // QEMU refuses while the first one runs (a second press of the attention button would
+        // cancel it), which is the same as waiting on.
+        let gone = if p.unplug_pending && !self.device_exists(id).await? {
+            true
         } else {
             match self.qmp.execute("device_del", json!({"id": id})).await {
                 Ok(_) => false,

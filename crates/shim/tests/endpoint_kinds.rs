@@ -178,6 +178,9 @@ fn under_the_none_model_a_cni_tap_is_the_vms_nic_as_it_is() {
     assert_eq!(pod.snapshot(), before, "the TAP as CNI left it");
 }
 
+/// bookworm-backports' QEMU, as `scripts/install-deps.sh` unpacks it.
+const QEMU_10: &str = "/var/lib/kata-net-test/qemu-10/usr/bin/qemu-system-x86_64";
+
 /// A process killed when dropped (also when the test fails), and a directory removed.
 struct Cleanup(Option<std::process::Child>, std::path::PathBuf);
 
@@ -196,13 +199,10 @@ impl Drop for Cleanup {
 /// (`<vhost_user_store_path>/vhostuser_<ip>/vhu.sock`) and forwarding between it and a veth (its
 /// af_packet port) to a client namespace. The client's ping reaches the VM only through testpmd.
 ///
-/// Not run by default: Debian 12's QEMU 7.2 segfaults (a NULL read) as soon as the guest's
-/// virtio-net driver starts a vhost-user NIC served by DPDK 22.11's vhost PMD, under TCG, with or
-/// without `host_mtu` and on `pc` as on `q35` (the repro without the runtime is in
-/// `docs/network.md`, "vhost-user"). `cargo test -p shim --test endpoint_kinds -- --ignored`
-/// runs it where QEMU works (it needs Debian's dpdk-dev).
+/// On QEMU 10 (bookworm-backports, unpacked by install-deps beside the system's): Debian 12's
+/// QEMU 7.2 segfaults (a NULL read) as soon as the guest's virtio-net driver starts a vhost-user
+/// NIC on DPDK 22.11's vhost PMD (the repro without the runtime is in `docs/network.md`).
 #[test]
-#[ignore = "Debian 12's QEMU 7.2 segfaults when the guest starts a vhost-user NIC on DPDK 22.11's testpmd (docs/network.md)"]
 fn a_vhost_user_nic_on_dpdk_testpmd_carries_the_pods_traffic() {
     use std::os::unix::fs::PermissionsExt;
     tests::require_root_and_tools(&["dpdk-testpmd"]);
@@ -234,15 +234,21 @@ fn a_vhost_user_nic_on_dpdk_testpmd_carries_the_pods_traffic() {
     guard.0 = Some(testpmd);
     tests::containerd::wait_until(std::time::Duration::from_secs(20), "testpmd's vhost-user socket", || sock.exists());
 
+    let qemu10 = Path::new(QEMU_10);
+    assert!(qemu10.is_file(), "{QEMU_10} missing: scripts/install-deps.sh unpacks bookworm-backports' QEMU there");
     let c = containerd("vhu", "");
-    let conf = std::fs::read_to_string(c.dir.0.join("configuration.toml")).unwrap().replacen(
-        "[hypervisor.qemu]\n",
-        &format!(
-            "[hypervisor.qemu]\nenable_vhost_user_store = true\nvhost_user_store_path = \"{}\"\n",
-            store.display()
-        ),
-        1,
-    );
+    let conf = std::fs::read_to_string(c.dir.0.join("configuration.toml"))
+        .unwrap()
+        .replace("path = \"/usr/bin/qemu-system-x86_64\"", &format!("path = \"{QEMU_10}\""))
+        .replacen(
+            "[hypervisor.qemu]\n",
+            &format!(
+                "[hypervisor.qemu]\nenable_vhost_user_store = true\nvhost_user_store_path = \"{}\"\n",
+                store.display()
+            ),
+            1,
+        );
+    assert!(conf.contains(&format!("path = \"{QEMU_10}\"")), "the configuration names QEMU 10: {conf}");
     std::fs::write(c.dir.0.join("configuration.toml"), conf).unwrap();
     let cni = CniPod::new();
     let before = cni.pod.snapshot();
