@@ -85,54 +85,50 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
   cargo install --locked --quiet vhost-device-vsock
 fi
 
-# containerd 2.1 for the second pass of the end-to-end tests: Debian's package from sid (the
-# only suite that has a 2.x), downloaded and unpacked into $C2_DIR, never installed over the
-# system's 1.6. Its sources list and package lists live in a scratch directory, not in /etc/apt.
-C2_DIR=/var/lib/kata-net-test/containerd-2.1
-if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
-  echo "install-deps: fetching containerd 2.1 (Debian sid) into $C2_DIR"
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
-  cat > "$tmp/sid.sources" <<'SOURCES'
+# unpack_from SUITE DIR PACKAGE...: Debian's PACKAGEs (each at SUITE's version) downloaded from
+# SUITE and unpacked into DIR, never installed over the system's own. The sources list and the
+# package lists live in a scratch directory, not in /etc/apt.
+unpack_from() {
+  local suite=$1 dir=$2 scratch
+  shift 2
+  scratch=$(mktemp -d)
+  mkdir -p "$scratch/lists/partial" "$scratch/archives/partial"
+  cat > "$scratch/extra.sources" <<SOURCES
 Types: deb
 URIs: http://deb.debian.org/debian
-Suites: sid
+Suites: $suite
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
-  apt_opts=(-o "Dir::Etc::SourceList=$tmp/sid.sources" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::Archives=$tmp/archives" -o APT::Sandbox::User=root)
-  apt-get "${apt_opts[@]}" update -qq
-  (cd "$tmp" && apt-get "${apt_opts[@]}" download containerd -qq)
-  mkdir -p "$C2_DIR"
-  dpkg-deb -x "$tmp"/containerd_*.deb "$C2_DIR"
+  local opts=(-o "Dir::Etc::SourceList=$scratch/extra.sources" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$scratch/lists" -o "Dir::Cache::Archives=$scratch/archives" -o APT::Sandbox::User=root)
+  apt-get "${opts[@]}" update -qq
+  local pkgs=() p v
+  for p in "$@"; do
+    v=$(apt-cache "${opts[@]}" madison "$p" | awk -v s="$suite" '$0 ~ s {print $3; exit}')
+    pkgs+=("$p=$v")
+  done
+  (cd "$scratch" && apt-get "${opts[@]}" download -qq "${pkgs[@]}")
+  mkdir -p "$dir"
+  for deb in "$scratch"/*.deb; do dpkg-deb -x "$deb" "$dir"; done
+  rm -rf "$scratch"
+}
+
+# containerd 2.1 for the second pass of the end-to-end tests: Debian's package from sid (the
+# only suite that has a 2.x), next to the system's 1.6.
+C2_DIR=/var/lib/kata-net-test/containerd-2.1
+if [ ! -x "$C2_DIR/usr/bin/containerd" ]; then
+  echo "install-deps: fetching containerd 2.1 (Debian sid) into $C2_DIR"
+  unpack_from sid "$C2_DIR" containerd
   "$C2_DIR/usr/bin/containerd" --version
 fi
 
 # QEMU 10 for the vhost-user test only: Debian 12's QEMU 7.2 segfaults when a guest starts a
-# vhost-user NIC on DPDK's testpmd (docs/network.md). bookworm-backports' build, unpacked into
-# $Q10_DIR the same way, never installed over the system's QEMU; DPDK's testpmd (dpdk-dev) is the
-# backend.
+# vhost-user NIC on DPDK's testpmd (docs/network.md). bookworm-backports' build, next to the
+# system's QEMU; DPDK's testpmd (dpdk-dev) is the backend.
 Q10_DIR=/var/lib/kata-net-test/qemu-10
 if [ ! -x "$Q10_DIR/usr/bin/qemu-system-x86_64" ]; then
   echo "install-deps: fetching QEMU 10 (Debian bookworm-backports) into $Q10_DIR"
-  qtmp=$(mktemp -d)
-  mkdir -p "$qtmp/lists/partial" "$qtmp/archives/partial"
-  cat > "$qtmp/bpo.sources" <<'SOURCES'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SOURCES
-  q_opts=(-o "Dir::Etc::SourceList=$qtmp/bpo.sources" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$qtmp/lists" -o "Dir::Cache::Archives=$qtmp/archives" -o APT::Sandbox::User=root)
-  apt-get "${q_opts[@]}" update -qq
-  v=$(apt-cache "${q_opts[@]}" madison qemu-system-x86 | awk '/bookworm-backports/ {print $3; exit}')
-  (cd "$qtmp" && apt-get "${q_opts[@]}" download -qq "qemu-system-x86=$v" "qemu-system-common=$v" "qemu-system-data=$v")
-  mkdir -p "$Q10_DIR"
-  for deb in "$qtmp"/*.deb; do dpkg-deb -x "$deb" "$Q10_DIR"; done
-  rm -rf "$qtmp"
+  unpack_from bookworm-backports "$Q10_DIR" qemu-system-x86 qemu-system-common qemu-system-data
   "$Q10_DIR/usr/bin/qemu-system-x86_64" --version
 fi
