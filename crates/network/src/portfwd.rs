@@ -60,11 +60,6 @@ pub async fn remove(ns: &NetNs) -> Result<()> {
     check(ns, out, gone, "remove the port-forward table")
 }
 
-/// Whether `ns` holds the table (for tests and `delete`'s report).
-pub async fn installed(ns: &NetNs) -> Result<bool> {
-    Ok(listed(ns).await?.contains(&format!("table inet {TABLE} ")))
-}
-
 /// The namespace's ruleset as `nft list ruleset` prints it.
 async fn listed(ns: &NetNs) -> Result<String> {
     Ok(in_netns(ns, &["list", "ruleset"], None).await?.stdout)
@@ -129,18 +124,21 @@ async fn in_netns(ns: &NetNs, args: &[&str], input: Option<&str>) -> Result<NftO
     }
     drop(stdin);
     // Both pipes are read to their end (nft has exited then), before the status is asked for.
-    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
-        let mut text = String::new();
-        if let Some(mut p) = pipe {
-            p.read_to_string(&mut text).await?;
+    let (mut out, mut err) = (String::new(), String::new());
+    let read_out = async {
+        match stdout {
+            Some(mut p) => p.read_to_string(&mut out).await.map(drop),
+            None => Ok(()),
         }
-        std::io::Result::Ok(text)
     };
-    let (stdout, stderr) = tokio::try_join!(
-        read(stdout.map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
-        read(stderr.map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>))
-    )
-    .map_err(io("read from"))?;
+    let read_err = async {
+        match stderr {
+            Some(mut p) => p.read_to_string(&mut err).await.map(drop),
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(read_out, read_err).map_err(io("read from"))?;
+    let (stdout, stderr) = (out, err);
     let status = match child.wait().await {
         Ok(s) => Some(s),
         // Reaped by someone else (a shim's SIGCHLD reaper): the ruleset tells.
