@@ -29,7 +29,7 @@ else
   echo "== the kata pass: NOT RUN (KATA_AGENT=<path to a kata-agent binary> not given): $n tests skipped"
   echo "kata pass not run: $n skipped" >> "$log"
 fi
-# The end-to-end paths (ctr, CRI, containerd 2.3's bootstrap) again on containerd 2.1, unpacked
+# The end-to-end paths (ctr, CRI, containerd 2.3's bootstrap, the churn) again on containerd 2.1, unpacked
 # by install-deps beside the system's 1.6 (tests::containerd::CONTAINERD_BIN_ENV).
 c2=/var/lib/kata-net-test/containerd-2.1/usr/bin
 if [ ! -x "$c2/containerd" ]; then
@@ -37,7 +37,7 @@ if [ ! -x "$c2/containerd" ]; then
   exit 1
 fi
 echo "== the end-to-end suite again, on containerd 2.1 ($("$c2/containerd" --version))"
-KATA_NET_TEST_CONTAINERD_BIN=$c2 cargo test -p shim --no-fail-fast --test containerd --test cri --test bootstrap \
+KATA_NET_TEST_CONTAINERD_BIN=$c2 cargo test -p shim --no-fail-fast --test containerd --test cri --test bootstrap --test churn \
   -- --show-output --test-threads=1 2>&1 | tee -a "$log"
 rc4=${PIPESTATUS[0]}
 ./scripts/ipvlan-tests.sh 2>&1 | tee -a "$log"

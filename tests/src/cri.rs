@@ -74,6 +74,50 @@ pub struct CriNode {
     pub dir: Scratch,
     pub node: TestNs,
     pub sock: PathBuf,
+    shim_dir: PathBuf,
+}
+
+/// containerd in the node's namespace on the configuration in `dir`, its log appended to
+/// `dir/containerd.log`, under the fd limit of a systemd service without LimitNOFILE (1024, as
+/// the hard limit too: containerd raises its soft limit to the hard one, and its shims inherit).
+fn spawn(node: &TestNs, dir: &Path, shim_dir: &Path) -> Child {
+    let mut cmd = Command::new("nsenter");
+    // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log")).unwrap();
+    cmd.arg(format!("--net={}", node.path()))
+        .arg(crate::containerd::bin("containerd"))
+        .arg("--config")
+        .arg(dir.join("containerd.toml"))
+        .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env_remove("KATA_CONF_FILE")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start containerd")
+}
+
+/// Wait until containerd answers on `sock`.
+fn wait_serving(sock: &Path) {
+    let start = Instant::now();
+    let serving = || {
+        sock.exists()
+            && Command::new(crate::containerd::bin("ctr"))
+                .arg("-a")
+                .arg(sock)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+    };
+    while !serving() {
+        assert!(start.elapsed() < Duration::from_secs(30), "containerd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl CriNode {
@@ -102,27 +146,9 @@ impl CriNode {
         std::fs::write(dir.0.join("containerd.toml"), cri_config(&d)).unwrap();
         std::fs::write(dir.0.join("configuration.toml"), crate::containerd::kata_conf(&dir.0.join("run"))).unwrap();
         let shim_dir = shim_bin.parent().unwrap().to_owned();
-        let containerd = Containerd(
-            Command::new("nsenter")
-                .arg(format!("--net={}", node.path()))
-                .arg(crate::containerd::bin("containerd"))
-                .arg("--config")
-                .arg(dir.0.join("containerd.toml"))
-                .env("PATH", format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default()))
-                .env_remove("KATA_CONF_FILE")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
-                .spawn()
-                .unwrap(),
-            dir.0.clone(),
-            cni_netns(),
-        );
+        let containerd = Containerd(spawn(&node, &dir.0, &shim_dir), dir.0.clone(), cni_netns());
         let sock = dir.0.join("containerd.sock");
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_serving(&sock);
         let image = dir.0.join("image.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
         assert!(Command::new(script).arg(&image).arg(IMAGE).status().unwrap().success());
@@ -134,7 +160,22 @@ impl CriNode {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Self { _containerd: containerd, _unmount: unmount, dir, node, sock }
+        Self { _containerd: containerd, _unmount: unmount, dir, node, sock, shim_dir }
+    }
+
+    /// Kill containerd (SIGKILL, as a crash or an OOM kill would) and start it again on the same
+    /// root, state and sockets; its shims live on.
+    pub fn restart(&mut self) {
+        let _ = self._containerd.0.kill();
+        let _ = self._containerd.0.wait();
+        let _ = std::fs::remove_file(&self.sock);
+        self._containerd.0 = spawn(&self.node, &self.dir.0, &self.shim_dir);
+        wait_serving(&self.sock);
+    }
+
+    /// containerd's pid.
+    pub fn containerd_pid(&self) -> u32 {
+        self._containerd.0.id()
     }
 
     /// containerd's log (the shims' logs are in it).

@@ -4,6 +4,11 @@ use std::path::Path;
 
 /// A tonic channel whose every connection goes to the unix socket at `sock`.
 pub async fn unix_channel(sock: &Path) -> tonic::transport::Channel {
+    try_unix_channel(sock).await.unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()))
+}
+
+/// [`unix_channel`], or why it could not connect (the server is down, say).
+pub async fn try_unix_channel(sock: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = sock.to_owned();
     tonic::transport::Endpoint::try_from("http://[::]:50051")
         .unwrap()
@@ -12,5 +17,4 @@ pub async fn unix_channel(sock: &Path) -> tonic::transport::Channel {
             async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
         }))
         .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()))
 }

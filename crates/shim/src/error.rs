@@ -64,6 +64,9 @@ pub enum Error {
     Injected(#[from] crate::failpoint::Injected),
     #[error("the request's deadline passed before the operation could start")]
     Deadline,
+    /// The shim is ending (SIGTERM, its bundle removed, idle): it makes nothing new.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug: a task that ended without its answer (it panicked).
     #[error("{0}")]
     Internal(String),
@@ -107,7 +110,7 @@ impl Error {
             | Error::Doc(_) => Code::INVALID_ARGUMENT,
             Error::NoNetns | Error::AgentNotServing => Code::FAILED_PRECONDITION,
             Error::AgentSilent { .. } => Code::DEADLINE_EXCEEDED,
-            Error::VsockBackendLost { .. } => Code::UNAVAILABLE,
+            Error::VsockBackendLost { .. } | Error::Unavailable(_) => Code::UNAVAILABLE,
             Error::NotSandbox | Error::AgentLacks(_) => Code::UNIMPLEMENTED,
             Error::Network(e) => match e {
                 N::UnsupportedKind { .. } | N::Unsupported { .. } | N::TapMtu { .. } => Code::FAILED_PRECONDITION,

@@ -10,6 +10,7 @@ pub(crate) mod containers;
 pub mod error;
 pub mod failpoint;
 pub(crate) mod kata_compat;
+pub(crate) mod lifecycle;
 pub mod logging;
 pub mod mgmt_server;
 pub mod sandbox;

@@ -108,6 +108,42 @@ fn remove_dead_socket(address: &str) {
     }
 }
 
+/// The pid of the process listening on the unix socket at `address` (its peer credentials).
+fn serving_pid(address: &str) -> Option<i32> {
+    let stream = std::os::unix::net::UnixStream::connect(socket_file(address)?).ok()?;
+    let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    Some(cred.pid()).filter(|p| *p > 0 && *p as u32 != std::process::id())
+}
+
+/// How long a live shim asked to end may take to shut its sandbox down.
+const END_SHIM_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// SIGTERM shim `pid` and wait until it is gone and the run directory `run_dir` is free (the
+/// shim's sandbox shut down). Whether it ended in time.
+async fn end_shim(pid: i32, run_dir: Option<&Path>) -> bool {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    while start.elapsed() < END_SHIM_WAIT {
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && !run_dir.is_some_and(sandbox::run_dir_held) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+impl KataShim {
+    /// The pid of the live shim serving this namespace's sandbox `id` from `bundle`: the one
+    /// listening on the address `start` wrote there (or containerd's name for it).
+    fn live_shim(&self, bundle: &Path) -> Option<i32> {
+        let written = std::fs::read_to_string(bundle.join("address")).ok().map(|a| a.trim().to_owned());
+        let derived = containerd_shim::socket_address(&self.address, &self.namespace, &self.id);
+        written.into_iter().chain([derived]).find_map(|a| serving_pid(&a))
+    }
+}
+
 /// The shim's tokio workers, whatever the host's CPU count.
 pub const WORKER_THREADS: usize = 2;
 /// The most blocking threads it runs at once.
@@ -176,9 +212,28 @@ impl Shim for KataShim {
                 tagged_state(&self.id, &bundle, run_root.as_deref())
             }
         };
+        // containerd cleans up a sandbox it holds for dead (after its own restart during the
+        // start, say) while that sandbox's shim may live on: the shim serving this bundle's
+        // socket is asked to end (SIGTERM: it shuts its sandbox down) and awaited, so that what it
+        // leaves is removed here and no shim outlives its sandbox.
+        let run_dir = state.as_ref().and_then(|s| s.run_dir.clone());
+        let mut state = state;
+        if let Some(pid) = self.live_shim(&bundle) {
+            slog::warn!(log, "containerd cleans up a sandbox whose shim lives: it is ended first";
+                "sandbox_id" => &self.id, "shim_pid" => pid);
+            if !end_shim(pid, run_dir.as_deref()).await {
+                slog::error!(log, "the live shim did not end in time: its sandbox is left to it";
+                    "sandbox_id" => &self.id, "shim_pid" => pid);
+            }
+            // What the ended shim left (no state: it removed everything).
+            state = SandboxState::load(&bundle)
+                .ok()
+                .flatten()
+                .or_else(|| tagged_state(&self.id, &bundle, run_root.as_deref()));
+        }
         // A run directory held by a live shim is another sandbox's with the same id (another
         // containerd namespace): nothing of it is ours to remove.
-        let held = state.as_ref().and_then(|s| s.run_dir.as_deref()).is_some_and(sandbox::run_dir_held);
+        let held = run_dir.as_deref().is_some_and(sandbox::run_dir_held);
         if held {
             slog::warn!(log, "the run directory is held by a live shim: the same sandbox id runs elsewhere; nothing touched";
                 "sandbox_id" => &self.id);

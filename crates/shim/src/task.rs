@@ -25,7 +25,7 @@ use crate::workload::io::Stdio;
 
 /// The Task service of one shim (one sandbox and its containers).
 pub struct KataTask {
-    containers: Containers,
+    containers: Arc<Containers>,
     exit: Arc<ExitSignal>,
 }
 
@@ -45,7 +45,9 @@ impl KataTask {
         log: slog::Logger,
     ) -> Self {
         let events = Events { publisher: Arc::new(publisher), namespace: namespace.to_owned() };
-        KataTask { containers: Containers::new(config, events, log), exit }
+        let containers = Arc::new(Containers::new(config, events, log.clone()));
+        crate::lifecycle::watch(containers.clone(), exit.clone(), log);
+        KataTask { containers, exit }
     }
 }
 

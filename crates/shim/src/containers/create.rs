@@ -32,6 +32,7 @@ impl Containers {
     /// Make container `c`: the sandbox container (the sandbox with it), or an app container in
     /// its sandbox's VM when the spec's CRI annotations name one. Returns its pid.
     pub(crate) async fn create(&self, c: NewContainer) -> Result<u32> {
+        let _op = self.ops.begin()?;
         if self.entries.lock().await.contains_key(c.id.as_str()) {
             return Err(Error::AlreadyExists(format!("task {} exists", c.id)));
         }
@@ -44,6 +45,7 @@ impl Containers {
         let pid = entry.pid();
         let (sb, workload) = (entry.sandbox.clone(), entry.workload);
         self.entries.lock().await.insert(c.id.to_string(), entry);
+        self.held();
         if workload {
             // Output is copied from now on; the exit is known once the agent says so.
             follow_process(self.entries.clone(), self.events.clone(), sb, c.id.to_string(), String::new(), c.stdio);

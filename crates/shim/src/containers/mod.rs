@@ -4,6 +4,7 @@
 //! `Result`; `task.rs` is the glue of containerd's Task API to them.
 
 mod create;
+mod end;
 mod kill;
 pub(crate) mod process;
 mod remove;
@@ -84,6 +85,8 @@ pub(crate) struct Containers {
     config: std::result::Result<Config, String>,
     events: Events,
     log: slog::Logger,
+    /// Creates and container removals under way, and whether the shim is ending (`end.rs`).
+    ops: end::Ops,
 }
 
 impl std::fmt::Debug for Containers {
@@ -94,7 +97,7 @@ impl std::fmt::Debug for Containers {
 
 impl Containers {
     pub(crate) fn new(config: std::result::Result<Config, String>, events: Events, log: slog::Logger) -> Self {
-        Containers { entries: Arc::new(Mutex::new(HashMap::new())), config, events, log }
+        Containers { entries: Arc::new(Mutex::new(HashMap::new())), config, events, log, ops: end::Ops::default() }
     }
 
     pub(crate) async fn is_empty(&self) -> bool {

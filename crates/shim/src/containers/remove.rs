@@ -23,7 +23,7 @@ pub(crate) struct Removed {
 }
 
 /// How long a sandbox's VM may take to stop when its container is deleted.
-const VM_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const VM_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Containers {
     /// Delete exec `exec_id` of container `id`, or (`exec_id` empty) the container itself.
@@ -68,6 +68,8 @@ impl Containers {
     /// gave; a shim killed between two leaves the rest to containerd's `delete` (failpoints
     /// `remove:*`).
     async fn delete_container(&self, id: &str) -> Result<Removed> {
+        // Counted even while the shim ends: an ending waits for it to finish.
+        let _op = self.ops.begin_any();
         let entry = {
             let mut e = self.entries.lock().await;
             let entry = e.get(id).ok_or_else(|| no_task(id))?;
