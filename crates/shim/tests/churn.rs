@@ -517,3 +517,54 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
     assert!(fds_now <= base_fds + 4, "containerd's fds grew: {base_fds} -> {fds_now}");
     assert!(threads_now <= base_threads + 8, "containerd's threads grew: {base_threads} -> {threads_now}");
 }
+
+/// containerd's `delete` run in the bundle of a sandbox whose shim still lives (what containerd
+/// does when it holds that shim for dead, e.g. after its own restart during the start) ends that
+/// shim, which shuts its sandbox down: no shim, QEMU or run directory is left, and the pod's
+/// namespace is as CNI left it. Also a shim ends by itself, its sandbox with it, on SIGTERM.
+#[test]
+fn a_live_shim_is_ended_by_containerds_delete_and_by_sigterm_leaving_nothing() {
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"));
+    let c = tests::containerd::start_containerd("livedel", shim);
+    let cni = tests::CniPod::new();
+    let before = cni.pod.snapshot();
+    let address = c.sock().display().to_string();
+    for (id, how) in [("livedel", "delete"), ("liveterm", "SIGTERM")] {
+        c.run_ok(id, &cni.pod.path());
+        let pid = c.shim_pid(id).expect("the sandbox's shim runs");
+        let run = c.run_dir().join(id);
+        assert!(run.exists() && tests::containerd::qemu_running_in(&run));
+        match how {
+            "delete" => {
+                let bundle = c.dir.0.join("state/io.containerd.runtime.v2.task/default").join(id);
+                let out = std::process::Command::new(shim)
+                    .args(["-namespace", "default", "-address", &address, "-id", id, "delete"])
+                    .current_dir(&bundle)
+                    .env("TTRPC_ADDRESS", format!("{address}.ttrpc"))
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "delete: {err}");
+                assert!(err.contains("whose shim lives: it is ended first"), "delete: {err}");
+                // The delete returns once the shim is gone.
+                assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the shim outlived the delete: {err}");
+            }
+            _ => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
+                    .unwrap();
+                tests::containerd::wait_until(Duration::from_secs(60), "the SIGTERMed shim ended", || {
+                    !Path::new(&format!("/proc/{pid}")).exists()
+                });
+            }
+        }
+        assert!(!tests::containerd::qemu_running_in(&c.run_dir()), "{how}: QEMU is left");
+        assert!(!run.exists(), "{how}: the run directory is left");
+        assert_eq!(cni.pod.snapshot(), before, "{how}: the pod namespace is not as CNI left it");
+        // containerd finds the task ended; removing it is what an operator does next.
+        tests::containerd::wait_until(Duration::from_secs(30), "containerd sees the task stopped", || {
+            matches!(c.task_status(id).as_str(), "STOPPED" | "")
+        });
+        let _ = c.ctr(&["task", "rm", "-f", id]);
+        assert!(c.ctr(&["container", "rm", id]).status.success());
+    }
+}
