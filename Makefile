@@ -25,6 +25,12 @@ bench: deps guest-image
 	$(CARGO) bench -p shim --bench sandbox
 	$(CARGO) bench -p shim --bench workload
 	$(CARGO) bench -p shim --bench network_features
+	$(CARGO) bench -p shim --bench pods
+	$(CARGO) build --release -p kata-runtime
+	# The churn, long: 100 pods with faults; then plain, 1, 4 and 8 at a time (pods per minute).
+	KATA_NET_CHURN_PODS=100 $(CARGO) test --release -p shim --test churn -- --nocapture --test-threads=1 pods_churned
+	for n in 1 4 8; do KATA_NET_CHURN_FAULTS=off KATA_NET_CHURN_AT_ONCE=$$n KATA_NET_CHURN_PODS=$$((n * 4)) \
+	  $(CARGO) test --release -p shim --test churn -- --nocapture --test-threads=1 pods_churned || exit 1; done
 	$(CARGO) build --release -p kata-runtime
 	$(CARGO) bench -p shim --bench mgmt
 

@@ -99,6 +99,9 @@ struct Booted {
     agent: AgentClient,
     link: super::channel::AgentLink,
     virtiofsd: Option<VirtioFsd>,
+    /// Where the boot's time went: the helpers (agent channel backend, virtiofsd) started, QEMU
+    /// started and its NICs plugged, the guest booted to its agent's answer (ms).
+    phases: [String; 3],
 }
 
 fn ms(t: Instant) -> String {
@@ -132,7 +135,8 @@ impl Start<'_> {
             .collect();
         let pod = super::PodLinks { nics, routes: routes.clone(), neighbors, refused: Vec::new() };
         slog::info!(self.log, "sandbox started"; "sandbox_id" => %self.id, "endpoints" => ids.len(),
-            "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "agent_sync_ms" => ms(t));
+            "scan_ms" => scan_ms, "attach_ms" => attach_ms, "vm_boot_ms" => boot_ms, "helpers_ms" => &booted.phases[0],
+            "qemu_ms" => &booted.phases[1], "guest_boot_ms" => &booted.phases[2], "agent_sync_ms" => ms(t));
         let ops = Ops {
             state: self.state.clone(),
             operator: Default::default(),
@@ -199,6 +203,7 @@ impl Start<'_> {
     /// agent connected within `dial_timeout`.
     async fn boot(&mut self, attached: Vec<Attached>) -> Result<Booted> {
         let qemu = &self.cfg.hypervisor.qemu;
+        let t = Instant::now();
         let link = super::channel::agent_link(qemu.agent_channel, &self.run_dir, self.id).await?;
         if matches!(link.channel, AgentChannel::Vsock { .. }) {
             slog::warn!(self.log, "agent_channel = \"vsock\": any local user can reach this guest's agent (kernel vsock has no owner)";
@@ -209,7 +214,11 @@ impl Start<'_> {
             SharedFs::None => None,
         };
         let fs_socket = virtiofsd.as_ref().map(|f| f.socket.clone());
+        let helpers_ms = ms(t);
+        let t = Instant::now();
         let (vm, plugged) = self.boot_vm(attached, link.channel.clone(), fs_socket).await?;
+        let qemu_ms = ms(t);
+        let t = Instant::now();
         // One dial_timeout for both: the guest's vsock driver (not before it is up: see
         // `Vm::wait_virtio_ready`), then the agent.
         let dial_by = Instant::now() + Duration::from_secs(self.cfg.agent.kata.dial_timeout.into());
@@ -228,7 +237,7 @@ impl Start<'_> {
             },
             None => connect.await?,
         };
-        Ok(Booted { vm, plugged, agent, link, virtiofsd })
+        Ok(Booted { vm, plugged, agent, link, virtiofsd, phases: [helpers_ms, qemu_ms, ms(t)] })
     }
 
     /// The running sandbox, its helpers watched.
