@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the test VM's guest image: a kernel from Debian's cloud kernel package (downloaded and
 # unpacked, never installed on the host) and an initramfs with busybox, the guest agent (static),
-# ipvsadm, conntrack with their libraries, and the kernel modules the guest needs. Only when
-# KATA_AGENT=<path to a kata-agent binary> is given (a user's own, e.g. from a kata release): a
+# ipvsadm, conntrack, iperf3 and ethtool with their libraries, and the kernel modules the guest
+# needs. Only when KATA_AGENT=<path to a kata-agent binary> is given (a user's own, e.g. from a kata release): a
 # second initramfs, initrd-kata.img, the same but for its init: that agent with the glibc
 # libraries it links, as PID 1. Nothing built by another project is kept in this repository.
 #
@@ -74,7 +74,8 @@ modules=(virtio_pci virtio_net virtio_console vsock vmw_vsock_virtio_transport v
   # modprobe): bridges and veths, overlayfs, iptables' and nftables' tables.
   bridge br_netfilter veth overlay ip_tables iptable_filter iptable_nat iptable_mangle ip6_tables
   ip6table_filter ip6table_nat nf_nat xt_conntrack xt_MASQUERADE xt_addrtype nf_tables)
-tools=(/usr/sbin/ipvsadm /usr/sbin/conntrack)
+# iperf3 and ethtool for the data-path bench and the offload test (`make bench`, containerd.rs).
+tools=(/usr/sbin/ipvsadm /usr/sbin/conntrack /usr/bin/iperf3 /usr/sbin/ethtool)
 for t in /bin/busybox "${tools[@]}"; do
   [ -x "$t" ] || { echo "guest-image: $t missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done

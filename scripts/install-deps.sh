@@ -44,6 +44,8 @@ declare -A need=(
   [/usr/bin/ip]=iproute2
   [/usr/sbin/nft]=nftables
   [dpdk-testpmd]=dpdk-dev
+  [iperf3]=iperf3
+  [/usr/sbin/ethtool]=ethtool
 )
 
 missing=()

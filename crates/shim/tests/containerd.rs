@@ -33,6 +33,21 @@ fn ctr_run_gives_the_vm_the_pod_network_and_teardown_leaves_nothing() {
     // The VM has the pod's address, routes, neighbour and DNS; the peer reaches it.
     tests::run(&["ip", "netns", "exec", &cni.peer.name, "ping", "-c", "3", "-i", "0.3", "-W", "5", POD_IP]);
     assert_pod_network_in_guest(&c.run_dir().join("sb1"));
+    // The offloads the guest's NIC has: checksums and segmentation both ways, which need the
+    // TAP's virtio-net header (vnet_hdr); without it the guest computes every checksum and
+    // segments every frame itself.
+    let offloads = tests::guest::sh(&c.run_dir().join("sb1"), "ethtool -k eth0");
+    for want in [
+        "rx-checksumming: on",
+        "tx-checksumming: on",
+        "scatter-gather: on",
+        "tcp-segmentation-offload: on",
+        "tx-tcp6-segmentation: on",
+        "generic-receive-offload: on",
+    ] {
+        let has = offloads.lines().any(|l| l.trim().trim_end_matches(" [fixed]") == want);
+        assert!(has, "the guest's eth0 lacks {want:?}:\n{offloads}");
+    }
     // Dual stack: the peer's ping6 of the pod's IPv6 address is answered by the VM, which the
     // pod namespace's own ICMPv6 counter shows (it receives none).
     cni.peer.ip(&["addr", "add", "fd00:88::1/64", "dev", "veth0", "nodad"]);
