@@ -26,6 +26,7 @@ bench: deps guest-image
 	$(CARGO) bench -p shim --bench workload
 	$(CARGO) bench -p shim --bench network_features
 	$(CARGO) bench -p shim --bench pods
+	$(CARGO) bench -p shim --bench datapath
 	$(CARGO) build --release -p kata-runtime
 	# The churn, long: 100 pods with faults; then plain, 1, 4 and 8 at a time (pods per minute).
 	KATA_NET_CHURN_PODS=100 $(CARGO) test --release -p shim --test churn -- --nocapture --test-threads=1 pods_churned
