@@ -98,7 +98,12 @@ pub(crate) fn has_thread(pid: u32, comm: &str) -> bool {
 
 /// The last lines of the hybrid vsock backend's log in `run_dir` (at most 2 KiB), for an error.
 pub fn backend_log_tail(run_dir: &RunDir) -> String {
-    let text = std::fs::read(run_dir.path().join(VSOCK_BACKEND_LOG)).unwrap_or_default();
+    log_tail(&run_dir.path().join(VSOCK_BACKEND_LOG))
+}
+
+/// The last lines (at most 5, from the last 2 KiB) of the log at `path`, joined by ` | `.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
     let tail = &text[text.len().saturating_sub(2048)..];
     let text = String::from_utf8_lossy(tail);
     let lines: Vec<&str> = text.lines().collect();
@@ -106,8 +111,8 @@ pub fn backend_log_tail(run_dir: &RunDir) -> String {
 }
 
 /// Start a helper process of the sandbox (stdin and stdout null, stderr into the capped `log`
-/// or nowhere; killed when its `Child` is dropped) and wait, at most 10 s, for the socket it serves on; an error if it
-/// exits first.
+/// or nowhere; killed when its `Child` is dropped) and wait, at most 10 s, for the socket it
+/// serves on; an error if it exits first, with the last lines it logged.
 pub(crate) async fn spawn_until_socket(
     mut cmd: tokio::process::Command,
     socket: &Path,
@@ -117,15 +122,24 @@ pub(crate) async fn spawn_until_socket(
     let stderr = if log.is_some() { Stdio::piped() } else { Stdio::null() };
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).kill_on_drop(true).spawn()?;
     // Its stderr into a capped log from the first byte (a start that fails says why there).
-    if let (Some(err), Some(log)) = (child.stderr.take(), log) {
-        tokio::spawn(hypervisor::caplog::copy_capped(err, log, hypervisor::caplog::CAP));
-    }
+    let copy = match (child.stderr.take(), &log) {
+        (Some(err), Some(log)) => {
+            Some(tokio::spawn(hypervisor::caplog::copy_capped(err, log.clone(), hypervisor::caplog::CAP)))
+        }
+        _ => None,
+    };
     let t = Instant::now();
     while !socket.exists() {
         if let Some(st) = child.try_wait()? {
+            // What it wrote before it exited is in the log once the copy has read to the end.
+            if let Some(copy) = copy {
+                let _ = tokio::time::timeout(Duration::from_secs(2), copy).await;
+            }
+            let said = log.as_deref().map(log_tail).filter(|t| !t.is_empty());
             return Err(std::io::Error::other(format!(
-                "{} exited: {st}",
-                cmd.as_std().get_program().to_string_lossy()
+                "{} exited: {st}{}",
+                cmd.as_std().get_program().to_string_lossy(),
+                said.map(|t| format!(" (its log: {t})")).unwrap_or_default()
             )));
         }
         if t.elapsed() > Duration::from_secs(10) {
@@ -235,6 +249,19 @@ mod tests {
         assert!(!other.worker_alive());
         // A lost worker is reported at once.
         tokio::time::timeout(std::time::Duration::from_secs(2), other.worker_lost()).await.unwrap();
+    }
+
+    /// A helper that exits before it serves: the error carries what it wrote, copied whole.
+    #[tokio::test]
+    async fn a_helper_exiting_at_start_is_reported_with_what_it_logged() {
+        let dir = tests::vm::Scratch::new("helper-exit");
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "echo first line >&2; echo 'no such socket: refused' >&2; exit 3"]);
+        let log = dir.0.join("helper.log");
+        let err = super::spawn_until_socket(cmd, &dir.0.join("never.sock"), Some(log.clone())).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("exit status: 3") && msg.contains("first line | no such socket: refused"), "{msg}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "first line\nno such socket: refused\n");
     }
 
     #[test]
