@@ -69,7 +69,7 @@ impl Drop for Unmount {
 #[derive(Debug)]
 pub struct CriNode {
     // Dropped in this order: containerd (and what its pods left), the mounts, the directory.
-    _containerd: Containerd,
+    containerd: Containerd,
     _unmount: Unmount,
     pub dir: Scratch,
     pub node: TestNs,
@@ -160,22 +160,22 @@ impl CriNode {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Self { _containerd: containerd, _unmount: unmount, dir, node, sock, shim_dir }
+        Self { containerd, _unmount: unmount, dir, node, sock, shim_dir }
     }
 
     /// Kill containerd (SIGKILL, as a crash or an OOM kill would) and start it again on the same
     /// root, state and sockets; its shims live on.
     pub fn restart(&mut self) {
-        let _ = self._containerd.0.kill();
-        let _ = self._containerd.0.wait();
+        let _ = self.containerd.0.kill();
+        let _ = self.containerd.0.wait();
         let _ = std::fs::remove_file(&self.sock);
-        self._containerd.0 = spawn(&self.node, &self.dir.0, &self.shim_dir);
+        self.containerd.0 = spawn(&self.node, &self.dir.0, &self.shim_dir);
         wait_serving(&self.sock);
     }
 
     /// containerd's pid.
     pub fn containerd_pid(&self) -> u32 {
-        self._containerd.0.id()
+        self.containerd.0.id()
     }
 
     /// containerd's log (the shims' logs are in it).

@@ -66,7 +66,7 @@ fn memory(c: &Containerd, ids: &[String]) -> Vec<(f64, f64)> {
     sums.iter().map(|(p, r)| (*p as f64 / n, *r as f64 / n)).collect()
 }
 
-/// The number after `key=` or `key: ` on a log line.
+/// The number after `key: ` on the shim's log line.
 fn field(line: &str, key: &str) -> f64 {
     let at = line.find(&format!("{key}: ")).unwrap_or_else(|| panic!("{key} missing in {line}")) + key.len() + 2;
     line[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect::<String>().parse().unwrap()

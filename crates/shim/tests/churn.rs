@@ -53,7 +53,6 @@ struct Board {
     restarts: AtomicUsize,
     /// containerd is down: runs wait instead of failing.
     down: AtomicBool,
-    done: AtomicBool,
 }
 
 impl Board {
@@ -417,7 +416,6 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
             _ => killed += 1,
         }
     }
-    board.done.store(true, Ordering::SeqCst);
     for w in workers {
         w.join().expect("a run panicked");
     }

@@ -3,7 +3,7 @@
 //! down as the sandbox container's Delete would do it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::remove::VM_STOP_GRACE;
 use super::Containers;
@@ -63,9 +63,6 @@ impl Containers {
     /// is under way, else [`EMPTIED_EXIT`] once it held one, [`IDLE_EXIT`] before.
     pub(crate) async fn idle_limit(&self) -> Option<Duration> {
         let entries = self.entries.lock().await;
-        if !entries.is_empty() {
-            self.ops.held.store(true, Ordering::SeqCst);
-        }
         match (self.ops.idle() && entries.is_empty(), self.ops.held.load(Ordering::SeqCst)) {
             (false, _) => None,
             (true, true) => Some(EMPTIED_EXIT),
@@ -82,11 +79,10 @@ impl Containers {
     /// starts from now on. Every sandbox's shutdown is tried, whatever the one before gave.
     pub(crate) async fn end_all(&self) {
         self.ops.ending.store(true, Ordering::SeqCst);
-        let start = Instant::now();
+        if !self.ops.idle() {
+            slog::info!(self.log, "ending: waiting for the creates and removals under way");
+        }
         while !self.ops.idle() {
-            if start.elapsed().as_secs() % 30 == 29 {
-                slog::info!(self.log, "ending: waiting for the operations under way");
-            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let entries: Vec<_> = self.entries.lock().await.drain().map(|(_, e)| e).collect();
