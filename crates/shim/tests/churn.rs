@@ -53,6 +53,8 @@ struct Board {
     restarts: AtomicUsize,
     /// containerd is down: runs wait instead of failing.
     down: AtomicBool,
+    /// Both shim faults have happened: the runs may stop once they reach their number.
+    every_fault: AtomicBool,
 }
 
 impl Board {
@@ -355,6 +357,7 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
     let (base_fds, base_threads) = (fds(n.containerd_pid()), threads(n.containerd_pid()));
 
     let board = Arc::new(Board::default());
+    board.every_fault.store(!faults, Ordering::SeqCst);
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
@@ -364,8 +367,10 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 loop {
+                    // Past the number asked for, runs go on (up to three times it) until every
+                    // kind of fault has had a live sandbox to hit.
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= pods {
+                    if i >= pods && (board.every_fault.load(Ordering::SeqCst) || i >= 3 * pods) {
                         return;
                     }
                     let t = Instant::now();
@@ -415,6 +420,8 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
             }
             _ => killed += 1,
         }
+        // (A containerd restart comes for certain after the runs.)
+        board.every_fault.store(killed > 0 && termed > 0, Ordering::SeqCst);
     }
     for w in workers {
         w.join().expect("a run panicked");
@@ -505,12 +512,16 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
         "churn: left behind: {}; containerd fds {base_fds} -> {fds_now}, threads {base_threads} -> {threads_now}",
         if left.is_empty() { "nothing".to_owned() } else { left.join("; ") }
     );
-    assert_eq!(results.len(), pods);
-    if faults {
-        assert!(killed > 0 && termed > 0 && restarts > 0, "every kind of fault happened (a longer run makes room)");
-    }
+    assert!(results.len() >= pods, "{} runs of {pods}", results.len());
     assert!(failed.is_empty(), "runs no fault hit failed: {failed:#?}\n{}", node.log());
     assert!(left.is_empty(), "left behind: {left:#?}");
+    if faults {
+        assert!(
+            killed > 0 && termed > 0 && restarts > 0,
+            "not every kind of fault happened in {} runs: {killed} SIGKILLs, {termed} SIGTERMs, {restarts} restarts",
+            results.len()
+        );
+    }
     // containerd's fds: a leak of one per pod would show here; a restarted containerd is new.
     assert!(fds_now <= base_fds + 4, "containerd's fds grew: {base_fds} -> {fds_now}");
     assert!(threads_now <= base_threads + 8, "containerd's threads grew: {base_threads} -> {threads_now}");
