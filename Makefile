@@ -30,6 +30,9 @@ bench: deps guest-image
 	$(CARGO) build --release -p kata-runtime
 	# The churn, long: 100 pods with faults; then plain, 1, 4 and 8 at a time (pods per minute).
 	KATA_NET_CHURN_PODS=100 $(CARGO) test --release -p shim --test churn -- --nocapture --test-threads=1 pods_churned
+	# The same on containerd 2.1 (install-deps unpacks it beside the system's 1.6).
+	KATA_NET_TEST_CONTAINERD_BIN=/var/lib/kata-net-test/containerd-2.1/usr/bin KATA_NET_CHURN_PODS=100 \
+	  $(CARGO) test --release -p shim --test churn -- --nocapture --test-threads=1 pods_churned
 	for n in 1 4 8; do KATA_NET_CHURN_FAULTS=off KATA_NET_CHURN_AT_ONCE=$$n KATA_NET_CHURN_PODS=$$((n * 4)) \
 	  $(CARGO) test --release -p shim --test churn -- --nocapture --test-threads=1 pods_churned || exit 1; done
 	$(CARGO) build --release -p kata-runtime
