@@ -367,8 +367,8 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 loop {
-                    // Past the number asked for, runs go on (up to three times it) until every
-                    // kind of fault has had a live sandbox to hit.
+                    // Past the number asked for, runs go on (up to three times it) until both
+                    // shim faults have had a live sandbox to hit.
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= pods && (board.every_fault.load(Ordering::SeqCst) || i >= 3 * pods) {
                         return;
@@ -515,10 +515,11 @@ fn pods_churned_with_shims_killed_and_containerd_restarted_leave_nothing_behind(
     assert!(results.len() >= pods, "{} runs of {pods}", results.len());
     assert!(failed.is_empty(), "runs no fault hit failed: {failed:#?}\n{}", node.log());
     assert!(left.is_empty(), "left behind: {left:#?}");
+    // (containerd's restart at the end is certain; the shim faults need a live sandbox.)
     if faults {
         assert!(
-            killed > 0 && termed > 0 && restarts > 0,
-            "not every kind of fault happened in {} runs: {killed} SIGKILLs, {termed} SIGTERMs, {restarts} restarts",
+            killed > 0 && termed > 0,
+            "not both shim faults happened in {} runs: {killed} SIGKILLs, {termed} SIGTERMs",
             results.len()
         );
     }
